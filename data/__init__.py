@@ -1,0 +1,1 @@
+"""skein.data: binidx shards, tokenizers, `skein prepare`, and the resumable samplers."""

@@ -1,0 +1,122 @@
+"""Building blocks shared by the model files: the base config and model class, token shift,
+the causal short convolution, and state helpers.
+
+Every model maps `forward(idx [B, T], state=None) -> (logits [B, T, vocab], state)`. The state is a
+list with one entry per block (a tuple of tensors, or None), so a long sequence can be run in
+segments with the state carried between them, and generation is `forward` with T = 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from skein.rwkv.ops.common import BACKENDS
+
+State = list[Any]
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Fields every architecture has. Subclasses add their own and set `arch`."""
+
+    arch: str = ""
+    """Architecture name, as in the registry (rwkv4, rwkv7, deltaproduct, llama)."""
+    vocab_size: int = 65536
+    """Number of token ids the embedding and the head cover."""
+    n_layer: int = 12
+    """Number of blocks."""
+    d_model: int = 768
+    """Width of the residual stream."""
+    kernel: str = "auto"
+    """Sequence-mixing backend: auto (GPU kernel on CUDA, PyTorch chunked form elsewhere),
+    torch, recurrent (token loop), triton or cuda."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "d_model"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.kernel not in BACKENDS:
+            raise ValueError(f"model.kernel must be one of {BACKENDS}, got {self.kernel!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class CausalLM(nn.Module):
+    """Base of every skein model: embedding -> blocks -> final norm -> head.
+
+    Subclasses set `self.config`, `self.emb`, `self.blocks` (an nn.ModuleList; the trainer wraps
+    each entry for gradient checkpointing) and `self.head`, and implement `forward`.
+    """
+
+    config: ModelConfig
+    blocks: nn.ModuleList
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        """Parameter count; with exclude_embedding, the input embedding is left out."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embedding:
+            n -= self.emb.weight.numel()
+        return n
+
+    def flops_per_token(self, ctx_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 per weight of every matmul; the
+        subclasses add their sequence-mixing term."""
+        return 6.0 * (self.num_params() - self.emb.weight.numel())
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameter name -> learning-rate multiplier, for the parameters the architecture wants
+        trained faster or slower than the rest (default: none)."""
+        return {}
+
+
+def token_shift(x: Tensor, prev: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Shift the sequence right by one token: returns (x_{t-1} for every t, x_{T-1}).
+
+    x: [B, T, C]; prev: [B, C], the last token of the previous segment (zeros when None).
+    """
+    if prev is None:
+        prev = x.new_zeros(x.shape[0], x.shape[2])
+    shifted = torch.cat([prev.unsqueeze(1).to(x.dtype), x[:, :-1]], dim=1)
+    return shifted, x[:, -1]
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over time (kernel `size`), with its last size-1 inputs as state.
+
+    forward(x [B, T, C], state [B, C, size-1] | None) -> (y [B, T, C], state).
+    """
+
+    def __init__(self, channels: int, size: int, activation: bool = True) -> None:
+        super().__init__()
+        self.size = size
+        self.activation = activation
+        self.weight = nn.Parameter(torch.empty(channels, 1, size))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        B, T, C = x.shape
+        xt = x.transpose(1, 2)  # [B, C, T]
+        if state is None:
+            state = x.new_zeros(B, C, self.size - 1)
+        xt = torch.cat([state.to(x.dtype), xt], dim=2)
+        y = F.conv1d(xt, self.weight.to(x.dtype), groups=C)
+        if self.activation:
+            y = F.silu(y)
+        return y.transpose(1, 2), xt[:, :, xt.shape[2] - (self.size - 1) :]
+
+
+def detach_state(state: Any) -> Any:
+    """Detach every tensor in a (nested) state, for truncated backpropagation through time."""
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, (list, tuple)):
+        return type(state)(detach_state(s) for s in state)
+    if isinstance(state, dict):
+        return {k: detach_state(v) for k, v in state.items()}
+    return state

@@ -1,0 +1,1 @@
+"""skein.train: the Lightning module, strategies, schedules, checkpoints and the `skein` CLI."""
