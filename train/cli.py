@@ -1,35 +1,91 @@
-"""The `skein` command: each subcommand is one function in data/, train/ or rwkv/."""
+"""The `skein` command. Each subcommand is one function in data/, train/ or rwkv/; this file only
+wires them (flags come from the functions' signatures and docstrings).
+
+    skein prepare [--inputs ...] --output PREFIX --tokenizer SPEC
+    skein train CONFIG.yaml [dotted.key=value ...] [--resume] [--init_from CKPT] [--print_config]
+    skein params CONFIG.yaml
+    skein plot-lr CONFIG.yaml --output lr.png
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import sys
+from collections.abc import Callable
+from typing import Any
+
+# subcommand -> "module:function"; imported only when that subcommand runs.
+COMMANDS: dict[str, str] = {
+    "prepare": "skein.data.prepare:prepare",
+    "train": "skein.train.run:train",
+    "params": "skein.train.inspect:params",
+    "plot-lr": "skein.train.inspect:plot_lr",
+}
 
 
-def params(config: str) -> None:
-    """Print the parameter count of the model a run config (or model-only YAML) describes.
-
-    Args:
-        config: path to a YAML file with a `model:` section (or the model keys at top level).
-    """
-    import yaml
-
-    from skein.rwkv import build_model
-
-    with open(config) as f:
-        d = yaml.safe_load(f)
-    model_cfg = d.get("model", d)
-    model = build_model(model_cfg)
-    n, n_emb = model.num_params(), model.emb.weight.numel()
-    print(f"{model_cfg['arch']}: {n:,} parameters ({n - n_emb:,} without the input embedding)")
+def _resolve(target: str) -> Callable[..., Any]:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-COMMANDS = {"params": params}
+def _train_parser() -> Any:
+    from jsonargparse import ArgumentParser
+
+    p = ArgumentParser(description="Train the stages of a run config, resuming from its run directory.")
+    p.add_argument("config", help="run YAML (see configs/)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        help="dotted overrides, e.g. optim.lr_init=3e-4 stages.0.tokens=1e9",
+    )
+    p.add_argument(
+        "--resume", type=bool, default=True, help="continue from the newest checkpoint in run.out_dir"
+    )
+    p.add_argument("--init_from", type=str, default=None, help="start from these weights (fresh optimizer)")
+    p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def build_parser() -> Any:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="skein", description="Pretrain recurrent-state language models.")
+    subs = parser.add_subcommands(required=True, dest="command")
+    for name, target in COMMANDS.items():
+        fn = _resolve(target)
+        if name == "train":
+            sub = _train_parser()
+        else:
+            sub = ArgumentParser(description=(fn.__doc__ or "").strip().split("\n")[0])
+            sub.add_function_arguments(fn, as_positional=True, fail_untyped=False)
+        subs.add_subcommand(name, sub, help=(fn.__doc__ or "").strip().split("\n")[0])
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import auto_cli
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    name = args.command
+    fn = _resolve(COMMANDS[name])
+    accepted = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in vars(args[name]).items() if k in accepted}
+    if name == "train":
+        kwargs = {
+            "config": args[name].config,
+            "overrides": list(args[name].overrides),
+            "resume": args[name].resume,
+            "init_from": args[name].init_from,
+            "print_config": bool(args[name].print_config),
+        }
+    from skein.train.config import ConfigError
 
-    auto_cli(COMMANDS, args=sys.argv[1:] if argv is None else argv)
+    try:
+        result = fn(**kwargs)
+    except ConfigError as e:
+        sys.exit(f"skein {name}: config error: {e}")
+    if isinstance(result, dict) and name == "train":
+        print(f"train: {result}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 
+@torch.autocast("cuda", enabled=False)
+@torch.autocast("cpu", enabled=False)
 def delta_product_naive(
     q: Tensor,
     k: Tensor,

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 
+@torch.autocast("cuda", enabled=False)
+@torch.autocast("cpu", enabled=False)
 def rwkv7_naive(
     r: Tensor,
     w: Tensor,

@@ -23,6 +23,8 @@ def wkv4_init_state(batch: int, channels: int, device=None, dtype=torch.float32)
     return aa, aa.clone(), torch.full_like(aa, -1e38)
 
 
+@torch.autocast("cuda", enabled=False)
+@torch.autocast("cpu", enabled=False)
 def wkv4_naive(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Wkv4State | None = None
 ) -> tuple[Tensor, Wkv4State]:

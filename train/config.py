@@ -1,0 +1,365 @@
+"""The run config: typed dataclasses for every number a user may change, loaded from YAML with
+dotted overrides and validated at load with messages that name the key.
+
+A run is one file (see configs/): run, model, data, optim, schedule, stages, trainer, checkpoint,
+log. Derived numbers (gradient accumulation, steps per stage, the magic prime) are computed from
+it, never written in it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from skein.rwkv.models import ModelConfig, model_config_from_dict
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass(kw_only=True)
+class RunSection:
+    name: str = "run"
+    """Run name (used for logging)."""
+    out_dir: str = "runs/run"
+    """Run directory: checkpoints, logs, snapshots and the resolved config go here."""
+    seed: int = 0
+    """Seed for initialisation and data order."""
+
+
+@dataclass(kw_only=True)
+class DataSection:
+    train: list[str] = field(default_factory=list)
+    """binidx prefixes (path without .bin/.idx) to train on."""
+    weights: list[float] | None = None
+    """Mixing weights, one per prefix (None: proportional to nothing, all equal)."""
+    tokenizer: str | None = None
+    """Expected tokenizer spec; when the shards' meta records another vocabulary the run refuses."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and len(self.weights) != len(self.train):
+            raise ConfigError(
+                f"data.weights has {len(self.weights)} entries for {len(self.train)} data.train prefixes"
+            )
+        if self.weights is not None and any(w <= 0 for w in self.weights):
+            raise ConfigError(f"data.weights must be positive, got {self.weights}")
+
+
+@dataclass(kw_only=True)
+class OptimSection:
+    lr_init: float = 6e-4
+    """Peak learning rate (after warmup)."""
+    lr_final: float = 6e-5
+    """Learning rate at the end of the planned tokens."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    eps: float = 1e-18
+    """AdamW epsilon."""
+    weight_decay: float = 0.001
+    """Decoupled weight decay, applied only to 2-D weight matrices."""
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (0 disables)."""
+    l2wrap: float = 1e-4
+    """RWKV's L2Wrap: pushes the largest logit towards 0 with this factor / (B T) (0 disables)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lr_final <= self.lr_init:
+            raise ConfigError(f"optim: need 0 < lr_final <= lr_init, got {self.lr_final} and {self.lr_init}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        for name in ("eps", "weight_decay", "grad_clip", "l2wrap"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
+class ScheduleSection:
+    kind: Literal["constant_exp", "cosine", "auto_exp"] = "constant_exp"
+    """constant_exp: warmup, constant lr_init, then exponential decay to lr_final over the last
+    decay_fraction of the tokens; cosine: warmup then cosine from lr_init to lr_final; auto_exp:
+    constant until the smoothed loss improvement per auto_window_tokens drops below auto_threshold,
+    then exponential decay to lr_final over the remaining tokens."""
+    warmup_tokens: int = 0
+    """Linear warmup length in tokens (lr multiplied by 0.01 + 0.99 * progress)."""
+    decay_fraction: float = 0.5
+    """constant_exp: fraction of the stage's tokens spent decaying."""
+    auto_window_tokens: int = 40_000_000
+    """auto_exp: the token window over which the loss improvement is measured."""
+    auto_threshold: float = 3e-4
+    """auto_exp: start decaying when the smoothed loss improves by less than this per window."""
+    auto_smoothing: float = 0.99
+    """auto_exp: exponential-moving-average factor for the loss."""
+
+    def __post_init__(self) -> None:
+        if self.warmup_tokens < 0:
+            raise ConfigError(f"schedule.warmup_tokens must be >= 0, got {self.warmup_tokens}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ConfigError(f"schedule.decay_fraction must lie in [0, 1], got {self.decay_fraction}")
+        if not 0 <= self.auto_smoothing < 1:
+            raise ConfigError(f"schedule.auto_smoothing must lie in [0, 1), got {self.auto_smoothing}")
+        if self.auto_window_tokens <= 0:
+            raise ConfigError(f"schedule.auto_window_tokens must be positive, got {self.auto_window_tokens}")
+
+
+@dataclass(kw_only=True)
+class StageSection:
+    ctx_len: int = 512
+    """Training context length of this stage."""
+    tokens: int = 1_000_000
+    """Token budget of this stage."""
+    micro_bsz: int = 8
+    """Sequences per GPU per forward pass."""
+    tokens_per_step: int | None = None
+    """Tokens per optimizer step over all GPUs (gradient accumulation is derived); None means
+    micro_bsz * ctx_len * world size (no accumulation)."""
+    lr_init: float | None = None
+    """This stage's peak learning rate (None: optim.lr_init)."""
+    lr_final: float | None = None
+    """This stage's final learning rate (None: optim.lr_final)."""
+    segment_len: int | None = None
+    """Train on segments of this many tokens with the recurrent state carried across them
+    (truncated backpropagation through time); None means the whole ctx_len at once."""
+
+    def __post_init__(self) -> None:
+        for name in ("ctx_len", "tokens", "micro_bsz"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"stages[].{name} must be positive, got {getattr(self, name)}")
+        if self.segment_len is not None and (self.segment_len <= 0 or self.ctx_len % self.segment_len):
+            raise ConfigError(
+                f"stages[].segment_len={self.segment_len} must be positive and divide ctx_len={self.ctx_len}"
+            )
+
+
+@dataclass(kw_only=True)
+class TrainerSection:
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where to train."""
+    devices: int = 1
+    """Processes (GPUs, or CPU processes for DDP on gloo) per node."""
+    num_nodes: int = 1
+    """Nodes."""
+    strategy: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
+    """auto: DeepSpeed on GPUs, DDP for several CPU processes, else single device."""
+    zero_stage: Literal[1, 2, 3] = 2
+    """DeepSpeed ZeRO stage."""
+    offload_optimizer: bool = False
+    """DeepSpeed: keep optimizer states on the CPU."""
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
+    """auto: bf16-mixed on GPU, 32 on CPU."""
+    grad_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass."""
+    deterministic: bool = False
+    """Ask PyTorch for deterministic kernels."""
+
+    def __post_init__(self) -> None:
+        if self.devices <= 0 or self.num_nodes <= 0:
+            raise ConfigError(
+                f"trainer.devices and num_nodes must be positive, got {self.devices}, {self.num_nodes}"
+            )
+
+
+@dataclass(kw_only=True)
+class CheckpointSection:
+    every_steps: int = 1000
+    """Save a full checkpoint every this many optimizer steps (and at the end of each stage)."""
+    keep_last: int = 3
+    """Full checkpoints kept; older ones are deleted after a newer one is complete."""
+    snapshot_every_steps: int = 0
+    """Also write RWKV-LM-layout .pth weights every this many steps (0: never)."""
+    snapshot_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    """Floating-point type of the snapshot weights."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps <= 0 or self.keep_last <= 0 or self.snapshot_every_steps < 0:
+            raise ConfigError(
+                "checkpoint: every_steps and keep_last must be positive, snapshot_every_steps >= 0"
+            )
+
+
+@dataclass(kw_only=True)
+class LogSection:
+    every_steps: int = 10
+    """Log metrics every this many optimizer steps."""
+    wandb: Literal["disabled", "offline", "online"] = "offline"
+    """Weights & Biases mode."""
+    project: str = "skein"
+    """wandb project."""
+    progress_bar: bool = True
+    """Show a progress bar with tokens/s and ETA."""
+    peak_tflops: float | None = None
+    """Peak TFLOP/s of one device for MFU (None: known GPUs are looked up, otherwise no MFU)."""
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    run: RunSection = field(default_factory=RunSection)
+    model: dict[str, Any] = field(default_factory=dict)
+    """Model config; `arch` selects the architecture and the remaining keys its fields."""
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    stages: list[StageSection] = field(default_factory=lambda: [StageSection()])
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages: at least one stage is needed")
+        try:
+            model_config_from_dict(self.model)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_config(self) -> ModelConfig:
+        """The typed model config."""
+        return model_config_from_dict(self.model)
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Coerce/check one value against a type annotation; raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+    if is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def from_dict(cls: type, d: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
+    where = prefix or "config"
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {names}"
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key{hint}")
+    kwargs = {}
+    for f in fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in d:
+            kwargs[f.name] = _check_type(d[f.name], hints[f.name], key)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ConfigError(f"{key}: missing")
+    return cls(**kwargs)
+
+
+def apply_override(d: dict[str, Any], override: str) -> None:
+    """Apply one `dotted.key=value` override (value parsed as YAML; list items by index)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. optim.lr_init=3e-4")
+    path, raw = override.split("=", 1)
+    value = yaml.safe_load(raw)
+    keys = path.split(".")
+    node: Any = d
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise ConfigError(
+                    f"override {override!r}: {'.'.join(keys[: i + 1])} is not a valid list index"
+                )
+            node = node[int(k)]
+        else:
+            node = node.setdefault(k, {})
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override {override!r}: {path} is not a valid list index")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run YAML, apply `key=value` overrides, validate, and return the typed config."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        with open(p) as f:
+            d = yaml.safe_load(f) or {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+    for o in overrides or []:
+        apply_override(d, o)
+    try:
+        return from_dict(RunConfig, d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from e
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what `--print_config` shows and each run directory stores)."""
+    return yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

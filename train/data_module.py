@@ -1,0 +1,80 @@
+"""The LightningDataModule of a stage: the weighted binidx mixture cut into ctx_len samples, read
+in the order the step sampler gives, starting at the resumed step."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from skein.data.binidx import read_meta
+from skein.data.dataset import PretrainDataset
+from skein.data.sampler import StepSampler
+from skein.train.config import RunConfig
+
+
+def check_vocab(cfg: RunConfig) -> None:
+    """Refuse shards whose recorded tokenizer does not fit the model (or the configured tokenizer)."""
+    vocab = cfg.model_config().vocab_size
+    for prefix in cfg.data.train:
+        meta = read_meta(prefix)
+        if meta is None:
+            continue
+        if meta["vocab_size"] > vocab:
+            raise ValueError(
+                f"{prefix}: shards were tokenized with a vocabulary of {meta['vocab_size']} "
+                f"({meta.get('tokenizer', {}).get('kind', '?')}), larger than model.vocab_size={vocab}"
+            )
+        want = cfg.data.tokenizer
+        have = meta.get("tokenizer", {}).get("spec")
+        if want is not None and have is not None and want != have:
+            raise ValueError(
+                f"{prefix}: shards were made with tokenizer {have!r}, but data.tokenizer is {want!r}"
+            )
+
+
+class StageDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ctx_len: int,
+        micro_bsz: int,
+        global_batch: int,
+        start_step: int,
+    ) -> None:
+        super().__init__()
+        if not cfg.data.train:
+            raise ValueError("data.train: no binidx prefixes given")
+        self.cfg, self.ctx_len, self.micro_bsz = cfg, ctx_len, micro_bsz
+        self.global_batch, self.start_step = global_batch, start_step
+
+    def setup(self, stage: str | None = None) -> None:
+        self.vocab_size = self.cfg.model_config().vocab_size
+        self.dataset = PretrainDataset(
+            self.cfg.data.train, self.cfg.data.weights, self.ctx_len, seed=self.cfg.run.seed
+        )
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        self.sampler = StepSampler(self.global_batch, rank, world, start_step=self.start_step)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_size=self.micro_bsz,
+            sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=True,
+            drop_last=True,
+            collate_fn=self._collate,
+        )
+
+    def _collate(self, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack samples; a token id outside the model's vocabulary is an error, not an index crash."""
+        x = torch.stack([s[0] for s in samples])
+        y = torch.stack([s[1] for s in samples])
+        top = int(y.max())
+        if top >= self.vocab_size:
+            raise ValueError(
+                f"token id {top} in {self.cfg.data.train} is >= model.vocab_size={self.vocab_size}: "
+                "the shards were made with another tokenizer"
+            )
+        return x, y

@@ -1,0 +1,182 @@
+"""`skein train`: runs the stages of a run config in order, resuming from the run directory.
+
+Each stage is one Lightning `fit` with its own context length, batch, learning rates and token
+budget; the weights flow from one stage to the next (with a fresh optimizer, as context-extension
+finetunes do). A restart finds the newest complete checkpoint in <out_dir>/checkpoints and goes on
+from there: inside a stage, model, optimizer, schedule, step and data position come back exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from skein.rwkv.models import CausalLM, build_model
+from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, plot_loss_curve
+from skein.train.checkpoint import latest_checkpoint, load_weights
+from skein.train.config import RunConfig, dump_config, load_config
+from skein.train.data_module import StageDataModule, check_vocab
+from skein.train.module import LMModule, StagePlan
+from skein.train.strategy import apply_grad_checkpointing, build_strategy
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_state_dict_strict(model: CausalLM, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Load weights, naming every missing, unexpected or mis-shaped key (never a partial load)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [
+        f"{k}: {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:8]))
+        raise ValueError(f"{source} does not fit model.arch={model.config.arch}: " + ", ".join(parts))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+
+
+def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
+    if cfg.log.wandb == "disabled":
+        return []
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return [
+        WandbLogger(
+            project=cfg.log.project,
+            name=cfg.run.name,
+            save_dir=str(out_dir),
+            offline=cfg.log.wandb == "offline",
+        )
+    ]
+
+
+def train_from_config(
+    cfg: RunConfig,
+    resume: bool = True,
+    init_from: str | None = None,
+    extra_callbacks: list[L.Callback] | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) every stage of `cfg`. Returns a summary: stages done, steps, tokens,
+    whether the run was interrupted by a signal, and the last checkpoint."""
+    out_dir = Path(cfg.run.out_dir)
+    check_vocab(cfg)
+    found = latest_checkpoint(out_dir)
+    if found is not None and not resume:
+        raise ValueError(
+            f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume true to continue it, "
+            "or choose another run.out_dir"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(dump_config(cfg))
+
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    plans = [StagePlan(s, world) for s in cfg.stages]
+    start_stage, ckpt_path, start_step = 0, None, 0
+    weights: tuple[dict[str, torch.Tensor], str] | None = None
+    if found is not None:
+        path, meta = found
+        if meta["stage_done"]:
+            start_stage = meta["stage_index"] + 1
+            weights = (load_weights(path), str(path))
+        else:
+            start_stage, ckpt_path, start_step = meta["stage_index"], path / "model.ckpt", meta["step"]
+    elif init_from is not None:
+        weights = (load_weights(init_from), init_from)
+
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    model = build_model(cfg.model_config())
+    if weights is not None:
+        load_state_dict_strict(model, *weights)
+    if cfg.trainer.grad_checkpointing:
+        apply_grad_checkpointing(model)
+
+    summary: dict[str, Any] = {"interrupted": False, "stages_done": start_stage, "checkpoint": None}
+    for si in range(start_stage, len(cfg.stages)):
+        stage, plan = cfg.stages[si], plans[si]
+        tokens_before = sum(p.steps * p.tokens_per_step for p in plans[:si])
+        hw = build_strategy(cfg.trainer, cfg.optim.grad_clip)
+        if (
+            stage.segment_len
+            and stage.segment_len < stage.ctx_len
+            and "deepspeed" in type(hw["strategy"]).__name__.lower()
+        ):
+            raise ValueError(
+                f"stages[{si}].segment_len: segment-wise training runs with trainer.strategy ddp or single"
+            )
+        ckpt_cb = CheckpointCallback(
+            out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, tokens_before
+        )
+        callbacks: list[L.Callback] = [
+            ckpt_cb,
+            MetricsCallback(
+                out_dir, cfg.log.every_steps, tokens_before, cfg.log.peak_tflops, cfg.log.progress_bar
+            ),
+        ]
+        if cfg.checkpoint.snapshot_every_steps:
+            dtype = DTYPES[cfg.checkpoint.snapshot_dtype]
+            callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint.snapshot_every_steps, dtype))
+        callbacks += extra_callbacks or []
+        module = LMModule(cfg, si, world, model)
+        automatic = module.automatic_optimization
+        trainer = L.Trainer(
+            **hw,
+            max_steps=plan.steps,
+            max_epochs=-1,
+            accumulate_grad_batches=plan.accumulate if automatic else 1,
+            gradient_clip_val=(cfg.optim.grad_clip or None) if automatic else None,
+            use_distributed_sampler=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            logger=_loggers(cfg, out_dir) or False,
+            callbacks=callbacks,
+            default_root_dir=str(out_dir),
+            deterministic=cfg.trainer.deterministic,
+        )
+        data = StageDataModule(cfg, stage.ctx_len, stage.micro_bsz, plan.global_batch, start_step)
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        ckpt_cb.on_train_end_stage(trainer, module)
+        summary.update(steps=trainer.global_step, tokens=tokens_before + module.tokens_seen)
+        ckpt_path, start_step = None, 0
+        if ckpt_cb.interrupted:
+            summary["interrupted"] = True
+            break
+        summary["stages_done"] = si + 1
+    found = latest_checkpoint(out_dir)
+    summary["checkpoint"] = str(found[0]) if found else None
+    metrics = out_dir / "metrics.csv"
+    if metrics.exists() and int(os.environ.get("RANK", "0")) == 0:
+        plot_loss_curve(metrics, out_dir / "loss.png")
+    return summary
+
+
+def train(
+    config: str | None,
+    overrides: list[str] | None = None,
+    resume: bool = True,
+    init_from: str | None = None,
+    print_config: bool = False,
+) -> dict[str, Any] | None:
+    """Load a run config (YAML + `dotted.key=value` overrides) and train it."""
+    cfg = load_config(config, overrides)
+    if print_config:
+        print(dump_config(cfg), end="")
+        return None
+    summary = train_from_config(cfg, resume=resume, init_from=init_from)
+    return summary
