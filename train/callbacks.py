@@ -26,9 +26,16 @@ class CheckpointCallback(L.Callback):
     """Saves every `every_steps` optimizer steps, at the end of the stage, and when SIGTERM or
     SIGUSR1 arrives (then stops training after the save: the hook a SLURM requeue builds on)."""
 
-    def __init__(self, out_dir: Path, every_steps: int, keep_last: int, tokens_before: int) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        every_steps: int,
+        keep_last: int,
+        tokens_before: int,
+        stop_after_steps: int | None = None,
+    ) -> None:
         self.out_dir, self.every_steps, self.keep_last = out_dir, every_steps, keep_last
-        self.tokens_before = tokens_before
+        self.tokens_before, self.stop_after_steps = tokens_before, stop_after_steps
         self.signal_received: int | None = None
         self.interrupted = False
         self._old_handlers: dict[int, Any] = {}
@@ -37,6 +44,7 @@ class CheckpointCallback(L.Callback):
         self.signal_received = signum
 
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        self.first_step = trainer.global_step
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             try:
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -64,7 +72,11 @@ class CheckpointCallback(L.Callback):
         if not _step_done(module, batch_idx):
             return
         signalled = trainer.strategy.reduce_boolean_decision(self.signal_received is not None, all=False)
-        if signalled:
+        budget_spent = (
+            self.stop_after_steps is not None
+            and trainer.global_step - self.first_step >= self.stop_after_steps
+        )
+        if (signalled or budget_spent) and trainer.global_step < module.plan.steps:
             self.save(trainer, module)
             self.interrupted = True
             trainer.should_stop = True
@@ -153,6 +165,9 @@ class MetricsCallback(L.Callback):
             )
         if step % self.every_steps and step < module.plan.steps:
             return
+        loss = module.last_step_loss
+        if trainer.world_size > 1:  # every rank reaches this line: the mean over the global batch
+            loss = float(trainer.strategy.reduce(torch.tensor(loss, dtype=torch.float64), reduce_op="mean"))
         grad_norm = module.grad_norm
         engine = getattr(trainer.strategy, "deepspeed_engine", None)
         if engine is not None:
@@ -165,7 +180,7 @@ class MetricsCallback(L.Callback):
             "stage": module.stage_index,
             "step": step,
             "tokens": self.tokens_before + module.tokens_seen,
-            "loss": module.last_step_loss,
+            "loss": loss,
             "lr": module.current_lr,
             "tokens_per_s": tok_s,
             "mfu": mfu,

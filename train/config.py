@@ -32,6 +32,9 @@ class RunSection:
     """Run directory: checkpoints, logs, snapshots and the resolved config go here."""
     seed: int = 0
     """Seed for initialisation and data order."""
+    stop_after_steps: int | None = None
+    """Save a checkpoint and exit after this many optimizer steps of one invocation (for
+    time-limited jobs); the next `skein train` resumes. None: run to the end."""
 
 
 @dataclass(kw_only=True)

@@ -17,8 +17,9 @@ which is exactly the running maximum the token loop carries, so pp, aa and bb eq
 up to rounding and final states compare directly.
 
 The [L, L] exponents (1) are reduced for all chunks at once with their own row maximum m_t
-subtracted before exp; the carried state enters afterwards through e^{pp + t w - M_t} and
-e^{m_t - M_t} with M_t = max(m_t, pp + t w), so every exp argument is <= 0 for any k and w.
+subtracted before exp (m_t from the running maximum r_{t+1} = max(r_t + w, k_t), L small steps);
+the carried state enters afterwards through e^{pp + t w - M_t} and e^{m_t - M_t} with
+M_t = max(m_t, pp + t w), so every exp argument is <= 0 (up to rounding) for any k and w.
 Only the chunk-to-chunk state update (2), a few [B, C] operations, runs in a Python loop.
 The row maxima m_t and M_t cancel between numerator and denominator, so they are taken out of the
 autograd graph; the state's pp' is a real output and keeps its gradient.

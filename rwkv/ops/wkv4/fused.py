@@ -1,0 +1,298 @@
+"""RWKV-4 WKV as fused recurrent Triton kernels (forward and backward), fp32 compute.
+
+One program owns a block of channels of one sequence and walks time; the running-max state
+(aa, bb, pp) of naive.wkv4_naive stays in registers. Time is read in tiles of TB steps (one
+coalesced load per tile, the next tile requested before the current one is used), and the
+forward writes the state at every tile start: the backward replays a tile from that checkpoint,
+keeps the TB per-step states in registers and then runs the reverse recurrence through it.
+
+Backward (exact gradient of the (aa, bb, pp) representation). One step, with x = w + pp0:
+    pp1 = max(x, k), f = e^{x - pp1}, e = e^{k - pp1}, aa1 = f aa0 + e v, bb1 = f bb0 + e
+    y = (e1 aa0 + e2 v) / (e1 bb0 + e2), e1 = e^{pp0 - p}, e2 = e^{u + k - p}, p = max(pp0, u + k)
+Given (ga, gb, gp) = dL/d(aa1, bb1, pp1): the total through pp1 is gp - ga aa1 - gb bb1 and goes
+to whichever of x, k won the max; ga0 = f ga + e1 gy / den, gb0 = f gb - e1 gy y / den,
+gp0 = dL/dx + e1 (gy / den)(aa0 - y bb0) (y depends on the state only through aa e^pp).
+Every exponent above is <= 0, so nothing overflows.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from skein.rwkv.ops.common.kernel_checks import check_device, check_dtypes, check_length, check_shape
+from skein.rwkv.ops.common.triton_utils import is_interpreted
+from skein.rwkv.ops.wkv4.naive import Wkv4State
+
+TIME_TILE = 16
+"""Time steps per load and per backward checkpoint."""
+
+@triton.jit
+def _pick(tile, sel):
+    """Row `sel` of a [TB, BC] tile as a [BC] vector."""
+    return tl.sum(tl.where(sel, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _wkv4_fwd_kernel(
+    w, u, k, v, aa0, bb0, pp0, y, aaT, bbT, ppT, ckpt, T, C, B,
+    BC: tl.constexpr, TB: tl.constexpr, HAS_STATE: tl.constexpr, SAVE: tl.constexpr,
+):  # fmt: skip
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    c = i_c * BC + tl.arange(0, BC)
+    mc = c < C
+    tt = tl.arange(0, TB)
+    w_ = tl.load(w + c, mask=mc, other=0.0)
+    u_ = tl.load(u + c, mask=mc, other=0.0)
+    sc = i_b.to(tl.int64) * C + c
+    if HAS_STATE:
+        aa = tl.load(aa0 + sc, mask=mc, other=0.0)
+        bb = tl.load(bb0 + sc, mask=mc, other=0.0)
+        pp = tl.load(pp0 + sc, mask=mc, other=-1e38)
+    else:
+        aa = tl.zeros([BC], dtype=tl.float32)
+        bb = tl.zeros([BC], dtype=tl.float32)
+        pp = tl.full([BC], -1e38, dtype=tl.float32)
+    NB = tl.cdiv(T, TB)
+    offs = i_b.to(tl.int64) * T * C + tt[:, None] * C + c[None, :]
+    m = (tt < T)[:, None] & mc[None, :]
+    kt = tl.load(k + offs, mask=m, other=0.0).to(tl.float32)
+    vt = tl.load(v + offs, mask=m, other=0.0).to(tl.float32)
+    for n in range(NB):
+        mn = ((n + 1) * TB + tt < T)[:, None] & mc[None, :]
+        kn = tl.load(k + offs + (n + 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
+        vn = tl.load(v + offs + (n + 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
+        if SAVE:
+            ck = (i_b * NB + n).to(tl.int64) * C + c
+            tl.store(ckpt + ck, aa, mask=mc)
+            tl.store(ckpt + B * NB * C + ck, bb, mask=mc)
+            tl.store(ckpt + 2 * B * NB * C + ck, pp, mask=mc)
+        yt = tl.zeros([TB, BC], dtype=tl.float32)
+        for i in tl.static_range(TB):
+            sel = (tt == i)[:, None]
+            ki = _pick(kt, sel)
+            vi = _pick(vt, sel)
+            ww = u_ + ki
+            p = tl.maximum(pp, ww)
+            e1 = tl.exp(pp - p)
+            e2 = tl.exp(ww - p)
+            yt = tl.where(sel, ((e1 * aa + e2 * vi) / (e1 * bb + e2))[None, :], yt)
+            ww = w_ + pp
+            p = tl.maximum(ww, ki)
+            e1 = tl.exp(ww - p)
+            e2 = tl.exp(ki - p)
+            live = n * TB + i < T
+            aa = tl.where(live, e1 * aa + e2 * vi, aa)
+            bb = tl.where(live, e1 * bb + e2, bb)
+            pp = tl.where(live, p, pp)
+        tl.store(y + offs + n * TB * C, yt.to(y.dtype.element_ty), mask=m)
+        m = mn
+        kt = kn
+        vt = vn
+    tl.store(aaT + sc, aa, mask=mc)
+    tl.store(bbT + sc, bb, mask=mc)
+    tl.store(ppT + sc, pp, mask=mc)
+
+
+@triton.jit
+def _wkv4_bwd_kernel(
+    w, u, k, v, dy, ckpt, daaT, dbbT, dppT, dk, dv, dw, du, daa0, dbb0, dpp0, T, C, B,
+    BC: tl.constexpr, TB: tl.constexpr, HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr,
+):  # fmt: skip
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    c = i_c * BC + tl.arange(0, BC)
+    mc = c < C
+    tt = tl.arange(0, TB)
+    w_ = tl.load(w + c, mask=mc, other=0.0)
+    u_ = tl.load(u + c, mask=mc, other=0.0)
+    sc = i_b.to(tl.int64) * C + c
+    if HAS_DST:
+        ga = tl.load(daaT + sc, mask=mc, other=0.0)
+        gb = tl.load(dbbT + sc, mask=mc, other=0.0)
+        gp = tl.load(dppT + sc, mask=mc, other=0.0)
+    else:
+        ga = tl.zeros([BC], dtype=tl.float32)
+        gb = tl.zeros([BC], dtype=tl.float32)
+        gp = tl.zeros([BC], dtype=tl.float32)
+    gw = tl.zeros([BC], dtype=tl.float32)
+    gu = tl.zeros([BC], dtype=tl.float32)
+    NB = tl.cdiv(T, TB)
+    offs = i_b.to(tl.int64) * T * C + tt[:, None] * C + c[None, :]
+    t_last = (NB - 1) * TB + tt
+    m = (t_last < T)[:, None] & mc[None, :]
+    kt = tl.load(k + offs + (NB - 1) * TB * C, mask=m, other=0.0).to(tl.float32)
+    vt = tl.load(v + offs + (NB - 1) * TB * C, mask=m, other=0.0).to(tl.float32)
+    gyt = tl.load(dy + offs + (NB - 1) * TB * C, mask=m, other=0.0).to(tl.float32)
+    for j in range(NB):
+        n = NB - 1 - j
+        mn = ((n - 1) * TB + tt >= 0)[:, None] & mc[None, :]
+        kn = tl.load(k + offs + (n - 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
+        vn = tl.load(v + offs + (n - 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
+        gyn = tl.load(dy + offs + (n - 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
+        ck = (i_b * NB + n).to(tl.int64) * C + c
+        aa = tl.load(ckpt + ck, mask=mc, other=0.0)
+        bb = tl.load(ckpt + B * NB * C + ck, mask=mc, other=0.0)
+        pp = tl.load(ckpt + 2 * B * NB * C + ck, mask=mc, other=-1e38)
+        # replay the tile, keeping the state before each step
+        a_t = tl.zeros([TB, BC], dtype=tl.float32)
+        b_t = tl.zeros([TB, BC], dtype=tl.float32)
+        p_t = tl.zeros([TB, BC], dtype=tl.float32)
+        for i in tl.static_range(TB):
+            sel = (tt == i)[:, None]
+            a_t = tl.where(sel, aa[None, :], a_t)
+            b_t = tl.where(sel, bb[None, :], b_t)
+            p_t = tl.where(sel, pp[None, :], p_t)
+            ki = _pick(kt, sel)
+            vi = _pick(vt, sel)
+            x = w_ + pp
+            p = tl.maximum(x, ki)
+            f = tl.exp(x - p)
+            e = tl.exp(ki - p)
+            live = n * TB + i < T
+            aa = tl.where(live, f * aa + e * vi, aa)
+            bb = tl.where(live, f * bb + e, bb)
+            pp = tl.where(live, p, pp)
+        dkt = tl.zeros([TB, BC], dtype=tl.float32)
+        dvt = tl.zeros([TB, BC], dtype=tl.float32)
+        for jj in tl.static_range(TB):
+            i = TB - 1 - jj
+            sel = (tt == i)[:, None]
+            ki = _pick(kt, sel)
+            vi = _pick(vt, sel)
+            gyi = _pick(gyt, sel)
+            a0 = _pick(a_t, sel)
+            b0 = _pick(b_t, sel)
+            p0 = _pick(p_t, sel)
+            # state update (module docstring)
+            x = w_ + p0
+            p1 = tl.maximum(x, ki)
+            f = tl.exp(x - p1)
+            e = tl.exp(ki - p1)
+            g_p1 = gp - ga * (f * a0 + e * vi) - gb * (f * b0 + e)
+            x_won = x >= ki
+            gx = (ga * a0 + gb * b0) * f + tl.where(x_won, g_p1, 0.0)
+            gk = (ga * vi + gb) * e + tl.where(x_won, 0.0, g_p1)
+            gv = ga * e
+            # output y_t
+            wu = u_ + ki
+            p = tl.maximum(p0, wu)
+            e1 = tl.exp(p0 - p)
+            e2 = tl.exp(wu - p)
+            den = e1 * b0 + e2
+            g_num = gyi / den
+            g_den = -g_num * (e1 * a0 + e2 * vi) / den
+            g_wu = e2 * (g_num * vi + g_den)
+            live = n * TB + i < T
+            ga = tl.where(live, f * ga + e1 * g_num, ga)
+            gb = tl.where(live, f * gb + e1 * g_den, gb)
+            gp = tl.where(live, gx + e1 * (g_num * a0 + g_den * b0), gp)
+            gw += tl.where(live, gx, 0.0)
+            gu += tl.where(live, g_wu, 0.0)
+            dkt = tl.where(sel, (gk + g_wu)[None, :], dkt)
+            dvt = tl.where(sel, (gv + e2 * g_num)[None, :], dvt)
+        tl.store(dk + offs + n * TB * C, dkt.to(dk.dtype.element_ty), mask=m)
+        tl.store(dv + offs + n * TB * C, dvt.to(dv.dtype.element_ty), mask=m)
+        m = mn
+        kt = kn
+        vt = vn
+        gyt = gyn
+    tl.store(dw + sc, gw, mask=mc)
+    tl.store(du + sc, gu, mask=mc)
+    if WANT_DS0:
+        tl.store(daa0 + sc, ga, mask=mc)
+        tl.store(dbb0 + sc, gb, mask=mc)
+        tl.store(dpp0 + sc, gp, mask=mc)
+
+
+def _block_c(C: int, block_c: int | None) -> int:
+    return block_c or min(64, triton.next_power_of_2(C))
+
+
+class _FusedWkv4(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, u, k, v, aa, bb, pp, block_c, save):
+        B, T, C = k.shape
+        bc = _block_c(C, block_c)
+        NB = triton.cdiv(T, TIME_TILE)
+        y = torch.empty_like(k)
+        out = [torch.empty(B, C, device=k.device, dtype=torch.float32) for _ in range(3)]
+        ckpt = torch.empty(3, B, NB, C, device=k.device, dtype=torch.float32) if save else None
+        _wkv4_fwd_kernel[(triton.cdiv(C, bc), B)](
+            w, u, k, v, aa, bb, pp, y, *out, ckpt, T, C, B,
+            BC=bc, TB=TIME_TILE, HAS_STATE=aa is not None, SAVE=save, num_warps=max(1, bc // 32),
+        )  # fmt: skip
+        ctx.save_for_backward(w, u, k, v, ckpt)
+        ctx.has_state, ctx.bc = aa is not None, bc
+        ctx.set_materialize_grads(False)
+        return (y, *out)
+
+    @staticmethod
+    def backward(ctx, dy, daa, dbb, dpp):
+        w, u, k, v, ckpt = ctx.saved_tensors
+        B, T, C = k.shape
+        dy = torch.zeros_like(k) if dy is None else dy.contiguous()
+        has_dst = any(g is not None for g in (daa, dbb, dpp))
+        dst = [
+            (torch.zeros(B, C, device=k.device) if g is None else g.float().contiguous()) if has_dst else None
+            for g in (daa, dbb, dpp)
+        ]
+        want_ds0 = ctx.has_state and any(ctx.needs_input_grad[4:7])
+        ds0 = [torch.empty(B, C, device=k.device, dtype=torch.float32) if want_ds0 else None for _ in range(3)]
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dw = torch.empty(B, C, device=k.device, dtype=torch.float32)
+        du = torch.empty_like(dw)
+        _wkv4_bwd_kernel[(triton.cdiv(C, ctx.bc), B)](
+            w, u, k, v, dy, ckpt, *dst, dk, dv, dw, du, *ds0, T, C, B,
+            BC=ctx.bc, TB=TIME_TILE, HAS_DST=has_dst, WANT_DS0=want_ds0, num_warps=max(1, ctx.bc // 32),
+        )  # fmt: skip
+        return dw.sum(0), du.sum(0), dk, dv, *ds0, None, None
+
+
+def fused_wkv4(
+    w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Wkv4State | None = None, *, block_c: int | None = None
+) -> tuple[Tensor, Wkv4State]:
+    """RWKV-4 WKV with the fused recurrent Triton kernels; same math and conventions as wkv4_naive.
+
+    Args:
+        w: [C] log decay per step (-exp(time_decay)); u: [C] bonus of the current token (any float
+            dtype, computed in fp32).
+        k, v: [B, T, C], one dtype among bf16, fp16, fp32.
+        state: (aa, bb, pp), each [B, C] (cast to fp32); None for the empty state.
+        block_c: channels per program (power of two >= 16); None picks one.
+    Returns:
+        y: [B, T, C] in k's dtype, and the final state (aa, bb, pp) in fp32; differentiable in
+        w, u, k, v and the initial state.
+    Raises:
+        ValueError: unsupported device, dtype or shape.
+    """
+    op = "fused_wkv4"
+    aa, bb, pp = state if state is not None else (None, None, None)
+    check_device(op, is_interpreted(_wkv4_fwd_kernel), w=w, u=u, k=k, v=v, aa=aa, bb=bb, pp=pp)
+    check_dtypes(op, k=k, v=v)
+    if k.dim() != 3:
+        raise ValueError(f"{op}: k must be [B, T, C], got {tuple(k.shape)}")
+    B, T, C = k.shape
+    check_shape(op, "v", v, (B, T, C))
+    check_shape(op, "w", w, (C,))
+    check_shape(op, "u", u, (C,))
+    check_length(op, T)
+    if block_c is not None and (block_c < 16 or block_c & (block_c - 1)):
+        raise ValueError(f"{op}: block_c = {block_c} must be a power of two >= 16")
+    if state is not None:
+        for name, s in (("aa", aa), ("bb", bb), ("pp", pp)):
+            check_shape(op, name, s, (B, C))
+        aa, bb, pp = (s.float().contiguous() for s in (aa, bb, pp))
+    w, u = w.float().contiguous(), u.float().contiguous()
+    k, v = k.contiguous(), v.contiguous()
+    save = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (w, u, k, v, aa, bb, pp)
+    )
+    y, aa, bb, pp = _FusedWkv4.apply(w, u, k, v, aa, bb, pp, block_c, save)
+    return y, (aa, bb, pp)
+
+
+__all__ = ["fused_wkv4"]

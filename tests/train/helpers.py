@@ -1,0 +1,81 @@
+"""Helpers of the training tests: tiny run configs, the CLI in a subprocess, metrics."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+
+def tiny_run(corpus: str, out_dir: Path, arch: str = "llama", **sections) -> dict:
+    """A run config dict for a tiny model on `corpus`; `sections` replace or extend the defaults."""
+    models = {
+        "llama": {"arch": "llama", "vocab_size": 257, "n_layer": 2, "d_model": 32, "n_head": 2},
+        "rwkv7": {"arch": "rwkv7", "vocab_size": 257, "n_layer": 2, "d_model": 64, "head_size": 32},
+    }
+    cfg = {
+        "run": {"name": "test", "out_dir": str(out_dir), "seed": 0},
+        "model": models[arch],
+        "data": {"train": [corpus], "tokenizer": "byte"},
+        "optim": {"lr_init": 3e-3, "lr_final": 3e-4},
+        "schedule": {"kind": "constant_exp", "warmup_tokens": 1000},
+        "stages": [{"ctx_len": 32, "tokens": 32 * 8 * 12, "micro_bsz": 4, "tokens_per_step": 32 * 8}],
+        "trainer": {"accelerator": "cpu"},
+        "checkpoint": {"every_steps": 3, "keep_last": 2},
+        "log": {"every_steps": 1, "wandb": "disabled", "progress_bar": False},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def write_config(cfg: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def losses(out_dir: Path) -> dict[tuple[int, int], float]:
+    """(stage, step) -> loss from metrics.csv; a step logged twice (before a kill and after the
+    resume) keeps its last value."""
+    with open(out_dir / "metrics.csv") as f:
+        return {(int(r["stage"]), int(r["step"])): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def run_cli(
+    args: list[str], env_extra: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "skein.train.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_cli(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "skein.train.cli", *args],
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before the condition was met")
+        if time.time() - t0 > timeout:
+            proc.send_signal(signal.SIGKILL)
+            raise AssertionError("timed out")
+        time.sleep(0.05)
