@@ -9,6 +9,7 @@ wires them (flags come from the functions' signatures and docstrings).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 import sys
@@ -29,10 +30,10 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _train_parser() -> Any:
-    from jsonargparse import ArgumentParser
-
-    p = ArgumentParser(description="Train the stages of a run config, resuming from its run directory.")
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="skein train", description="Train the stages of a run config, resuming from its run directory."
+    )
     p.add_argument("config", help="run YAML (see configs/)")
     p.add_argument(
         "overrides",
@@ -41,45 +42,56 @@ def _train_parser() -> Any:
         help="dotted overrides, e.g. optim.lr_init=3e-4 stages.0.tokens=1e9",
     )
     p.add_argument(
-        "--resume", type=bool, default=True, help="continue from the newest checkpoint in run.out_dir"
+        "--resume", type=_yes_no, default=True, help="continue from the newest checkpoint in run.out_dir"
     )
-    p.add_argument("--init_from", type=str, default=None, help="start from these weights (fresh optimizer)")
+    p.add_argument("--init_from", default=None, help="start from these weights (fresh optimizer)")
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     return p
 
 
+def _yes_no(v: str) -> bool:
+    if v.lower() not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+    return v.lower() in ("true", "yes", "1")
+
+
 def build_parser() -> Any:
+    """The jsonargparse parser of every subcommand but `train` (whose free-form overrides it
+    parses with argparse)."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="skein", description="Pretrain recurrent-state language models.")
     subs = parser.add_subcommands(required=True, dest="command")
     for name, target in COMMANDS.items():
         fn = _resolve(target)
-        if name == "train":
-            sub = _train_parser()
-        else:
-            sub = ArgumentParser(description=(fn.__doc__ or "").strip().split("\n")[0])
+        summary = (fn.__doc__ or "").strip().split("\n")[0]
+        sub = ArgumentParser(description=summary)
+        if name != "train":
             sub.add_function_arguments(fn, as_positional=True, fail_untyped=False)
-        subs.add_subcommand(name, sub, help=(fn.__doc__ or "").strip().split("\n")[0])
+        subs.add_subcommand(name, sub, help=summary)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    name = args.command
-    fn = _resolve(COMMANDS[name])
-    accepted = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in vars(args[name]).items() if k in accepted}
-    if name == "train":
-        kwargs = {
-            "config": args[name].config,
-            "overrides": list(args[name].overrides),
-            "resume": args[name].resume,
-            "init_from": args[name].init_from,
-            "print_config": bool(args[name].print_config),
-        }
+    argv = sys.argv[1:] if argv is None else argv
     from skein.train.config import ConfigError
 
+    if argv and argv[0] == "train":
+        a = _train_parser().parse_args(argv[1:])
+        name, fn = "train", _resolve(COMMANDS["train"])
+        kwargs = {
+            "config": a.config,
+            "overrides": a.overrides,
+            "resume": a.resume,
+            "init_from": a.init_from,
+            "print_config": a.print_config,
+        }
+    else:
+        args = build_parser().parse_args(argv)
+        name = args.command
+        fn = _resolve(COMMANDS[name])
+        accepted = inspect.signature(fn).parameters
+        kwargs = {k: v for k, v in vars(args[name]).items() if k in accepted}
     try:
         result = fn(**kwargs)
     except ConfigError as e:

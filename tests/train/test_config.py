@@ -1,0 +1,76 @@
+"""Run configs: every shipped recipe loads; bad keys, types and overrides fail with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skein.train.cli import main
+from skein.train.config import ConfigError, load_config
+from tests.train.helpers import tiny_run, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def test_recipes_exist() -> None:
+    assert RECIPES, "configs/ holds no recipes"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_recipe_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.model_config().arch == cfg.model["arch"]
+    for stage in cfg.stages:
+        assert stage.tokens >= stage.ctx_len
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    cfg = tiny_run("c", tmp_path, optim={"lr_int": 1e-3})
+    with pytest.raises(ConfigError, match=r"optim.lr_int: unknown key \(did you mean 'lr_init'\?\)"):
+        load_config(write_config(cfg, tmp_path / "c.yaml"))
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match=r"stages\[0\].micro_bsz: expected an integer, got 'four'"):
+        load_config(path, ["stages.0.micro_bsz=four"])
+    with pytest.raises(ConfigError, match=r"trainer.strategy: 'fsdp' is not one of"):
+        load_config(path, ["trainer.strategy=fsdp"])
+    with pytest.raises(ConfigError, match="model: unknown key"):
+        load_config(path, ["model.n_heads=4"])
+    with pytest.raises(ConfigError, match="lr_final <= lr_init"):
+        load_config(path, ["optim.lr_final=1.0"])
+
+
+def test_overrides_apply_by_dotted_key_and_index(tmp_path: Path) -> None:
+    path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
+    cfg = load_config(path, ["optim.lr_init=0.01", "stages.0.ctx_len=64", "model.n_layer=3", "optim.betas=[0.9, 0.95]"])
+    assert cfg.optim.lr_init == 0.01 and cfg.stages[0].ctx_len == 64 and cfg.model["n_layer"] == 3
+    assert cfg.optim.betas == (0.9, 0.95)
+    with pytest.raises(ConfigError, match="not a valid list index"):
+        load_config(path, ["stages.3.ctx_len=64"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["optim.lr_init"])
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_print_config_and_params(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
+    main(["train", str(path), "optim.lr_init=0.002", "--print_config"])
+    out = capsys.readouterr().out
+    assert "lr_init: 0.002" in out and "arch: llama" in out
+    main(["params", str(path)])
+    out = capsys.readouterr().out
+    assert "llama:" in out and "parameters" in out
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path: Path) -> None:
+    path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
+    with pytest.raises(SystemExit, match="config error: .*optim.lr_int: unknown key"):
+        main(["train", str(path), "optim.lr_int=1"])
