@@ -8,15 +8,15 @@ The sequence is cut into chunks of L tokens. Inside a chunk with start state S_0
 inclusive cumulative log decay (g_t = w_1 + ... + w_t, per key channel) and g'_t = g_t - w_t the
 exclusive one. Unrolling the recurrence gives, with rows indexed by time in the chunk:
 
-    U   = Ã S_0 + A_ab U + A_ak V                  (Ã_t = a_t exp(g'_t))
-    O   = R̃ S_0 + A_rb U + A_rk V                  (R̃_t = r_t exp(g_t))
-    S_L = diag(exp g_L) S_0 + B̃^T U + K̃^T V        (B̃_s = b_s exp(g_L - g_s), likewise K̃)
+    U   = A0 S_0 + A_ab U + A_ak V                 (A0_t = a_t exp(g'_t))
+    O   = R0 S_0 + A_rb U + A_rk V                 (R0_t = r_t exp(g_t))
+    S_L = diag(exp g_L) S_0 + Be^T U + Ke^T V      (Be_s = b_s exp(g_L - g_s), Ke_s = k_s exp(g_L - g_s))
 
 with A_ab[t, s] = sum_k a_t[k] exp(g'_t[k] - g_s[k]) b_s[k] for s < t (A_ak: k_s in place of b_s)
 and A_rb[t, s] = sum_k r_t[k] exp(g_t[k] - g_s[k]) b_s[k] for s <= t (A_rk likewise). The first
 line is a unit lower-triangular system, solved once per chunk (the WY / UT-transform step):
-U = P S_0 + Q with P = (I - A_ab)^{-1} Ã, Q = (I - A_ab)^{-1} A_ak V. Substituting gives the chunk's
-affine state map S_L = M S_0 + N, M = diag(exp g_L) + B̃^T P, N = B̃^T Q + K̃^T V, so the only
+U = P S_0 + Q with P = (I - A_ab)^{-1} A0, Q = (I - A_ab)^{-1} A_ak V. Substituting gives the chunk's
+affine state map S_L = M S_0 + N, M = diag(exp g_L) + Be^T P, N = Be^T Q + Ke^T V, so the only
 sequential work is one [K, K] x [K, V] product per chunk.
 
 Numerical safety: no positive exponent is ever formed. The A matrices are built per sub-chunk of
@@ -40,7 +40,9 @@ def _chunked(x: Tensor, n_chunks: int, chunk: int) -> Tensor:
     return x.reshape(B, n_chunks, chunk, H, D).permute(0, 3, 1, 2, 4)
 
 
-def _intra_chunk_matrices(r: Tensor, g: Tensor, g_excl: Tensor, k: Tensor, a: Tensor, b: Tensor, Ls: int) -> Tensor:
+def _intra_chunk_matrices(
+    r: Tensor, g: Tensor, g_excl: Tensor, k: Tensor, a: Tensor, b: Tensor, Ls: int
+) -> Tensor:
     """The four [L, L] intra-chunk matrices, stacked as [.., 2 (a, r), 2 (b, k), L (t), L (s)].
 
     r, k, a, b, g (inclusive cumulative log decay), g_excl (exclusive): [.., L, K], L = n_sub * Ls.
