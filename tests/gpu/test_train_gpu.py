@@ -1,0 +1,71 @@
+"""Training on GPUs: DeepSpeed ZeRO-2, bf16, gradient checkpointing; the loss falls and a resumed
+run continues the curve. Skipped without CUDA (multigpu: without two devices)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tests.train.helpers import losses, run_cli, tiny_run, write_config
+
+
+def _gpu_run(corpus: str, out: Path, devices: int, steps: int, **extra) -> dict:
+    model = {"arch": "rwkv7", "vocab_size": 257, "n_layer": 4, "d_model": 256, "head_size": 64}
+    stage = {
+        "ctx_len": 256,
+        "tokens": 256 * 16 * steps,
+        "micro_bsz": 16 // devices,
+        "tokens_per_step": 256 * 16,
+    }
+    return tiny_run(
+        corpus,
+        out,
+        model=model,
+        stages=[stage],
+        trainer={
+            "accelerator": "gpu",
+            "devices": devices,
+            "strategy": "deepspeed",
+            "zero_stage": 2,
+            "precision": "bf16-mixed",
+            "grad_checkpointing": True,
+        },
+        checkpoint={"every_steps": 10, "keep_last": 2},
+        **extra,
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_zero2_bf16_checkpointed_run_learns_and_resumes(corpus: str, tmp_path: Path) -> None:
+    cfg = _gpu_run(corpus, tmp_path / "run", devices=1, steps=40)
+    cfg["run"]["stop_after_steps"] = 20
+    path = write_config(cfg, tmp_path / "run.yaml")
+    for _ in range(2):  # the first invocation stops at step 20, the second resumes to 40
+        res = run_cli(["train", str(path)], timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+    curve = losses(tmp_path / "run")
+    assert max(step for _, step in curve) == 40
+    assert curve[(0, 40)] < curve[(0, 1)] - 1.0
+
+
+@pytest.mark.multigpu
+@pytest.mark.slow
+def test_two_gpu_zero2_matches_one_gpu_curve(corpus: str, tmp_path: Path) -> None:
+    curves = {}
+    for n in (1, 2):
+        path = write_config(
+            _gpu_run(corpus, tmp_path / f"g{n}", devices=n, steps=20), tmp_path / f"g{n}.yaml"
+        )
+        res = run_cli(["train", str(path)], timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        curves[n] = losses(tmp_path / f"g{n}")
+    for key, value in curves[1].items():
+        assert curves[2][key] == pytest.approx(value, rel=2e-2), f"step {key}"
+    with open(tmp_path / "g2" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    print(
+        f"2 GPUs: {float(rows[-1]['tokens_per_s']):,.0f} tokens/s, {float(rows[-1]['gpu_mem_gb']):.2f} GiB peak"
+    )
