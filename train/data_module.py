@@ -62,7 +62,7 @@ class StageDataModule(L.LightningDataModule):
             batch_size=self.micro_bsz,
             sampler=self.sampler,
             num_workers=self.cfg.data.num_workers,
-            pin_memory=True,
+            pin_memory=torch.cuda.is_available(),
             drop_last=True,
             collate_fn=self._collate,
         )

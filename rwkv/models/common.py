@@ -1,5 +1,5 @@
 """Building blocks shared by the model files: the base config and model class, token shift,
-the causal short convolution, and state helpers.
+the causal short convolution, the SwiGLU MLP, and state helpers.
 
 Every model maps `forward(idx [B, T], state=None) -> (logits [B, T, vocab], state)`. The state is a
 list with one entry per block (a tuple of tensors, or None), so a long sequence can be run in
@@ -109,6 +109,19 @@ class ShortConv(nn.Module):
         if self.activation:
             y = F.silu(y)
         return y.transpose(1, 2), xt[:, :, xt.shape[2] - (self.size - 1) :]
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), with gate and up in one matrix (the Llama / fla MLP)."""
+
+    def __init__(self, d_model: int, d_ffn: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * d_ffn, bias=False)
+        self.down = nn.Linear(d_ffn, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
 
 
 def detach_state(state: Any) -> Any:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.models.common import CausalLM, ModelConfig, ShortConv, State
+from skein.rwkv.models.common import CausalLM, ModelConfig, ShortConv, State, SwiGLU
 from skein.rwkv.ops.delta_product import delta_product
 
 BlockState = tuple[Tensor, ...]
@@ -180,19 +180,6 @@ class DeltaProductMixer(nn.Module):
         y = self.o_proj(o.reshape(B, T, H * V).to(x.dtype))
         new_state = (cq, ck, cv, S) if cfg.use_short_conv else (S,)
         return y, new_state
-
-
-class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up in one matrix."""
-
-    def __init__(self, d_model: int, d_ffn: int) -> None:
-        super().__init__()
-        self.gate_up = nn.Linear(d_model, 2 * d_ffn, bias=False)
-        self.down = nn.Linear(d_ffn, d_model, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
 
 
 class Block(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.models.common import CausalLM, ModelConfig, State
+from skein.rwkv.models.common import CausalLM, ModelConfig, State, SwiGLU
 
 
 @dataclass(kw_only=True)
@@ -76,24 +76,13 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, H * D)), (k, v)
 
 
-class SwiGLU(nn.Module):
-    def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ffn, bias=False)
-        self.down = nn.Linear(cfg.d_ffn, cfg.d_model, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
-
-
 class Block(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.ln1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.att = Attention(cfg)
         self.ln2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.ffn = SwiGLU(cfg)
+        self.ffn = SwiGLU(cfg.d_model, cfg.d_ffn)
 
     def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         h, cache = self.att(self.ln1(x), cache)
