@@ -96,10 +96,11 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir() and (path / "model.ckpt").exists():
         path = path / "model.ckpt"
-    if path.is_dir():  # DeepSpeed checkpoint directory: consolidate on the CPU
-        from lightning.pytorch.utilities.deepspeed import get_fp32_state_dict_from_zero_checkpoint
+    if path.is_dir():  # DeepSpeed ZeRO checkpoint directory: consolidate the fp32 weights on the CPU
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(path))
+        sd = {k.removeprefix("_forward_module."): v for k, v in sd.items()}
     else:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such checkpoint or weights file")

@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "train": "skein.train.run:train",
     "params": "skein.train.inspect:params",
     "plot-lr": "skein.train.inspect:plot_lr",
+    "export": "skein.train.export:export",
+    "import": "skein.train.export:import_weights",
+    "generate": "skein.train.generate:generate",
 }
 
 

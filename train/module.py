@@ -74,7 +74,12 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        return build_optimizer(self.model, self.schedule.lr(0), o.betas, o.eps, o.weight_decay)
+        offload = (
+            self.cfg.trainer.offload_optimizer and "deepspeed" in type(self.trainer.strategy).__name__.lower()
+        )
+        return build_optimizer(
+            self.model, self.schedule.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload
+        )
 
     def _set_lr(self) -> None:
         lr = self.schedule.lr(self.tokens_seen)

@@ -30,8 +30,19 @@ def param_groups(model: CausalLM, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(
-    model: CausalLM, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
+    model: CausalLM,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    cpu_offload: bool = False,
 ) -> torch.optim.Optimizer:
-    """AdamW over `param_groups` (the fused implementation on CUDA)."""
+    """AdamW over `param_groups`: the fused implementation on CUDA, DeepSpeed's CPU Adam when the
+    optimizer states are offloaded to the CPU (ZeRO-Offload needs it)."""
+    groups = param_groups(model, weight_decay)
+    if cpu_offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
     fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)

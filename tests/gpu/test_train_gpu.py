@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from skein.rwkv import build_model
+from skein.train.checkpoint import latest_checkpoint, load_weights
 from tests.train.helpers import losses, run_cli, tiny_run, write_config
 
 
@@ -49,6 +51,9 @@ def test_zero2_bf16_checkpointed_run_learns_and_resumes(corpus: str, tmp_path: P
     curve = losses(tmp_path / "run")
     assert max(step for _, step in curve) == 40
     assert curve[(0, 40)] < curve[(0, 1)] - 1.0
+    # the ZeRO checkpoint consolidates on the CPU into the model's own keys
+    sd = load_weights(latest_checkpoint(tmp_path / "run")[0])
+    assert set(sd) == set(build_model(cfg["model"]).state_dict())
 
 
 @pytest.mark.multigpu

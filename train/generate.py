@@ -1,0 +1,102 @@
+"""`skein generate`: sample text from a trained model.
+
+The prompt runs through the model's parallel form once; then each new token is one RNN step
+(`model(token [1, 1], state)`), so the cost per token does not grow with the context. Sampling:
+logits / temperature, softmax, nucleus (top-p) filter, one draw from a seeded generator
+(temperature 0: the most likely token).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from skein.data.tokenizer import load_tokenizer
+from skein.rwkv.models import CausalLM
+from skein.train.export import load_source
+
+
+def sample_next(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """One token id from logits [V]: the smallest set of most likely tokens whose probability
+    reaches top_p, renormalised, at the given temperature (0: argmax)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p >= 1:
+        return int(torch.multinomial(probs, 1, generator=generator))
+    sorted_probs, order = torch.sort(probs, descending=True)
+    before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    sorted_probs[before >= top_p] = 0  # keep tokens until the mass before them reaches top_p
+    return int(order[torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)])
+
+
+@torch.inference_mode()
+def sample_tokens(
+    model: CausalLM, prompt_ids: list[int], max_tokens: int, temperature: float, top_p: float, seed: int
+) -> tuple[list[int], Tensor]:
+    """Generate max_tokens ids after prompt_ids. Returns the ids and the logits [max_tokens, V]
+    each was drawn from (the prompt's last position, then one RNN step per token)."""
+    if not prompt_ids:
+        raise ValueError("prompt_ids: at least one token is needed to start from")
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    logits, state = model(torch.tensor([prompt_ids], device=device))
+    last = logits[0, -1].float().cpu()
+    out, used = [], []
+    for i in range(max_tokens):
+        used.append(last)
+        token = sample_next(last, temperature, top_p, generator)
+        out.append(token)
+        if i + 1 < max_tokens:
+            logits, state = model(torch.tensor([[token]], device=device), state)
+            last = logits[0, -1].float().cpu()
+    V = model.config.vocab_size
+    return out, torch.stack(used) if used else torch.empty(0, V)
+
+
+def generate(
+    model: str,
+    prompt: str,
+    max_tokens: int = 100,
+    temperature: float = 1.0,
+    top_p: float = 0.85,
+    tokenizer: str | None = None,
+    seed: int = 0,
+) -> str:
+    """Sample a continuation of a prompt and print it.
+
+    Args:
+        model: run directory, checkpoint, .pth, .safetensors or Hugging Face RWKV-4 directory.
+        prompt: text to continue (empty: start from the end-of-document token).
+        max_tokens: number of tokens to generate.
+        temperature: softmax temperature (0: always the most likely token).
+        top_p: nucleus sampling mass in (0, 1].
+        tokenizer: tokenizer spec (byte, hf:<tokenizer.json>, rwkv_world[:<vocab>]); default: the
+            run config's data.tokenizer, else the one recorded with its training shards.
+        seed: seed of the sampler (same seed, same text).
+    Returns:
+        The generated text (without the prompt).
+    """
+    if max_tokens < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    src = load_source(model)
+    spec = tokenizer or src.tokenizer_spec()
+    if spec is None:
+        raise ValueError(
+            f"{model}: no tokenizer recorded with these weights; pass --tokenizer (byte, hf:<tokenizer.json>, rwkv_world)"
+        )
+    tok = load_tokenizer(spec)
+    if tok.vocab_size > src.model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer {spec!r} has {tok.vocab_size} ids but the model's vocab_size is {src.model.config.vocab_size}"
+        )
+    ids = tok.encode(prompt) or [tok.eod_id]
+    new, _ = sample_tokens(src.model, ids, max_tokens, temperature, top_p, seed)
+    text = tok.decode(new)
+    print(prompt + text)
+    return text
