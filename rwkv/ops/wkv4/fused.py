@@ -26,8 +26,10 @@ from skein.rwkv.ops.common.kernel_checks import check_device, check_dtypes, chec
 from skein.rwkv.ops.common.triton_utils import is_interpreted
 from skein.rwkv.ops.wkv4.naive import Wkv4State
 
-TIME_TILE = 16
-"""Time steps per load and per backward checkpoint."""
+TIME_TILE = 8
+"""Time steps per load and per backward checkpoint (the backward keeps 11 such [TB, BC] tiles in
+registers; 8 x 32 channels per warp compiles for sm_90 without spills)."""
+
 
 @triton.jit
 def _pick(tile, sel):
@@ -57,19 +59,21 @@ def _wkv4_fwd_kernel(
         bb = tl.zeros([BC], dtype=tl.float32)
         pp = tl.full([BC], -1e38, dtype=tl.float32)
     NB = tl.cdiv(T, TB)
-    offs = i_b.to(tl.int64) * T * C + tt[:, None] * C + c[None, :]
+    plane = (B * NB).to(tl.int64) * C  # ckpt is [3, B, NB, C]
+    offs = (i_b * T + tt).to(tl.int64)[:, None] * C + c[None, :]
     m = (tt < T)[:, None] & mc[None, :]
     kt = tl.load(k + offs, mask=m, other=0.0).to(tl.float32)
     vt = tl.load(v + offs, mask=m, other=0.0).to(tl.float32)
     for n in range(NB):
+        offs_n = (i_b * T + (n + 1) * TB + tt).to(tl.int64)[:, None] * C + c[None, :]
         mn = ((n + 1) * TB + tt < T)[:, None] & mc[None, :]
-        kn = tl.load(k + offs + (n + 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
-        vn = tl.load(v + offs + (n + 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
+        kn = tl.load(k + offs_n, mask=mn, other=0.0).to(tl.float32)
+        vn = tl.load(v + offs_n, mask=mn, other=0.0).to(tl.float32)
         if SAVE:
             ck = (i_b * NB + n).to(tl.int64) * C + c
             tl.store(ckpt + ck, aa, mask=mc)
-            tl.store(ckpt + B * NB * C + ck, bb, mask=mc)
-            tl.store(ckpt + 2 * B * NB * C + ck, pp, mask=mc)
+            tl.store(ckpt + plane + ck, bb, mask=mc)
+            tl.store(ckpt + 2 * plane + ck, pp, mask=mc)
         yt = tl.zeros([TB, BC], dtype=tl.float32)
         for i in tl.static_range(TB):
             sel = (tt == i)[:, None]
@@ -88,7 +92,8 @@ def _wkv4_fwd_kernel(
             aa = tl.where(live, e1 * aa + e2 * vi, aa)
             bb = tl.where(live, e1 * bb + e2, bb)
             pp = tl.where(live, p, pp)
-        tl.store(y + offs + n * TB * C, yt.to(y.dtype.element_ty), mask=m)
+        tl.store(y + offs, yt.to(y.dtype.element_ty), mask=m)
+        offs = offs_n
         m = mn
         kt = kn
         vt = vn
@@ -121,22 +126,25 @@ def _wkv4_bwd_kernel(
     gw = tl.zeros([BC], dtype=tl.float32)
     gu = tl.zeros([BC], dtype=tl.float32)
     NB = tl.cdiv(T, TB)
-    offs = i_b.to(tl.int64) * T * C + tt[:, None] * C + c[None, :]
+    plane = (B * NB).to(tl.int64) * C  # ckpt is [3, B, NB, C]
     t_last = (NB - 1) * TB + tt
+    offs = (i_b * T + t_last).to(tl.int64)[:, None] * C + c[None, :]
     m = (t_last < T)[:, None] & mc[None, :]
-    kt = tl.load(k + offs + (NB - 1) * TB * C, mask=m, other=0.0).to(tl.float32)
-    vt = tl.load(v + offs + (NB - 1) * TB * C, mask=m, other=0.0).to(tl.float32)
-    gyt = tl.load(dy + offs + (NB - 1) * TB * C, mask=m, other=0.0).to(tl.float32)
+    kt = tl.load(k + offs, mask=m, other=0.0).to(tl.float32)
+    vt = tl.load(v + offs, mask=m, other=0.0).to(tl.float32)
+    gyt = tl.load(dy + offs, mask=m, other=0.0).to(tl.float32)
     for j in range(NB):
         n = NB - 1 - j
-        mn = ((n - 1) * TB + tt >= 0)[:, None] & mc[None, :]
-        kn = tl.load(k + offs + (n - 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
-        vn = tl.load(v + offs + (n - 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
-        gyn = tl.load(dy + offs + (n - 1) * TB * C, mask=mn, other=0.0).to(tl.float32)
+        t_prev = (n - 1) * TB + tt
+        offs_n = (i_b * T + t_prev).to(tl.int64)[:, None] * C + c[None, :]
+        mn = (t_prev >= 0)[:, None] & mc[None, :]
+        kn = tl.load(k + offs_n, mask=mn, other=0.0).to(tl.float32)
+        vn = tl.load(v + offs_n, mask=mn, other=0.0).to(tl.float32)
+        gyn = tl.load(dy + offs_n, mask=mn, other=0.0).to(tl.float32)
         ck = (i_b * NB + n).to(tl.int64) * C + c
         aa = tl.load(ckpt + ck, mask=mc, other=0.0)
-        bb = tl.load(ckpt + B * NB * C + ck, mask=mc, other=0.0)
-        pp = tl.load(ckpt + 2 * B * NB * C + ck, mask=mc, other=-1e38)
+        bb = tl.load(ckpt + plane + ck, mask=mc, other=0.0)
+        pp = tl.load(ckpt + 2 * plane + ck, mask=mc, other=-1e38)
         # replay the tile, keeping the state before each step
         a_t = tl.zeros([TB, BC], dtype=tl.float32)
         b_t = tl.zeros([TB, BC], dtype=tl.float32)
@@ -194,8 +202,9 @@ def _wkv4_bwd_kernel(
             gu += tl.where(live, g_wu, 0.0)
             dkt = tl.where(sel, (gk + g_wu)[None, :], dkt)
             dvt = tl.where(sel, (gv + e2 * g_num)[None, :], dvt)
-        tl.store(dk + offs + n * TB * C, dkt.to(dk.dtype.element_ty), mask=m)
-        tl.store(dv + offs + n * TB * C, dvt.to(dv.dtype.element_ty), mask=m)
+        tl.store(dk + offs, dkt.to(dk.dtype.element_ty), mask=m)
+        tl.store(dv + offs, dvt.to(dv.dtype.element_ty), mask=m)
+        offs = offs_n
         m = mn
         kt = kn
         vt = vn
@@ -208,15 +217,22 @@ def _wkv4_bwd_kernel(
         tl.store(dpp0 + sc, gp, mask=mc)
 
 
-def _block_c(C: int, block_c: int | None) -> int:
-    return block_c or min(64, triton.next_power_of_2(C))
+def _block_c(B: int, C: int, device: torch.device) -> int:
+    """Channels per program. A program is one warp and each thread holds the whole time tile of
+    its channel (picking row i of a tile is then a register move); halve BC while there are
+    fewer programs than SMs."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    bc = 32
+    while bc > 16 and B * triton.cdiv(C, bc) < sms:
+        bc //= 2
+    return bc
 
 
 class _FusedWkv4(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, u, k, v, aa, bb, pp, block_c, save):
         B, T, C = k.shape
-        bc = _block_c(C, block_c)
+        bc = block_c or _block_c(B, C, k.device)
         NB = triton.cdiv(T, TIME_TILE)
         y = torch.empty_like(k)
         out = [torch.empty(B, C, device=k.device, dtype=torch.float32) for _ in range(3)]
@@ -241,7 +257,9 @@ class _FusedWkv4(torch.autograd.Function):
             for g in (daa, dbb, dpp)
         ]
         want_ds0 = ctx.has_state and any(ctx.needs_input_grad[4:7])
-        ds0 = [torch.empty(B, C, device=k.device, dtype=torch.float32) if want_ds0 else None for _ in range(3)]
+        ds0 = [
+            torch.empty(B, C, device=k.device, dtype=torch.float32) if want_ds0 else None for _ in range(3)
+        ]
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         dw = torch.empty(B, C, device=k.device, dtype=torch.float32)
         du = torch.empty_like(dw)
@@ -260,7 +278,7 @@ def fused_wkv4(
     Args:
         w: [C] log decay per step (-exp(time_decay)); u: [C] bonus of the current token (any float
             dtype, computed in fp32).
-        k, v: [B, T, C], one dtype among bf16, fp16, fp32.
+        k, v: [B, T, C], each bf16, fp16 or fp32.
         state: (aa, bb, pp), each [B, C] (cast to fp32); None for the empty state.
         block_c: channels per program (power of two >= 16); None picks one.
     Returns:

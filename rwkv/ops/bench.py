@@ -1,0 +1,340 @@
+"""Kernel benchmarks: a registry of cases (name -> op, input builder, fwd and fwd+bwd runners) and
+bench_kernels(), which times them on one CUDA device next to peer kernels where those load.
+
+Peers: flash-linear-attention (fla 0.6.0 signatures) chunk_rwkv7, fused_recurrent_rwkv4 and
+chunk_gated_delta_product; RWKV-LM's rwkv7_clampw_v3 CUDA kernel, compiled from a directory the
+user gives (its sources are not part of skein); torch SDPA flash attention (causal) at the same
+shape. A peer that is missing or refuses the shape is listed with the reason instead of a time.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class BenchShape:
+    """One benchmark shape; wkv4 uses C = H * K channels, delta_product n_h steps per token."""
+
+    B: int
+    T: int
+    H: int
+    K: int
+    dtype: torch.dtype
+    n_h: int = 2
+    device: str = "cuda"
+    """Where the inputs are built (the timing itself needs CUDA)."""
+
+
+@dataclass(frozen=True)
+class Runner:
+    """fwd() runs the forward; fwd_bwd() the forward and the backward for all inputs."""
+
+    fwd: Callable[[], object]
+    fwd_bwd: Callable[[], object]
+    floor_fwd: int
+    """Bytes of the forward's inputs and outputs, each read or written once."""
+    floor_fwd_bwd: int
+    """floor_fwd plus the output gradients read and the input gradients written once."""
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    name: str
+    op: str
+    build: Callable[[BenchShape], Runner]
+    peer: bool = False
+
+
+def _runner(fn: Callable[[], tuple[Tensor, ...]], inputs: list[Tensor]) -> Runner:
+    """Runner for an autograd function of `inputs` whose outputs all get random gradients."""
+    outs = fn()
+    grads = [torch.randn_like(o) for o in outs]
+    in_bytes = sum(x.numel() * x.element_size() for x in inputs)
+    out_bytes = sum(o.numel() * o.element_size() for o in outs)
+
+    def fwd_bwd() -> object:
+        return torch.autograd.grad(fn(), inputs, grads)
+
+    def fwd() -> object:
+        with torch.no_grad():
+            return fn()
+
+    return Runner(fwd, fwd_bwd, in_bytes + out_bytes, 2 * (in_bytes + out_bytes))
+
+
+def _leaf(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x.to(dtype).contiguous().requires_grad_()
+
+
+def rwkv7_bench_inputs(s: BenchShape) -> list[Tensor]:
+    """r, w, k, v, a, b like an RWKV-7 layer's: w = -exp(-softplus(-x) - 0.5), a = -kk, b = kk * iclr."""
+    shape, dev = (s.B, s.T, s.H, s.K), s.device
+    kk = F.normalize(torch.randn(shape, device=dev), dim=-1)
+    w = -torch.exp(-F.softplus(-torch.randn(shape, device=dev)) - 0.5)
+    r, k, v = (torch.randn(shape, device=dev) for _ in range(3))
+    a, b = -kk, kk * torch.sigmoid(torch.randn(shape, device=dev))
+    return [_leaf(x, s.dtype) for x in (r, w, k * s.K**-0.5, v, a, b)]
+
+
+def _skein_rwkv7(s: BenchShape) -> Runner:
+    from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
+
+    x = rwkv7_bench_inputs(s)
+    return _runner(lambda: chunk_rwkv7(*x)[:1], x)
+
+
+def _fla_rwkv7(s: BenchShape) -> Runner:
+    from fla.ops.rwkv7 import chunk_rwkv7
+
+    x = rwkv7_bench_inputs(s)
+    return _runner(lambda: chunk_rwkv7(*x, scale=1.0)[:1], x)
+
+
+def _wkv4_bench_inputs(s: BenchShape) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    C = s.H * s.K
+    w = -torch.exp(torch.linspace(-6.0, 1.0, C, device=s.device))
+    u = torch.randn(C, device=s.device)
+    k, v = torch.randn(s.B, s.T, C, device=s.device), torch.randn(s.B, s.T, C, device=s.device)
+    return tuple(_leaf(x, torch.float32) for x in (w, u, k, v))
+
+
+def _skein_wkv4(s: BenchShape) -> Runner:
+    from skein.rwkv.ops.wkv4.fused import fused_wkv4
+
+    x = list(_wkv4_bench_inputs(s))
+    return _runner(lambda: fused_wkv4(*x)[:1], x)
+
+
+def _fla_wkv4(s: BenchShape) -> Runner:
+    from fla.ops.rwkv4 import fused_recurrent_rwkv4
+
+    w, u, k, v = _wkv4_bench_inputs(s)
+    time_decay = torch.log(-w.detach()).requires_grad_()  # fla applies w = -exp(time_decay) itself
+    state = torch.zeros(s.B, 3, 1, s.H * s.K, device=s.device)
+    state[:, 2] = -1e38
+    x = [time_decay, u, k, v]
+    return _runner(lambda: fused_recurrent_rwkv4(*x, state)[:1], x)
+
+
+def _delta_product_bench_inputs(s: BenchShape) -> list[Tensor]:
+    dev, n = s.device, s.n_h
+    q = torch.randn(s.B, s.T, s.H, s.K, device=dev)
+    k = F.normalize(torch.randn(s.B, s.T, n, s.H, s.K, device=dev), dim=-1)
+    v = torch.randn(s.B, s.T, n, s.H, s.K, device=dev)
+    beta = torch.sigmoid(torch.randn(s.B, s.T, n, s.H, device=dev))
+    g = F.logsigmoid(torch.randn(s.B, s.T, s.H, device=dev) + 3)
+    return [_leaf(x, s.dtype) for x in (q, k, v, beta, g)]
+
+
+def _skein_delta_product(s: BenchShape) -> Runner:
+    from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
+
+    x = _delta_product_bench_inputs(s)
+    return _runner(lambda: chunk_delta_product(*x)[:1], x)
+
+
+def _fla_delta_product(s: BenchShape) -> Runner:
+    from fla.ops.gated_delta_product import chunk_gated_delta_product
+
+    q, k, v, beta, g = _delta_product_bench_inputs(s)
+    L = s.T * s.n_h  # fla interleaves the n_h steps of a token along time
+
+    def fn() -> tuple[Tensor, ...]:
+        o = chunk_gated_delta_product(
+            q=q,
+            k=k.reshape(s.B, L, s.H, s.K),
+            v=v.reshape(s.B, L, s.H, s.K),
+            g=g,
+            beta=beta.reshape(s.B, L, s.H),
+            num_householder=s.n_h,
+            scale=s.K**-0.5,
+        )
+        return o[:1]
+
+    return _runner(fn, [q, k, v, beta, g])
+
+
+def _sdpa_flash(s: BenchShape) -> Runner:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (_leaf(torch.randn(s.B, s.H, s.T, s.K, device=s.device), s.dtype) for _ in range(3))
+
+    def fn() -> tuple[Tensor, ...]:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return (F.scaled_dot_product_attention(q, k, v, is_causal=True),)
+
+    return _runner(fn, [q, k, v])
+
+
+RWKV_LM_SOURCES = ("rwkv7_clampw_v3.cpp", "rwkv7_clampw_v3_for_h100.cu")
+"""Files of RWKV-LM's RWKV-v7/train_temp/cuda needed for its H100 rwkv7 kernel."""
+
+
+def _rwkv_lm_cuda(directory: str) -> Callable[[BenchShape], Runner]:
+    """RWKV-LM's rwkv7_clampw_v3 (bf16, chunk 16, no state in/out; it takes the raw w and
+    clamps the decay inside), compiled with torch.utils.cpp_extension.load from `directory`."""
+
+    def build(s: BenchShape) -> Runner:
+        from torch.utils.cpp_extension import load
+
+        if s.dtype != torch.bfloat16 or s.T % 16:
+            raise ValueError("rwkv7_clampw_v3 takes bf16 and T % 16 == 0")
+        sources = [Path(directory) / f for f in RWKV_LM_SOURCES]
+        missing = [str(p) for p in sources if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"missing {missing}")
+        load(
+            name=f"rwkv7_clampw_v3_n{s.K}",
+            sources=[str(p) for p in sources],
+            is_python_module=False,
+            extra_cuda_cflags=[
+                "-res-usage", "--use_fast_math", "-O3", "-Xptxas -O3", "--extra-device-vectorization",
+                f"-D_N_={s.K}", "-D_CHUNK_LEN_=16",
+            ],
+        )  # fmt: skip
+        ops = torch.ops.rwkv7_clampw_v3
+        r, w, k, v, a, b = (x.detach() for x in rwkv7_bench_inputs(s))
+        y = torch.empty_like(v)
+        st = torch.empty(s.B, s.H, s.T // 16, s.K, s.K, device=s.device, dtype=torch.float32)
+        sa = torch.empty(s.B, s.T, s.H, s.K, device=s.device, dtype=torch.float32)
+        dy = torch.randn_like(v)
+        grads = [torch.empty_like(x) for x in (r, w, k, v, a, b)]
+
+        def fwd() -> object:
+            ops.forward(r, w, k, v, a, b, y, st, sa)
+            return y
+
+        def fwd_bwd() -> object:
+            fwd()
+            ops.backward(r, w, k, v, a, b, dy, st, sa, *grads)
+            return grads
+
+        io = 7 * r.numel() * r.element_size()
+        return Runner(fwd, fwd_bwd, io, 2 * io)
+
+    return build
+
+
+REGISTRY: dict[str, BenchCase] = {
+    c.name: c
+    for c in (
+        BenchCase("skein chunk_rwkv7", "rwkv7", _skein_rwkv7),
+        BenchCase("fla chunk_rwkv7", "rwkv7", _fla_rwkv7, peer=True),
+        BenchCase("skein fused_wkv4 (fp32)", "wkv4", _skein_wkv4),
+        BenchCase("fla fused_recurrent_rwkv4 (fp32)", "wkv4", _fla_wkv4, peer=True),
+        BenchCase("skein chunk_delta_product", "delta_product", _skein_delta_product),
+        BenchCase("fla chunk_gated_delta_product", "delta_product", _fla_delta_product, peer=True),
+        BenchCase("torch SDPA flash (causal)", "attention", _sdpa_flash, peer=True),
+    )
+}
+
+
+def _time_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median of `repeats` CUDA-event timings of fn()."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _row(case: BenchCase, shape: BenchShape, repeats: int) -> dict:
+    row = {"name": case.name, "op": case.op, "status": "ok"}
+    try:
+        runner = case.build(shape)
+        fwd_ms = _time_ms(runner.fwd, repeats)
+        fwd_bwd_ms = _time_ms(runner.fwd_bwd, repeats)
+    except Exception as e:  # a peer that is absent or refuses the shape is reported, not fatal
+        row["status"] = f"refused: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        return row
+    finally:
+        torch.cuda.empty_cache()
+    row.update(
+        fwd_ms=fwd_ms,
+        fwd_bwd_ms=fwd_bwd_ms,
+        floor_fwd_mb=runner.floor_fwd / 1e6,
+        floor_fwd_bwd_mb=runner.floor_fwd_bwd / 1e6,
+        fwd_gbps=runner.floor_fwd / fwd_ms / 1e6,
+        fwd_bwd_gbps=runner.floor_fwd_bwd / fwd_bwd_ms / 1e6,
+    )
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    """ms fwd, ms fwd+bwd, the floor (bytes of inputs and outputs once) and the floor over the
+    time (GB/s) for each row."""
+    head = f"{'kernel':36s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'floor MB':>15s} {'fwd GB/s':>9s} {'f+b GB/s':>9s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"{r['name']:36s} {r['status']}")
+            continue
+        lines.append(
+            f"{r['name']:36s} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:11.3f} "
+            f"{r['floor_fwd_mb']:7.0f}/{r['floor_fwd_bwd_mb']:<7.0f} {r['fwd_gbps']:9.0f} {r['fwd_bwd_gbps']:9.0f}"
+        )
+    return "\n".join(lines)
+
+
+def bench_kernels(
+    B: int = 8,
+    T: int = 4096,
+    H: int = 32,
+    K: int = 64,
+    dtype: str = "bfloat16",
+    repeats: int = 20,
+    peers: bool = True,
+    rwkv_lm_cuda: str | None = None,
+    n_h: int = 2,
+) -> list[dict]:
+    """Time skein's kernels (and peers) at one shape on the current CUDA device; print a table.
+
+    Args:
+        B: batch size.
+        T: sequence length.
+        H: heads.
+        K: head size (K = V); wkv4 runs with C = H * K channels in fp32, as RWKV-4's kernel does.
+        dtype: "bfloat16", "float16" or "float32" for rwkv7, delta_product and attention.
+        repeats: timed runs per measurement (median reported) after 3 warm-up runs.
+        peers: also time fla, torch SDPA and (with rwkv_lm_cuda) RWKV-LM's kernel.
+        rwkv_lm_cuda: directory holding RWKV-LM's rwkv7_clampw_v3.cpp and
+            rwkv7_clampw_v3_for_h100.cu (RWKV-v7/train_temp/cuda), compiled on first use.
+        n_h: Householder steps per token for delta_product.
+    Returns:
+        One dict per kernel: name, op, status ("ok" or "refused: ..."), fwd_ms, fwd_bwd_ms,
+        floor_fwd_mb, floor_fwd_bwd_mb, fwd_gbps, fwd_bwd_gbps.
+    Raises:
+        RuntimeError: no CUDA device.
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("bench_kernels needs a CUDA device; the Triton kernels are GPU kernels")
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype {dtype!r}: use bfloat16, float16 or float32")
+    shape = BenchShape(B, T, H, K, getattr(torch, dtype), n_h)
+    cases = [c for c in REGISTRY.values() if peers or not c.peer]
+    if peers and rwkv_lm_cuda:
+        cases.insert(
+            2, BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", _rwkv_lm_cuda(rwkv_lm_cuda), True)
+        )
+    torch.manual_seed(0)
+    rows = [_row(c, shape, repeats) for c in cases]
+    print(f"{torch.cuda.get_device_name()}  B={B} T={T} H={H} K={K} {dtype} n_h={n_h}")
+    print(format_table(rows))
+    return rows
+
+
+__all__ = ["REGISTRY", "BenchCase", "BenchShape", "Runner", "bench_kernels", "format_table"]

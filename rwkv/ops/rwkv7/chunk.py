@@ -1,0 +1,309 @@
+"""RWKV-7 WKV as chunked Triton kernels (forward and backward) behind one autograd Function.
+
+Math and design: README.md beside this file. Per chunk of C = 16 tokens the delta-rule updates are
+folded into a WY form, (I - M_ab)^-1, so the chunk costs a handful of tile products on tensor cores;
+the [K, V] state stays in registers across chunks and is written once per chunk (fp32) for the
+backward pass, which walks the chunks in reverse and recomputes everything else.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from skein.rwkv.ops.common.kernel_checks import (
+    check_device,
+    check_dtypes,
+    check_head_size,
+    check_length,
+    check_shape,
+    dot_precision,
+)
+from skein.rwkv.ops.common.triton_utils import is_interpreted, tri_inverse
+
+CHUNK = 16
+"""Tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w must
+satisfy (CHUNK / 2) * |w| < ~80 (fp32 exp range): RWKV-7's w >= -exp(-0.5) is far inside."""
+
+
+@triton.jit
+def _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale):
+    """Decay-weighted copies of one chunk's [C, K] tiles (README, "Chunk form").
+
+    g = inclusive cumsum of w, gp = exclusive, gC = chunk total, ref = gC / 2. Products across
+    two time steps use e^{x_t - ref} e^{ref - y_s}, so no factor exceeds e^{|gC| / 2}.
+    """
+    g = tl.cumsum(w_c, axis=0)
+    gp = g - w_c
+    gC = tl.sum(w_c, axis=0)
+    ref = 0.5 * gC[None, :]
+    r_s = r_c * scale
+    A0 = a_c * tl.exp(gp)
+    R0 = r_s * tl.exp(g)
+    At = a_c * tl.exp(gp - ref)
+    Rt = r_s * tl.exp(g - ref)
+    e_neg = tl.exp(ref - g)
+    e_end = tl.exp(gC[None, :] - g)
+    return g, gp, gC, A0, R0, At, Rt, b_c * e_neg, k_c * e_neg, b_c * e_end, k_c * e_end
+
+
+@triton.jit
+def _rwkv7_fwd_kernel(
+    r, w, k, v, a, b, s0, o, sT, states, scale, T, H,
+    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
+    HAS_S0: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, C)
+    tc = tl.arange(0, C)
+    ik = tl.arange(0, K)
+    iv = i_v * BV + tl.arange(0, BV)
+    strict = tc[:, None] > tc[None, :]
+    incl = tc[:, None] >= tc[None, :]
+    s_offs = ik[:, None] * V + iv[None, :]
+    bh = i_bh.to(tl.int64)
+    if HAS_S0:
+        S = tl.load(s0 + bh * K * V + s_offs)
+    else:
+        S = tl.zeros([K, BV], dtype=tl.float32)
+    for n in range(NT):
+        t = n * C + tc
+        mt = (t < T)[:, None]
+        row = (i_b * T + t).to(tl.int64) * H + i_h
+        pk = row[:, None] * K + ik[None, :]
+        pv = row[:, None] * V + iv[None, :]
+        r_c = tl.load(r + pk, mask=mt, other=0.0).to(tl.float32)
+        w_c = tl.load(w + pk, mask=mt, other=0.0).to(tl.float32)
+        k_c = tl.load(k + pk, mask=mt, other=0.0).to(tl.float32)
+        a_c = tl.load(a + pk, mask=mt, other=0.0).to(tl.float32)
+        b_c = tl.load(b + pk, mask=mt, other=0.0).to(tl.float32)
+        v_c = tl.load(v + pv, mask=mt, other=0.0).to(tl.float32)
+        if SAVE:
+            tl.store(states + (bh * NT + n) * K * V + s_offs, S)
+        g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
+        M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
+        M_ak = tl.where(strict, tl.dot(At, tl.trans(Kh), input_precision=PREC), 0.0)
+        M_rb = tl.where(incl, tl.dot(Rt, tl.trans(Bh), input_precision=PREC), 0.0)
+        M_rk = tl.where(incl, tl.dot(Rt, tl.trans(Kh), input_precision=PREC), 0.0)
+        P_inv = tri_inverse(M_ab, C, LOG2_C)
+        # u_t = S_{t-1}^T a_t for the whole chunk: U = (I - M_ab)^-1 (A0 S + M_ak V)
+        X = tl.dot(A0, S, input_precision=PREC) + tl.dot(M_ak, v_c, input_precision=PREC)
+        U = tl.dot(P_inv, X, input_precision=PREC)
+        O = tl.dot(R0, S, input_precision=PREC)
+        O += tl.dot(M_rb, U, input_precision=PREC) + tl.dot(M_rk, v_c, input_precision=PREC)
+        tl.store(o + pv, O.to(o.dtype.element_ty), mask=mt)
+        S = tl.exp(gC)[:, None] * S
+        S += tl.dot(tl.trans(Bb), U, input_precision=PREC) + tl.dot(tl.trans(Kb), v_c, input_precision=PREC)
+    tl.store(sT + bh * K * V + s_offs, S)
+
+
+@triton.jit
+def _rwkv7_bwd_kernel(
+    r, w, k, v, a, b, do, dsT, states, dr, dw, dk, dv, da, db, ds0, scale, T, H,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
+    HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    i_bh = tl.program_id(0)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, C)
+    tc = tl.arange(0, C)
+    ik = tl.arange(0, K)
+    iv = tl.arange(0, V)
+    strict = tc[:, None] > tc[None, :]
+    incl = tc[:, None] >= tc[None, :]
+    s_offs = ik[:, None] * V + iv[None, :]
+    bh = i_bh.to(tl.int64)
+    if HAS_DST:
+        dS = tl.load(dsT + bh * K * V + s_offs)
+    else:
+        dS = tl.zeros([K, V], dtype=tl.float32)
+    for i in range(NT):
+        n = NT - 1 - i
+        t = n * C + tc
+        mt = (t < T)[:, None]
+        row = (i_b * T + t).to(tl.int64) * H + i_h
+        pk = row[:, None] * K + ik[None, :]
+        pv = row[:, None] * V + iv[None, :]
+        r_c = tl.load(r + pk, mask=mt, other=0.0).to(tl.float32)
+        w_c = tl.load(w + pk, mask=mt, other=0.0).to(tl.float32)
+        k_c = tl.load(k + pk, mask=mt, other=0.0).to(tl.float32)
+        a_c = tl.load(a + pk, mask=mt, other=0.0).to(tl.float32)
+        b_c = tl.load(b + pk, mask=mt, other=0.0).to(tl.float32)
+        v_c = tl.load(v + pv, mask=mt, other=0.0).to(tl.float32)
+        do_c = tl.load(do + pv, mask=mt, other=0.0).to(tl.float32)
+        S = tl.load(states + (bh * NT + n) * K * V + s_offs)
+        g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
+        dec = tl.exp(gC)
+        M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
+        M_ak = tl.where(strict, tl.dot(At, tl.trans(Kh), input_precision=PREC), 0.0)
+        M_rb = tl.where(incl, tl.dot(Rt, tl.trans(Bh), input_precision=PREC), 0.0)
+        M_rk = tl.where(incl, tl.dot(Rt, tl.trans(Kh), input_precision=PREC), 0.0)
+        P_inv = tri_inverse(M_ab, C, LOG2_C)
+        X = tl.dot(A0, S, input_precision=PREC) + tl.dot(M_ak, v_c, input_precision=PREC)
+        U = tl.dot(P_inv, X, input_precision=PREC)
+        # reverse of O = R0 S + M_rb U + M_rk V and S' = dec S + Bb^T U + Kb^T V (README, "Backward");
+        # each gradient is folded into its accumulators at once to keep few tiles alive.
+        # A tile x e^{phi} gives dx = dX e^{phi} and dphi = dX * X; ref cancels (outputs do not depend on it)
+        dU = tl.dot(tl.trans(M_rb), do_c, input_precision=PREC) + tl.dot(Bb, dS, input_precision=PREC)
+        dV = tl.dot(tl.trans(M_rk), do_c, input_precision=PREC) + tl.dot(Kb, dS, input_precision=PREC)
+        dBb = tl.dot(U, tl.trans(dS), input_precision=PREC)
+        dKb = tl.dot(v_c, tl.trans(dS), input_precision=PREC)
+        e_end = tl.exp(gC[None, :] - g)
+        db_c = dBb * e_end
+        dk_c = dKb * e_end
+        t_end = dBb * Bb + dKb * Kb
+        d_g = -t_end
+        d_gC = tl.sum(t_end, axis=0) + tl.sum(S * dS, axis=1) * dec
+        dX = tl.dot(tl.trans(P_inv), dU, input_precision=PREC)
+        dV += tl.dot(tl.trans(M_ak), dX, input_precision=PREC)
+        tl.store(dv + pv, dV.to(dv.dtype.element_ty), mask=mt)
+        dS = dec[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
+        dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
+        dR0 = tl.dot(do_c, tl.trans(S), input_precision=PREC)
+        dA0 = tl.dot(dX, tl.trans(S), input_precision=PREC)
+        dr_c = dR0 * tl.exp(g)
+        da_c = dA0 * tl.exp(gp)
+        d_g += dR0 * R0
+        d_gp = dA0 * A0
+        dM_rb = tl.where(incl, tl.dot(do_c, tl.trans(U), input_precision=PREC), 0.0)
+        dM_rk = tl.where(incl, tl.dot(do_c, tl.trans(v_c), input_precision=PREC), 0.0)
+        dM_ab = tl.where(strict, tl.dot(dX, tl.trans(U), input_precision=PREC), 0.0)
+        dM_ak = tl.where(strict, tl.dot(dX, tl.trans(v_c), input_precision=PREC), 0.0)
+        ref = 0.5 * gC[None, :]
+        dRt = tl.dot(dM_rb, Bh, input_precision=PREC) + tl.dot(dM_rk, Kh, input_precision=PREC)
+        dr_c = scale * (dr_c + dRt * tl.exp(g - ref))
+        d_g += dRt * Rt
+        dAt = tl.dot(dM_ab, Bh, input_precision=PREC) + tl.dot(dM_ak, Kh, input_precision=PREC)
+        da_c += dAt * tl.exp(gp - ref)
+        d_gp += dAt * At
+        e_neg = tl.exp(ref - g)
+        dBh = tl.dot(tl.trans(dM_rb), Rt, input_precision=PREC)
+        dBh += tl.dot(tl.trans(dM_ab), At, input_precision=PREC)
+        db_c += dBh * e_neg
+        d_g -= dBh * Bh
+        dKh = tl.dot(tl.trans(dM_rk), Rt, input_precision=PREC)
+        dKh += tl.dot(tl.trans(dM_ak), At, input_precision=PREC)
+        dk_c += dKh * e_neg
+        d_g -= dKh * Kh
+        # g_t = sum_{s<=t} w_s, gp_t = sum_{s<t} w_s, gC = sum_s w_s
+        tot = d_g + d_gp
+        dw_c = tl.sum(tot, axis=0)[None, :] - tl.cumsum(tot, axis=0) + tot - d_gp + d_gC[None, :]
+        tl.store(dr + pk, dr_c.to(dr.dtype.element_ty), mask=mt)
+        tl.store(dw + pk, dw_c.to(dw.dtype.element_ty), mask=mt)
+        tl.store(dk + pk, dk_c.to(dk.dtype.element_ty), mask=mt)
+        tl.store(da + pk, da_c.to(da.dtype.element_ty), mask=mt)
+        tl.store(db + pk, db_c.to(db.dtype.element_ty), mask=mt)
+    if WANT_DS0:
+        tl.store(ds0 + bh * K * V + s_offs, dS)
+
+
+def _block_v(heads: int, V: int, device: torch.device) -> int:
+    """V columns per forward program: split V until there are about two programs per SM."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    bv = V
+    while bv > 32 and heads * (V // bv) < 2 * sms:
+        bv //= 2
+    return bv
+
+
+class _ChunkRwkv7(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, w, k, v, a, b, state, scale, block_v, save):
+        B, T, H, K = r.shape
+        V = v.shape[-1]
+        NT = triton.cdiv(T, CHUNK)
+        o = torch.empty_like(v)
+        sT = torch.empty(B, H, K, V, device=v.device, dtype=torch.float32)
+        states = torch.empty(B * H, NT, K, V, device=v.device, dtype=torch.float32) if save else None
+        bv = block_v or _block_v(B * H, V, v.device)
+        _rwkv7_fwd_kernel[(V // bv, B * H)](
+            r, w, k, v, a, b, state, o, sT, states, scale, T, H,
+            K=K, V=V, BV=bv, C=CHUNK, LOG2_C=CHUNK.bit_length() - 1,
+            HAS_S0=state is not None, SAVE=save, PREC=dot_precision(v.dtype), num_warps=4,
+        )  # fmt: skip
+        ctx.save_for_backward(r, w, k, v, a, b, states)
+        ctx.scale, ctx.has_state = scale, state is not None
+        ctx.set_materialize_grads(False)
+        return o, sT
+
+    @staticmethod
+    def backward(ctx, do, dsT):
+        r, w, k, v, a, b, states = ctx.saved_tensors
+        B, T, H, K = r.shape
+        V = v.shape[-1]
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        want_ds0 = ctx.has_state and ctx.needs_input_grad[6]
+        ds0 = torch.empty(B, H, K, V, device=v.device, dtype=torch.float32) if want_ds0 else None
+        grads = [torch.empty_like(x) for x in (r, w, k, v, a, b)]
+        _rwkv7_bwd_kernel[(B * H,)](
+            r, w, k, v, a, b, do, None if dsT is None else dsT.contiguous(), states, *grads, ds0,
+            ctx.scale, T, H, K=K, V=V, C=CHUNK, LOG2_C=CHUNK.bit_length() - 1,
+            HAS_DST=dsT is not None, WANT_DS0=want_ds0, PREC=dot_precision(v.dtype),
+            num_warps=4 if K * V <= 32 * 32 else 8,
+        )  # fmt: skip
+        return (*grads, ds0, None, None, None)
+
+
+def chunk_rwkv7(
+    r: Tensor,
+    w: Tensor,
+    k: Tensor,
+    v: Tensor,
+    a: Tensor,
+    b: Tensor,
+    state: Tensor | None = None,
+    scale: float = 1.0,
+    *,
+    block_v: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """RWKV-7 WKV with the chunked Triton kernels; same math and conventions as rwkv7_naive.
+
+    Args:
+        r, w, k, a, b: [B, T, H, K]; v: [B, T, H, V]; each bf16, fp16 or fp32 (computed in fp32;
+            products on TF32 tensor cores unless v is fp32). w is the log decay (<= 0).
+        state: [B, H, K, V] initial state (cast to fp32), or None for zeros.
+        scale: multiplies r.
+        block_v: V columns per forward program (power of two, 16..V); None picks one.
+    Returns:
+        o: [B, T, H, V] in v's dtype; the final state [B, H, K, V] in fp32. Differentiable in
+        every tensor argument, the initial state included.
+    Raises:
+        ValueError: unsupported device, dtype, shape or head size.
+    """
+    op = "chunk_rwkv7"
+    check_device(op, is_interpreted(_rwkv7_fwd_kernel), r=r, w=w, k=k, v=v, a=a, b=b, state=state)
+    check_dtypes(op, r=r, w=w, k=k, v=v, a=a, b=b)
+    if r.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"{op}: r and v must be [B, T, H, K] / [B, T, H, V], got {tuple(r.shape)}, {tuple(v.shape)}"
+        )
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    for name, x in (("w", w), ("k", k), ("a", a), ("b", b)):
+        check_shape(op, name, x, (B, T, H, K))
+    check_shape(op, "v", v, (B, T, H, V))
+    check_length(op, T)
+    check_head_size(op, "K", K)
+    check_head_size(op, "V", V)
+    if block_v is not None and (block_v < 16 or block_v > V or block_v & (block_v - 1)):
+        raise ValueError(f"{op}: block_v = {block_v} must be a power of two in [16, V = {V}]")
+    if state is not None:
+        check_shape(op, "state", state, (B, H, K, V))
+        if not state.is_floating_point():
+            raise ValueError(f"{op}: state must be floating point, got {state.dtype}")
+        state = state.float().contiguous()
+    r, w, k, v, a, b = (x.contiguous() for x in (r, w, k, v, a, b))
+    # per-chunk states are kept only when a backward pass can follow
+    save = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (r, w, k, v, a, b, state)
+    )
+    return _ChunkRwkv7.apply(r, w, k, v, a, b, state, float(scale), block_v, save)
+
+
+__all__ = ["CHUNK", "chunk_rwkv7"]

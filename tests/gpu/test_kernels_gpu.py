@@ -1,0 +1,103 @@
+"""Acceptance check of the Triton kernels on a CUDA device, against the float64 token loops.
+
+For each op, bf16 and fp32 inputs at realistic shapes (T not a multiple of the chunk, T = 1,
+B = 1, H = 1): outputs, final state and the gradient of every input (initial state included)
+within 1e-2 (bf16) / 1e-4 (fp32) relative RMS error, nothing non-finite, and four segments with
+the state carried equal to one pass. Run: python -m pytest -q tests/gpu
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.ops.kernel_checks import (
+    BF16_TOL,
+    FP32_TOL,
+    cast,
+    check_segments,
+    check_vs_reference,
+    delta_product_inputs,
+    delta_product_pair,
+    rwkv7_inputs,
+    rwkv7_pair,
+    split_state,
+    wkv4_inputs,
+    wkv4_leaves,
+    wkv4_pair,
+)
+
+pytest.importorskip("triton")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        os.environ.get("TRITON_INTERPRET") == "1",
+        reason="TRITON_INTERPRET=1 would run the kernels in the CPU interpreter; unset it for the GPU check",
+    ),
+]
+
+DTYPES = {"bf16": (torch.bfloat16, BF16_TOL), "fp32": (torch.float32, FP32_TOL)}
+
+# (B, T, H, K, V); chunks are 16 tokens
+RWKV7_SHAPES = [(2, 1000, 4, 64, 64), (1, 1, 1, 64, 64), (1, 257, 1, 128, 128), (3, 100, 2, 32, 64)]
+# (B, T, C)
+WKV4_SHAPES = [(2, 1000, 512), (1, 1, 64), (1, 333, 100)]
+# (B, T, n_h, H, K, V, gated)
+DELTA_PRODUCT_SHAPES = [
+    (2, 500, 2, 4, 64, 64, True),
+    (1, 1, 1, 1, 64, 64, True),
+    (2, 333, 1, 2, 64, 64, True),
+    (1, 301, 3, 2, 128, 128, False),
+]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", RWKV7_SHAPES, ids=str)
+def test_rwkv7(shape: tuple[int, ...], dtype: str) -> None:
+    torch_dtype, tol = DTYPES[dtype]
+    inputs = cast(rwkv7_inputs(*shape, seed=sum(shape), device="cuda"), torch_dtype, keep=("state",))
+    check_vs_reference(*rwkv7_pair(), inputs, tol)
+
+
+@pytest.mark.parametrize("decay", ["slow", "fast"])
+def test_rwkv7_decay_extremes(decay: str) -> None:
+    check_vs_reference(*rwkv7_pair(), rwkv7_inputs(2, 500, 2, 64, 64, decay, device="cuda"), FP32_TOL)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", WKV4_SHAPES, ids=str)
+def test_wkv4(shape: tuple[int, ...], dtype: str) -> None:
+    torch_dtype, tol = DTYPES[dtype]
+    inputs = wkv4_leaves(wkv4_inputs(*shape, seed=sum(shape), device="cuda"))
+    inputs["k"], inputs["v"] = inputs["k"].to(torch_dtype), inputs["v"].to(torch_dtype)
+    kernel, reference = wkv4_pair()
+    check_vs_reference(split_state(kernel), split_state(reference), inputs, tol)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", DELTA_PRODUCT_SHAPES, ids=str)
+def test_delta_product(shape: tuple, dtype: str) -> None:
+    torch_dtype, tol = DTYPES[dtype]
+    inputs = delta_product_inputs(*shape, seed=sum(shape), device="cuda")
+    check_vs_reference(*delta_product_pair(), cast(inputs, torch_dtype, keep=("state",)), tol)
+
+
+def test_segments() -> None:
+    """Four segments with the state carried == one pass, for each op (fp32, T not a multiple
+    of the chunk and cuts inside chunks)."""
+    kernel, _ = rwkv7_pair()
+    check_segments(
+        kernel,
+        rwkv7_inputs(2, 1001, 4, 64, 64, device="cuda"),
+        dict.fromkeys("rwkvab", 1),
+        "state",
+        tol=FP32_TOL,
+    )
+    kernel, _ = delta_product_pair()
+    inputs = delta_product_inputs(2, 501, 2, 4, 64, 64, True, device="cuda")
+    check_segments(kernel, inputs, dict.fromkeys(("q", "k", "v", "beta", "g"), 1), "state", tol=FP32_TOL)
+    kernel, _ = wkv4_pair()
+    check_segments(kernel, wkv4_inputs(2, 1001, 512, device="cuda"), {"k": 1, "v": 1}, "state", tol=FP32_TOL)

@@ -1,0 +1,250 @@
+"""Checks of the Triton kernels against the float64 token loops, run by Triton's interpreter.
+
+Triton decides at decoration time whether a kernel is compiled or interpreted, so these checks run
+in a process of their own with TRITON_INTERPRET=1 (tests/ops/test_triton_kernels.py starts it):
+    TRITON_INTERPRET=1 python -m tests.ops.triton_cases [CASE ...]
+prints one JSON line per case: {"case", "ok", "error"}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+
+import torch
+
+from skein.rwkv.ops.delta_product.naive import delta_product_naive
+from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
+from skein.rwkv.ops.wkv4.naive import wkv4_naive
+from tests.ops.kernel_checks import (
+    BF16_TOL,
+    FP32_TOL,
+    cast,
+    check_segments,
+    check_vs_reference,
+    delta_product_inputs,
+    delta_product_pair,
+    rwkv7_inputs,
+    rwkv7_pair,
+    split_state,
+    wkv4_inputs,
+    wkv4_leaves,
+    wkv4_pair,
+)
+from tests.utils import assert_close
+
+
+def rwkv7_fp32(T: int, decay: str = "model") -> Callable[[], None]:
+    def case() -> None:
+        check_vs_reference(*rwkv7_pair(), rwkv7_inputs(2, T, 2, 16, 16, decay, seed=T), FP32_TOL)
+
+    return case
+
+
+def rwkv7_vblocks() -> None:
+    """V split over two forward programs, K != V, no initial state."""
+    inputs = rwkv7_inputs(1, 21, 2, 16, 32, seed=1)
+    inputs["state"] = None
+    check_vs_reference(*rwkv7_pair(block_v=16), inputs, FP32_TOL)
+
+
+def rwkv7_bf16() -> None:
+    """bf16 inputs with the log decay kept in fp32, as models often do."""
+    inputs = cast(rwkv7_inputs(1, 33, 2, 16, 16, seed=2), torch.bfloat16, keep=("state", "w"))
+    check_vs_reference(*rwkv7_pair(), inputs, BF16_TOL)
+
+
+def rwkv7_segments() -> None:
+    kernel, _ = rwkv7_pair()
+    inputs = rwkv7_inputs(2, 45, 1, 16, 16, seed=3)
+    check_segments(kernel, inputs, dict.fromkeys("rwkvab", 1), "state")
+
+
+def rwkv7_dispatch() -> None:
+    """backend='triton' runs chunk_rwkv7; no_grad skips the saved states and gives the same output."""
+    from skein.rwkv.ops.rwkv7 import rwkv7
+    from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
+
+    inputs = rwkv7_inputs(1, 20, 1, 16, 16, seed=4)
+    o1, s1 = rwkv7(**inputs, backend="triton")
+    with torch.no_grad():
+        o2, s2 = chunk_rwkv7(**inputs)
+    assert torch.equal(o1, o2) and torch.equal(s1, s2)
+    assert_close(o1, rwkv7_naive(**inputs)[0], FP32_TOL, "dispatched output")
+
+
+def wkv4_fp32(T: int, spread: float = 3.0) -> Callable[[], None]:
+    def case() -> None:
+        kernel, reference = wkv4_pair(block_c=16)
+        inputs = wkv4_leaves(wkv4_inputs(2, T, 40, spread, seed=T))
+        check_vs_reference(split_state(kernel), split_state(reference), inputs, FP32_TOL)
+
+    return case
+
+
+def wkv4_empty_state() -> None:
+    kernel, reference = wkv4_pair(block_c=16)
+    inputs = wkv4_inputs(1, 19, 24, seed=5)
+    inputs["state"] = None
+    check_vs_reference(kernel, reference, inputs, FP32_TOL)
+
+
+def wkv4_bf16() -> None:
+    kernel, reference = wkv4_pair(block_c=16)
+    inputs = wkv4_leaves(wkv4_inputs(1, 33, 24, seed=6))
+    inputs["k"], inputs["v"] = inputs["k"].bfloat16(), inputs["v"].bfloat16()
+    check_vs_reference(split_state(kernel), split_state(reference), inputs, BF16_TOL)
+
+
+def wkv4_segments() -> None:
+    kernel, _ = wkv4_pair(block_c=16)
+    inputs = wkv4_leaves(wkv4_inputs(2, 37, 24, seed=7))
+    state = (inputs.pop("aa"), inputs.pop("bb"), inputs.pop("pp"))
+
+    def fn(w, u, k, v, state):
+        return kernel(w, u, k, v, state)
+
+    check_segments(fn, {**inputs, "state": state}, {"k": 1, "v": 1}, "state")
+
+
+def wkv4_dispatch() -> None:
+    from skein.rwkv.ops.wkv4 import wkv4
+
+    inputs = wkv4_inputs(1, 9, 24, seed=8)
+    y, _ = wkv4(**inputs, backend="triton")
+    assert_close(y, wkv4_naive(**inputs)[0], FP32_TOL, "dispatched output")
+
+
+def delta_product_fp32(T: int, nh: int, gate: bool) -> Callable[[], None]:
+    def case() -> None:
+        inputs = delta_product_inputs(2, T, nh, 2, 16, 16, gate, seed=T + nh)
+        check_vs_reference(*delta_product_pair(), inputs, FP32_TOL)
+
+    return case
+
+
+def delta_product_vblocks() -> None:
+    inputs = delta_product_inputs(1, 11, 2, 1, 16, 32, gate=True, seed=9)
+    inputs["state"] = None
+    check_vs_reference(*delta_product_pair(block_v=16), inputs, FP32_TOL)
+
+
+def delta_product_bf16() -> None:
+    """bf16 q, k, v with beta and the gate kept in fp32."""
+    inputs = cast(
+        delta_product_inputs(1, 33, 2, 2, 16, 16, gate=True, seed=10), torch.bfloat16, ("state", "beta", "g")
+    )
+    check_vs_reference(*delta_product_pair(), inputs, BF16_TOL)
+
+
+def delta_product_segments() -> None:
+    kernel, _ = delta_product_pair()
+    inputs = delta_product_inputs(2, 29, 2, 1, 16, 16, gate=True, seed=11)
+    check_segments(kernel, inputs, dict.fromkeys(("q", "k", "v", "beta", "g"), 1), "state")
+
+
+def delta_product_dispatch() -> None:
+    from skein.rwkv.ops.delta_product import delta_product
+
+    inputs = delta_product_inputs(1, 9, 2, 1, 16, 16, gate=True, seed=12)
+    o, _ = delta_product(**inputs, backend="triton")
+    assert_close(o, delta_product_naive(**inputs)[0], FP32_TOL, "dispatched output")
+
+
+def _raises(fn: Callable, *args, match: str, **kw) -> None:
+    try:
+        fn(*args, **kw)
+    except ValueError as e:
+        assert match in str(e), f"message {str(e)!r} lacks {match!r}"
+        return
+    raise AssertionError(f"{fn.__name__} accepted arguments it should refuse ({match})")
+
+
+def refusals() -> None:
+    """Unsupported shapes and dtypes raise ValueError naming the problem."""
+    from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
+    from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
+    from skein.rwkv.ops.wkv4.fused import fused_wkv4
+
+    x = rwkv7_inputs(1, 4, 1, 24, 16)
+    _raises(chunk_rwkv7, **x, match="K = 24")
+    x = rwkv7_inputs(1, 4, 1, 256, 16)
+    _raises(chunk_rwkv7, **x, match="K = 256")
+    x = rwkv7_inputs(1, 4, 1, 16, 16)
+    _raises(chunk_rwkv7, **{n: t.double() for n, t in x.items()}, match="float64")
+    _raises(chunk_rwkv7, **{**x, "r": x["r"].to(torch.int32)}, match="r has dtype")
+    _raises(chunk_rwkv7, **{**x, "state": x["state"][:, :, :8]}, match="state has shape")
+    _raises(chunk_rwkv7, **{n: t if n == "state" else t[:, :0] for n, t in x.items()}, match="T = 0")
+    _raises(chunk_rwkv7, **x, block_v=48, match="block_v")
+    y = wkv4_inputs(1, 4, 24)
+    _raises(fused_wkv4, **{**y, "k": y["k"].double(), "v": y["v"].double()}, match="float64")
+    _raises(fused_wkv4, **{**y, "u": y["u"][:5]}, match="u has shape")
+    z = delta_product_inputs(1, 4, 17, 1, 16, 16, gate=True)
+    _raises(chunk_delta_product, **z, match="n_h = 17")
+    z = delta_product_inputs(1, 4, 1, 1, 16, 12, gate=False)
+    _raises(chunk_delta_product, **z, match="V = 12")
+
+
+def realistic(op: str) -> Callable[[], None]:
+    """Larger heads and several chunks (K = V = 64, T = 100) in fp32."""
+
+    def case() -> None:
+        if op == "rwkv7":
+            check_vs_reference(*rwkv7_pair(), rwkv7_inputs(1, 100, 1, 64, 64, seed=20), FP32_TOL)
+        elif op == "wkv4":
+            kernel, reference = wkv4_pair(block_c=16)
+            inputs = wkv4_leaves(wkv4_inputs(2, 100, 80, spread=10.0, seed=21))
+            check_vs_reference(split_state(kernel), split_state(reference), inputs, FP32_TOL)
+        else:
+            inputs = delta_product_inputs(1, 60, 2, 1, 64, 64, gate=True, seed=22)
+            check_vs_reference(*delta_product_pair(), inputs, FP32_TOL)
+
+    return case
+
+
+CASES: dict[str, Callable[[], None]] = {
+    **{f"rwkv7_fp32_T{T}": rwkv7_fp32(T) for T in (1, 7, 33)},
+    "rwkv7_decay_slow": rwkv7_fp32(33, "slow"),
+    "rwkv7_decay_fast": rwkv7_fp32(33, "fast"),
+    "rwkv7_vblocks": rwkv7_vblocks,
+    "rwkv7_bf16": rwkv7_bf16,
+    "rwkv7_segments": rwkv7_segments,
+    "rwkv7_dispatch": rwkv7_dispatch,
+    **{f"wkv4_fp32_T{T}": wkv4_fp32(T) for T in (1, 7, 33)},
+    "wkv4_large_k": wkv4_fp32(20, spread=30.0),
+    "wkv4_empty_state": wkv4_empty_state,
+    "wkv4_bf16": wkv4_bf16,
+    "wkv4_segments": wkv4_segments,
+    "wkv4_dispatch": wkv4_dispatch,
+    "delta_product_nh1_T33_gated": delta_product_fp32(33, 1, True),
+    "delta_product_nh1_T7": delta_product_fp32(7, 1, False),
+    "delta_product_nh2_T1_gated": delta_product_fp32(1, 2, True),
+    "delta_product_nh2_T7_gated": delta_product_fp32(7, 2, True),
+    "delta_product_nh3_T33": delta_product_fp32(33, 3, False),
+    "delta_product_vblocks": delta_product_vblocks,
+    "delta_product_bf16": delta_product_bf16,
+    "delta_product_segments": delta_product_segments,
+    "delta_product_dispatch": delta_product_dispatch,
+    "refusals": refusals,
+}
+SLOW_CASES: dict[str, Callable[[], None]] = {
+    f"realistic_{op}": realistic(op) for op in ("rwkv7", "wkv4", "delta_product")
+}
+
+
+def run(names: list[str]) -> None:
+    table = {**CASES, **SLOW_CASES}
+    for name in names:
+        torch.manual_seed(0)
+        try:
+            table[name]()
+            result = {"case": name, "ok": True, "error": ""}
+        except Exception:
+            result = {"case": name, "ok": False, "error": traceback.format_exc()}
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:] or list(CASES))
