@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-# subcommand -> "module:function"; imported only when that subcommand runs.
-COMMANDS: dict[str, str] = {
+# subcommand -> "module:function" (or a group of them, e.g. `skein bench kernels`).
+COMMANDS: dict[str, str | dict[str, str]] = {
     "prepare": "skein.data.prepare:prepare",
     "train": "skein.train.run:train",
     "params": "skein.train.inspect:params",
@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "export": "skein.train.export:export",
     "import": "skein.train.export:import_weights",
     "generate": "skein.train.generate:generate",
+    "bench": {"kernels": "skein.rwkv.ops.bench:bench_kernels"},
 }
 
 
@@ -58,6 +59,18 @@ def _yes_no(v: str) -> bool:
     return v.lower() in ("true", "yes", "1")
 
 
+def _function_parser(fn: Callable[..., Any]) -> Any:
+    from jsonargparse import ArgumentParser
+
+    sub = ArgumentParser(description=_summary(fn))
+    sub.add_function_arguments(fn, as_positional=True, fail_untyped=False)
+    return sub
+
+
+def _summary(fn: Callable[..., Any]) -> str:
+    return (fn.__doc__ or "").strip().split("\n")[0]
+
+
 def build_parser() -> Any:
     """The jsonargparse parser of every subcommand but `train` (whose free-form overrides it
     parses with argparse)."""
@@ -66,12 +79,19 @@ def build_parser() -> Any:
     parser = ArgumentParser(prog="skein", description="Pretrain recurrent-state language models.")
     subs = parser.add_subcommands(required=True, dest="command")
     for name, target in COMMANDS.items():
-        fn = _resolve(target)
-        summary = (fn.__doc__ or "").strip().split("\n")[0]
-        sub = ArgumentParser(description=summary)
-        if name != "train":
-            sub.add_function_arguments(fn, as_positional=True, fail_untyped=False)
-        subs.add_subcommand(name, sub, help=summary)
+        if isinstance(target, dict):
+            group = ArgumentParser(description=f"skein {name} subcommands")
+            subs.add_subcommand(name, group, help=f"{name}: {', '.join(target)}")
+            group_subs = group.add_subcommands(required=True, dest="command")
+            for sub_name, sub_target in target.items():
+                fn = _resolve(sub_target)
+                group_subs.add_subcommand(sub_name, _function_parser(fn), help=_summary(fn))
+        elif name == "train":
+            fn = _resolve(target)
+            subs.add_subcommand(name, ArgumentParser(description=_summary(fn)), help=_summary(fn))
+        else:
+            fn = _resolve(target)
+            subs.add_subcommand(name, _function_parser(fn), help=_summary(fn))
     return parser
 
 
@@ -91,10 +111,16 @@ def main(argv: list[str] | None = None) -> None:
         }
     else:
         args = build_parser().parse_args(argv)
-        name = args.command
-        fn = _resolve(COMMANDS[name])
+        name, target, sub_args = args.command, COMMANDS[args.command], args[args.command]
+        if isinstance(target, dict):
+            name, target, sub_args = (
+                f"{name} {sub_args.command}",
+                target[sub_args.command],
+                sub_args[sub_args.command],
+            )
+        fn = _resolve(target)
         accepted = inspect.signature(fn).parameters
-        kwargs = {k: v for k, v in vars(args[name]).items() if k in accepted}
+        kwargs = {k: v for k, v in vars(sub_args).items() if k in accepted}
     try:
         result = fn(**kwargs)
     except ConfigError as e:

@@ -74,3 +74,14 @@ def test_cli_reports_config_errors_without_traceback(tmp_path: Path) -> None:
     path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
     with pytest.raises(SystemExit, match="config error: .*optim.lr_int: unknown key"):
         main(["train", str(path), "optim.lr_int=1"])
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    from skein.train.cli import COMMANDS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"    {name} " in out, name
