@@ -357,12 +357,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what `--print_config` shows and each run directory stores)."""
-    return yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False)
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
 
 
-def _plain(x: Any) -> Any:
+def plain(x: Any) -> Any:
+    """Tuples turned into lists, recursively, so a config dumps as plain YAML/JSON."""
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
     return x

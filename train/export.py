@@ -47,6 +47,7 @@ from skein.rwkv.convert import (
 from skein.rwkv.convert.safetensors_file import config_path
 from skein.rwkv.models import CausalLM
 from skein.train.checkpoint import latest_checkpoint, load_weights
+from skein.train.config import plain
 
 FORMATS = ("rwkv_lm", "safetensors", "hf", "fla")
 SUFFIXES = {"rwkv_lm": ".pth", "safetensors": ".safetensors"}
@@ -234,14 +235,6 @@ def _tokenizer_eod(spec: str | None) -> int:
     return load_tokenizer(spec).eod_id
 
 
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def import_weights(source: str, output: str, tokenizer: str | None = None) -> str:
     """Import weights (an RWKV-LM .pth, or any source `export` reads) as a skein weights file.
 
@@ -260,7 +253,7 @@ def import_weights(source: str, output: str, tokenizer: str | None = None) -> st
     _need_suffix(out, ".pth", "import")
     src = load_source(source)
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in src.model.state_dict().items()}
-    run_cfg: dict[str, Any] = {"model": _plain(src.model.config.to_dict())}
+    run_cfg: dict[str, Any] = {"model": plain(src.model.config.to_dict())}
     spec = tokenizer or src.tokenizer_spec()
     if spec:
         run_cfg["data"] = {"tokenizer": spec}

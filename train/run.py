@@ -15,37 +15,18 @@ from typing import Any
 import lightning as L
 import torch
 
-from skein.rwkv.models import CausalLM, build_model
+from skein.rwkv.convert.common import load_strict
+from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
+from skein.rwkv.models import build_model
 from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, plot_loss_curve
 from skein.train.checkpoint import latest_checkpoint, load_weights
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.data_module import StageDataModule, check_vocab
+from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
 from skein.train.strategy import apply_grad_checkpointing, build_strategy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def load_state_dict_strict(model: CausalLM, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights, naming every missing, unexpected or mis-shaped key (never a partial load)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [
-        f"{k}: {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append("shape mismatch " + "; ".join(shapes[:8]))
-        raise ValueError(f"{source} does not fit model.arch={model.config.arch}: " + ", ".join(parts))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
 
 
 def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
@@ -94,13 +75,16 @@ def train_from_config(
             weights = (load_weights(path), str(path))
         else:
             start_stage, ckpt_path, start_step = meta["stage_index"], path / "model.ckpt", meta["step"]
-    elif init_from is not None:
-        weights = (load_weights(init_from), init_from)
+    elif init_from is not None:  # any source `skein export` reads: run dir, checkpoint, .pth, ...
+        weights = (load_source(init_from).model.state_dict(), init_from)
 
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     model = build_model(cfg.model_config())
     if weights is not None:
-        load_state_dict_strict(model, *weights)
+        sd, source = weights
+        load_strict(model, fit_layout(sd, model), source)
+    if cfg.checkpoint.snapshot_every_steps and model.config.arch in ("rwkv4", "rwkv7"):
+        check_format_config(model.config)  # snapshots are RWKV-LM .pth files: refuse now, not mid-run
     if cfg.trainer.grad_checkpointing:
         apply_grad_checkpointing(model)
 

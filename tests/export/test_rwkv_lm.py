@@ -12,10 +12,9 @@ import yaml
 
 from skein.rwkv import build_model
 from skein.rwkv.convert import from_rwkv_lm, infer_config, load_strict, read_safetensors, to_rwkv_lm
-from skein.rwkv.convert.rwkv_lm import detect_arch
+from skein.rwkv.convert.rwkv_lm import detect_arch, fit_layout
 from skein.train.checkpoint import load_weights
 from skein.train.export import export, import_weights, load_source
-from skein.train.run import load_state_dict_strict
 from tests.export.helpers import TINY, logits, save_skein_safetensors, tiny_model
 from tests.models.harness import random_tokens
 
@@ -34,7 +33,7 @@ def test_export_then_import_gives_identical_logits(arch: str, tmp_path: Path) ->
     run_cfg = yaml.safe_load(Path(weights).with_suffix(".yaml").read_text())
     assert run_cfg["model"]["arch"] == arch and run_cfg["data"]["tokenizer"] == "byte"
     fresh = build_model(run_cfg["model"])  # what `skein train --init_from` does with the run's model config
-    load_state_dict_strict(fresh, load_weights(weights), weights)
+    load_strict(fresh, fit_layout(load_weights(weights), fresh), weights)
     assert torch.equal(logits(fresh.eval(), idx), logits(model, idx))
 
 

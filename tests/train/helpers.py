@@ -78,4 +78,4 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
         if time.time() - t0 > timeout:
             proc.send_signal(signal.SIGKILL)
             raise AssertionError("timed out")
-        time.sleep(0.05)
+        time.sleep(0.01)

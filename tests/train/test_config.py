@@ -46,7 +46,9 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
 
 def test_overrides_apply_by_dotted_key_and_index(tmp_path: Path) -> None:
     path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
-    cfg = load_config(path, ["optim.lr_init=0.01", "stages.0.ctx_len=64", "model.n_layer=3", "optim.betas=[0.9, 0.95]"])
+    cfg = load_config(
+        path, ["optim.lr_init=0.01", "stages.0.ctx_len=64", "model.n_layer=3", "optim.betas=[0.9, 0.95]"]
+    )
     assert cfg.optim.lr_init == 0.01 and cfg.stages[0].ctx_len == 64 and cfg.model["n_layer"] == 3
     assert cfg.optim.betas == (0.9, 0.95)
     with pytest.raises(ConfigError, match="not a valid list index"):

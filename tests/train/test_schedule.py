@@ -14,7 +14,9 @@ from tests.train.helpers import tiny_run, write_config
 
 
 def test_constant_then_exponential() -> None:
-    s = Schedule("constant_exp", lr_init=6e-4, lr_final=6e-5, total_tokens=1000, warmup_tokens=100, decay_fraction=0.4)
+    s = Schedule(
+        "constant_exp", lr_init=6e-4, lr_final=6e-5, total_tokens=1000, warmup_tokens=100, decay_fraction=0.4
+    )
     assert s.lr(0) == pytest.approx(6e-4 * 0.01)
     assert s.lr(50) == pytest.approx(6e-4 * (0.01 + 0.99 * 0.5))
     assert s.lr(100) == s.lr(600) == pytest.approx(6e-4)
@@ -52,7 +54,9 @@ def test_auto_decay_starts_on_plateau() -> None:
     s = Schedule("auto_exp", lr_init=1e-3, lr_final=1e-4, total_tokens=40_000, decay_start=start)
     assert s.lr(start) == pytest.approx(1e-3)
     assert s.lr(40_000) == pytest.approx(1e-4)
-    assert Schedule("auto_exp", lr_init=1e-3, lr_final=1e-4, total_tokens=40_000).lr(39_000) == pytest.approx(1e-3)
+    assert Schedule("auto_exp", lr_init=1e-3, lr_final=1e-4, total_tokens=40_000).lr(39_000) == pytest.approx(
+        1e-3
+    )
 
 
 def test_auto_decay_state_round_trip() -> None:
