@@ -51,11 +51,23 @@ class CausalLM(nn.Module):
     """Base of every skein model: embedding -> blocks -> final norm -> head.
 
     Subclasses set `self.config`, `self.emb`, `self.blocks` (an nn.ModuleList; the trainer wraps
-    each entry for gradient checkpointing) and `self.head`, and implement `forward`.
+    each entry for gradient checkpointing), `self.ln_out` and `self.head`.
     """
 
     config: ModelConfig
     blocks: nn.ModuleList
+
+    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """idx [B, T] -> (logits [B, T, vocab], per-block state); each block maps
+        (x, block_state) -> (x, block_state). Architectures that thread more through the blocks
+        (RWKV-7's first-layer values) override this."""
+        state = state if state is not None else [None] * len(self.blocks)
+        x = self.emb(idx)
+        new_state = []
+        for block, block_state in zip(self.blocks, state):
+            x, block_state = block(x, block_state)
+            new_state.append(block_state)
+        return self.head(self.ln_out(x)), new_state
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         """Parameter count; with exclude_embedding, the input embedding is left out."""
@@ -109,6 +121,23 @@ class ShortConv(nn.Module):
         if self.activation:
             y = F.silu(y)
         return y.transpose(1, 2), xt[:, :, xt.shape[2] - (self.size - 1) :]
+
+
+class PreNormBlock(nn.Module):
+    """x + mixer(RMSNorm(x)), then + SwiGLU(RMSNorm(x)): the block of the transformer and of
+    DeltaProduct. forward(x, state) -> (x, state), the state being the mixer's."""
+
+    def __init__(self, mixer: nn.Module, d_model: int, d_ffn: int, eps: float) -> None:
+        super().__init__()
+        self.ln1 = nn.RMSNorm(d_model, eps=eps)
+        self.mixer = mixer
+        self.ln2 = nn.RMSNorm(d_model, eps=eps)
+        self.ffn = SwiGLU(d_model, d_ffn)
+
+    def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        h, state = self.mixer(self.ln1(x), state)
+        x = x + h
+        return x + self.ffn(self.ln2(x)), state
 
 
 class SwiGLU(nn.Module):

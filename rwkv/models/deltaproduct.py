@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.models.common import CausalLM, ModelConfig, ShortConv, State, SwiGLU
+from skein.rwkv.models.common import CausalLM, ModelConfig, PreNormBlock, ShortConv
 from skein.rwkv.ops.delta_product import delta_product
 
 BlockState = tuple[Tensor, ...]
@@ -182,22 +182,6 @@ class DeltaProductMixer(nn.Module):
         return y, new_state
 
 
-class Block(nn.Module):
-    """x + mixer(RMSNorm(x)), then + SwiGLU(RMSNorm(.)); forward(x, state) -> (x, state)."""
-
-    def __init__(self, cfg: DeltaProductConfig) -> None:
-        super().__init__()
-        self.ln1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mixer = DeltaProductMixer(cfg)
-        self.ln2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.ffn = SwiGLU(cfg.d_model, cfg.d_ffn)
-
-    def forward(self, x: Tensor, state: BlockState | None) -> tuple[Tensor, BlockState]:
-        h, state = self.mixer(self.ln1(x), state)
-        x = x + h
-        return x + self.ffn(self.ln2(x)), state
-
-
 class DeltaProduct(CausalLM):
     """Embedding -> DeltaProduct blocks -> RMSNorm -> head; state = one BlockState per block."""
 
@@ -205,7 +189,10 @@ class DeltaProduct(CausalLM):
         super().__init__()
         self.config = config
         self.emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(
+            PreNormBlock(DeltaProductMixer(config), config.d_model, config.d_ffn, config.norm_eps)
+            for _ in range(config.n_layer)
+        )
         self.ln_out = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
@@ -221,15 +208,6 @@ class DeltaProduct(CausalLM):
             elif isinstance(module, DeltaProductMixer):
                 nn.init.ones_(module.o_norm)
                 module.reset_gate_parameters()
-
-    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        state = state if state is not None else [None] * len(self.blocks)
-        x = self.emb(idx)
-        new_state = []
-        for block, block_state in zip(self.blocks, state):
-            x, block_state = block(x, block_state)
-            new_state.append(block_state)
-        return self.head(self.ln_out(x)), new_state
 
     def flops_per_token(self, ctx_len: int) -> float:
         """6N plus the recurrence: per layer, head and token, each of the n_h Householder steps

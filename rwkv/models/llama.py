@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.models.common import CausalLM, ModelConfig, State, SwiGLU
+from skein.rwkv.models.common import CausalLM, ModelConfig, PreNormBlock
 
 
 @dataclass(kw_only=True)
@@ -76,20 +76,6 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, H * D)), (k, v)
 
 
-class Block(nn.Module):
-    def __init__(self, cfg: LlamaConfig) -> None:
-        super().__init__()
-        self.ln1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.att = Attention(cfg)
-        self.ln2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.ffn = SwiGLU(cfg.d_model, cfg.d_ffn)
-
-    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        h, cache = self.att(self.ln1(x), cache)
-        x = x + h
-        return x + self.ffn(self.ln2(x)), cache
-
-
 class Llama(CausalLM):
     """Decoder-only transformer; state = per-block (key, value) cache."""
 
@@ -97,7 +83,10 @@ class Llama(CausalLM):
         super().__init__()
         self.config = config
         self.emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(
+            PreNormBlock(Attention(config), config.d_model, config.d_ffn, config.norm_eps)
+            for _ in range(config.n_layer)
+        )
         self.ln_out = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
@@ -109,15 +98,6 @@ class Llama(CausalLM):
                 residual_out = name.endswith(("o.weight", "down.weight"))
                 std = 0.02 / math.sqrt(2 * self.config.n_layer) if residual_out else 0.02
                 nn.init.normal_(p, std=std)
-
-    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        state = state if state is not None else [None] * len(self.blocks)
-        x = self.emb(idx)
-        new_state = []
-        for block, cache in zip(self.blocks, state):
-            x, cache = block(x, cache)
-            new_state.append(cache)
-        return self.head(self.ln_out(x)), new_state
 
     def flops_per_token(self, ctx_len: int) -> float:
         """6N plus causal attention: QK^T and AV cost 4 T d per layer and token forward, halved by

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.models.common import CausalLM, ModelConfig, State, token_shift
+from skein.rwkv.models.common import CausalLM, ModelConfig, token_shift
 from skein.rwkv.ops.wkv4 import wkv4
 
 BlockState = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -190,15 +190,6 @@ class RWKV4(CausalLM):
                     ln.reset_parameters()
         nn.init.uniform_(self.emb.weight, -cfg.emb_init_scale, cfg.emb_init_scale)
         nn.init.orthogonal_(self.head.weight, gain=cfg.head_init_gain * _shape_gain(self.head.weight))
-
-    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        state = state if state is not None else [None] * len(self.blocks)
-        x = self.emb(idx)
-        new_state = []
-        for block, s in zip(self.blocks, state):
-            x, s = block(x, s)
-            new_state.append(s)
-        return self.head(self.ln_out(x)), new_state
 
     def lr_multipliers(self) -> dict[str, float]:
         """time_decay and time_first train faster (RWKV-LM v4neo's layerwise_lr, stage != 2)."""

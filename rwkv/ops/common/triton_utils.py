@@ -1,8 +1,9 @@
-"""Triton pieces shared by the chunked kernels: the unit-lower-triangular inverse and the check
-that tells compiled kernels from interpreted ones. Imported only by the kernel modules."""
+"""Triton pieces shared by the chunked kernels: the unit-lower-triangular inverse, the check
+that tells compiled kernels from interpreted ones, and the V-split of the forward grid. Imported only by the kernel modules."""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
@@ -28,3 +29,13 @@ def tri_inverse(L, N: tl.constexpr, LOG2_N: tl.constexpr):
         power = tl.dot(power, power, input_precision="ieee")
         inv = inv + tl.dot(inv, power, input_precision="ieee")
     return inv
+
+
+def block_v_for(heads: int, V: int, device: torch.device) -> int:
+    """V columns per forward program of the chunked kernels: split V until there are about two
+    programs per SM."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    bv = V
+    while bv > 32 and heads * (V // bv) < 2 * sms:
+        bv //= 2
+    return bv

@@ -22,7 +22,7 @@ from skein.rwkv.ops.common.kernel_checks import (
     check_shape,
     dot_precision,
 )
-from skein.rwkv.ops.common.triton_utils import is_interpreted, tri_inverse
+from skein.rwkv.ops.common.triton_utils import block_v_for, is_interpreted, tri_inverse
 
 CHUNK = 16
 """Steps per chunk (a token takes NHP steps). Gates enter only as pairwise e^{G_i - G_s}, s <= i,
@@ -191,15 +191,6 @@ def _dp_bwd_kernel(
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
 
-def _block_v(heads: int, V: int, device: torch.device) -> int:
-    """V columns per forward program: split V until there are about two programs per SM."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    bv = V
-    while bv > 32 and heads * (V // bv) < 2 * sms:
-        bv //= 2
-    return bv
-
-
 class _ChunkDeltaProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, g, state, scale, block_v, save):
@@ -210,7 +201,7 @@ class _ChunkDeltaProduct(torch.autograd.Function):
         o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
         sT = torch.empty(B, H, K, V, device=v.device, dtype=torch.float32)
         states = torch.empty(B * H, NT, K, V, device=v.device, dtype=torch.float32) if save else None
-        bv = block_v or _block_v(B * H, V, v.device)
+        bv = block_v or block_v_for(B * H, V, v.device)
         _dp_fwd_kernel[(V // bv, B * H)](
             q, k, v, beta, g, state, o, sT, states, scale, T, H, NH,
             K=K, V=V, BV=bv, CS=CHUNK, LOG2_CS=CHUNK.bit_length() - 1, NHP=nhp,

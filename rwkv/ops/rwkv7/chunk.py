@@ -21,7 +21,7 @@ from skein.rwkv.ops.common.kernel_checks import (
     check_shape,
     dot_precision,
 )
-from skein.rwkv.ops.common.triton_utils import is_interpreted, tri_inverse
+from skein.rwkv.ops.common.triton_utils import block_v_for, is_interpreted, tri_inverse
 
 CHUNK = 16
 """Tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w must
@@ -203,15 +203,6 @@ def _rwkv7_bwd_kernel(
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
 
-def _block_v(heads: int, V: int, device: torch.device) -> int:
-    """V columns per forward program: split V until there are about two programs per SM."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    bv = V
-    while bv > 32 and heads * (V // bv) < 2 * sms:
-        bv //= 2
-    return bv
-
-
 class _ChunkRwkv7(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, state, scale, block_v, save):
@@ -221,7 +212,7 @@ class _ChunkRwkv7(torch.autograd.Function):
         o = torch.empty_like(v)
         sT = torch.empty(B, H, K, V, device=v.device, dtype=torch.float32)
         states = torch.empty(B * H, NT, K, V, device=v.device, dtype=torch.float32) if save else None
-        bv = block_v or _block_v(B * H, V, v.device)
+        bv = block_v or block_v_for(B * H, V, v.device)
         _rwkv7_fwd_kernel[(V // bv, B * H)](
             r, w, k, v, a, b, state, o, sT, states, scale, T, H,
             K=K, V=V, BV=bv, C=CHUNK, LOG2_C=CHUNK.bit_length() - 1,
