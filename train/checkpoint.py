@@ -61,8 +61,11 @@ def save_checkpoint(trainer: L.Trainer, out_dir: Path, meta: dict[str, Any], kee
 
 
 def prune(ckpt_root: Path, keep_last: int) -> None:
-    """Delete complete checkpoints beyond the newest `keep_last` (stage ends are kept as well)."""
-    done = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+    """Delete complete checkpoints beyond the newest `keep_last` (stage ends are kept as well),
+    and what saves that crashed left under .tmp names."""
+    for stale in ckpt_root.glob("*.tmp"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    done = sorted(p for p in ckpt_root.iterdir() if p.is_dir())
     latest = (ckpt_root / "latest").read_text().strip() if (ckpt_root / "latest").exists() else None
     keep = set(done[-keep_last:])
     for p in done:
