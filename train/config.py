@@ -267,6 +267,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return value
+    if tp in (float, int) and isinstance(value, str):
+        value = _number(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -286,6 +288,14 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _number(text: str) -> float | str:
+    """YAML 1.1 reads 6e-4 and 5e9 (no dot) as strings; take them as the numbers they spell."""
+    try:
+        return float(text.replace("_", ""))
+    except ValueError:
+        return text
 
 
 def from_dict(cls: type, d: Any, prefix: str = "") -> Any:

@@ -20,7 +20,7 @@ from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
 from skein.rwkv.models import build_model
 from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, plot_loss_curve
 from skein.train.checkpoint import latest_checkpoint, load_weights
-from skein.train.config import RunConfig, dump_config, load_config
+from skein.train.config import ConfigError, RunConfig, dump_config, load_config
 from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
@@ -32,6 +32,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
     if cfg.log.wandb == "disabled":
         return []
+    try:
+        import wandb  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            f"log.wandb={cfg.log.wandb} needs the wandb package (pip install 'skein[train]'), or set log.wandb=disabled"
+        ) from e
     from lightning.pytorch.loggers import WandbLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -51,6 +51,11 @@ def test_overrides_apply_by_dotted_key_and_index(tmp_path: Path) -> None:
     )
     assert cfg.optim.lr_init == 0.01 and cfg.stages[0].ctx_len == 64 and cfg.model["n_layer"] == 3
     assert cfg.optim.betas == (0.9, 0.95)
+    # YAML 1.1 reads exponents without a dot as strings; they are numbers here
+    cfg = load_config(path, ["optim.lr_init=6e-4", "stages.0.tokens=5e9"])
+    assert cfg.optim.lr_init == 6e-4 and cfg.stages[0].tokens == 5_000_000_000
+    with pytest.raises(ConfigError, match="expected an integer, got 2.5"):
+        load_config(path, ["stages.0.micro_bsz=2.5"])
     with pytest.raises(ConfigError, match="not a valid list index"):
         load_config(path, ["stages.3.ctx_len=64"])
     with pytest.raises(ConfigError, match="expected key=value"):
