@@ -8,20 +8,14 @@ it, never written in it.
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
 from skein.rwkv.models import ModelConfig, model_config_from_dict
-
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or out of range."""
+from skein.train.typed import ConfigError, apply_override, from_dict, plain
 
 
 @dataclass(kw_only=True)
@@ -231,121 +225,6 @@ class RunConfig:
         return model_config_from_dict(self.model)
 
 
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    """Coerce/check one value against a type annotation; raise ConfigError naming the key."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
-            try:
-                return _check_type(value, option, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected null, got {value!r}")
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
-    if is_dataclass(tp):
-        return from_dict(tp, value, key)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return value
-    if tp in (float, int) and isinstance(value, str):
-        value = _number(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def _number(text: str) -> float | str:
-    """YAML 1.1 reads 6e-4 and 5e9 (no dot) as strings; take them as the numbers they spell."""
-    try:
-        return float(text.replace("_", ""))
-    except ValueError:
-        return text
-
-
-def from_dict(cls: type, d: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
-    where = prefix or "config"
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    for key in d:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {names}"
-            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key{hint}")
-    kwargs = {}
-    for f in fields(cls):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name in d:
-            kwargs[f.name] = _check_type(d[f.name], hints[f.name], key)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(f"{key}: missing")
-    return cls(**kwargs)
-
-
-def apply_override(d: dict[str, Any], override: str) -> None:
-    """Apply one `dotted.key=value` override (value parsed as YAML; list items by index)."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r}: expected key=value, e.g. optim.lr_init=3e-4")
-    path, raw = override.split("=", 1)
-    value = yaml.safe_load(raw)
-    keys = path.split(".")
-    node: Any = d
-    for i, k in enumerate(keys[:-1]):
-        if isinstance(node, list):
-            if not k.isdigit() or int(k) >= len(node):
-                raise ConfigError(
-                    f"override {override!r}: {'.'.join(keys[: i + 1])} is not a valid list index"
-                )
-            node = node[int(k)]
-        else:
-            node = node.setdefault(k, {})
-    last = keys[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"override {override!r}: {path} is not a valid list index")
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a run YAML, apply `key=value` overrides, validate, and return the typed config."""
     d: dict[str, Any] = {}
@@ -368,12 +247,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what `--print_config` shows and each run directory stores)."""
     return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
-
-
-def plain(x: Any) -> Any:
-    """Tuples turned into lists, recursively, so a config dumps as plain YAML/JSON."""
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [plain(v) for v in x]
-    return x

@@ -47,7 +47,7 @@ from skein.rwkv.convert import (
 from skein.rwkv.convert.safetensors_file import config_path
 from skein.rwkv.models import CausalLM
 from skein.train.checkpoint import latest_checkpoint, load_weights
-from skein.train.config import plain
+from skein.train.typed import plain
 
 FORMATS = ("rwkv_lm", "safetensors", "hf", "fla")
 SUFFIXES = {"rwkv_lm": ".pth", "safetensors": ".safetensors"}
