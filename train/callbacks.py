@@ -18,7 +18,8 @@ from skein.train.checkpoint import save_checkpoint, save_snapshot
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
 
 
-def _step_done(module: Any, batch_idx: int) -> bool:
+def step_done(module: Any, batch_idx: int) -> bool:
+    """True on the micro-batch that completes an optimizer step."""
     return (batch_idx + 1) % module.plan.accumulate == 0
 
 
@@ -69,7 +70,7 @@ class CheckpointCallback(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not _step_done(module, batch_idx):
+        if not step_done(module, batch_idx):
             return
         signalled = trainer.strategy.reduce_boolean_decision(self.signal_received is not None, all=False)
         budget_spent = (
@@ -98,7 +99,7 @@ class SnapshotCallback(L.Callback):
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if (
-            _step_done(module, batch_idx)
+            step_done(module, batch_idx)
             and trainer.global_step % self.every_steps == 0
             and trainer.is_global_zero
         ):
@@ -153,7 +154,7 @@ class MetricsCallback(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not _step_done(module, batch_idx):
+        if not step_done(module, batch_idx):
             return
         step = trainer.global_step
         now = time.perf_counter()

@@ -2,7 +2,7 @@
 dotted overrides and validated at load with messages that name the key.
 
 A run is one file (see configs/): run, model, data, optim, schedule, stages, trainer, checkpoint,
-log. Derived numbers (gradient accumulation, steps per stage, the magic prime) are computed from
+log, eval. Derived numbers (gradient accumulation, steps per stage, the magic prime) are computed from
 it, never written in it.
 """
 
@@ -197,6 +197,24 @@ class LogSection:
 
 
 @dataclass(kw_only=True)
+class EvalSection:
+    every_steps: int = 0
+    """Evaluate every this many optimizer steps and at the end of each stage (0: never)."""
+    val: list[str] = field(default_factory=list)
+    """Held-out binidx prefixes (e.g. the `<output>_val` that `skein prepare --val_fraction` writes)."""
+    val_samples: int = 64
+    """Samples of the stage's ctx_len in the validation loss (the same ones every time)."""
+    micro_bsz: int = 8
+    """Sequences per forward pass during evaluation."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0 or self.val_samples <= 0 or self.micro_bsz <= 0:
+            raise ConfigError("eval: every_steps must be >= 0, val_samples and micro_bsz positive")
+        if self.every_steps and not self.val:
+            raise ConfigError("eval.every_steps is set but eval.val names no held-out shards")
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     run: RunSection = field(default_factory=RunSection)
     model: dict[str, Any] = field(default_factory=dict)
@@ -208,6 +226,7 @@ class RunConfig:
     trainer: TrainerSection = field(default_factory=TrainerSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def __post_init__(self) -> None:
         if not self.stages:

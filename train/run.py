@@ -22,6 +22,7 @@ from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotC
 from skein.train.checkpoint import latest_checkpoint, load_weights
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
 from skein.train.data_module import StageDataModule, check_vocab
+from skein.train.evaluation import PeriodicEval, ValidationLoss
 from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
 from skein.train.strategy import apply_grad_checkpointing, build_strategy
@@ -58,7 +59,8 @@ def train_from_config(
     extra_callbacks: list[L.Callback] | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) every stage of `cfg`. Returns a summary: stages done, steps, tokens,
-    whether the run was interrupted by a signal, and the last checkpoint."""
+    whether the run was interrupted by a signal, and the last checkpoint. `extra_callbacks` join
+    every stage (e.g. a PeriodicEval with more evaluators)."""
     out_dir = Path(cfg.run.out_dir)
     check_vocab(cfg)
     found = latest_checkpoint(out_dir)
@@ -119,6 +121,11 @@ def train_from_config(
         if cfg.checkpoint.snapshot_every_steps:
             dtype = DTYPES[cfg.checkpoint.snapshot_dtype]
             callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint.snapshot_every_steps, dtype))
+        if cfg.eval.every_steps:
+            val = ValidationLoss(
+                cfg.eval.val, stage.ctx_len, cfg.eval.val_samples, cfg.eval.micro_bsz, cfg.run.seed
+            )
+            callbacks.append(PeriodicEval(out_dir, cfg.eval.every_steps, tokens_before, [val]))
         callbacks += extra_callbacks or []
         module = LMModule(cfg, si, world, model)
         automatic = module.automatic_optimization

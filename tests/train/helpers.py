@@ -31,7 +31,7 @@ def tiny_run(corpus: str, out_dir: Path, arch: str = "llama", **sections) -> dic
         "log": {"every_steps": 1, "wandb": "disabled", "progress_bar": False},
     }
     for key, value in sections.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and key != "model" else value
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) and key != "model" else value
     return cfg
 
 
