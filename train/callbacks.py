@@ -84,7 +84,9 @@ class CheckpointCallback(L.Callback):
         elif trainer.global_step % self.every_steps == 0 and trainer.global_step < module.plan.steps:
             self.save(trainer, module)
 
-    def on_train_end_stage(self, trainer: L.Trainer, module: Any) -> None:
+    def save_stage_end(self, trainer: L.Trainer, module: Any) -> None:
+        """Called by the run after `fit` returns: the stage's final checkpoint (unless a signal
+        already saved and stopped it)."""
         if not self.interrupted:
             self.save(trainer, module, stage_done=trainer.global_step >= module.plan.steps)
 

@@ -135,6 +135,11 @@ class StageSection:
                 f"stages[].segment_len={self.segment_len} must be positive and divide ctx_len={self.ctx_len}"
             )
 
+    @property
+    def segmented(self) -> bool:
+        """Whether this stage trains in segments shorter than ctx_len."""
+        return self.segment_len is not None and self.segment_len < self.ctx_len
+
 
 @dataclass(kw_only=True)
 class TrainerSection:

@@ -15,6 +15,7 @@ from skein.train.config import RunConfig, StageSection
 from skein.train.losses import lm_loss
 from skein.train.optim import build_optimizer
 from skein.train.schedule import AutoDecay, Schedule
+from skein.train.strategy import is_deepspeed
 
 
 class StagePlan:
@@ -61,8 +62,7 @@ class LMModule(L.LightningModule):
             if s.kind == "auto_exp"
             else None
         )
-        self.segmented = self.stage.segment_len is not None and self.stage.segment_len < self.stage.ctx_len
-        self.automatic_optimization = not self.segmented
+        self.automatic_optimization = not self.stage.segmented
         self._step_losses: list[float] = []
         self.last_step_loss: float | None = None
         self.grad_norm: float | None = None
@@ -74,9 +74,7 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        offload = (
-            self.cfg.trainer.offload_optimizer and "deepspeed" in type(self.trainer.strategy).__name__.lower()
-        )
+        offload = self.cfg.trainer.offload_optimizer and is_deepspeed(self.trainer.strategy)
         return build_optimizer(
             self.model, self.schedule.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload
         )
@@ -96,7 +94,7 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, y = batch
-        if not self.segmented:
+        if not self.stage.segmented:
             logits, _ = self.model(x)
             loss = lm_loss(logits, y, self.cfg.optim.l2wrap)
             self._record(loss)

@@ -25,7 +25,7 @@ from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.evaluation import PeriodicEval, ValidationLoss
 from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
-from skein.train.strategy import apply_grad_checkpointing, build_strategy
+from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -100,12 +100,8 @@ def train_from_config(
     for si in range(start_stage, len(cfg.stages)):
         stage, plan = cfg.stages[si], plans[si]
         tokens_before = sum(p.steps * p.tokens_per_step for p in plans[:si])
-        hw = build_strategy(cfg.trainer, cfg.optim.grad_clip)
-        if (
-            stage.segment_len
-            and stage.segment_len < stage.ctx_len
-            and "deepspeed" in type(hw["strategy"]).__name__.lower()
-        ):
+        hw = build_strategy(cfg.trainer)
+        if stage.segmented and is_deepspeed(hw["strategy"]):
             raise ValueError(
                 f"stages[{si}].segment_len: segment-wise training runs with trainer.strategy ddp or single"
             )
@@ -148,7 +144,7 @@ def train_from_config(
         )
         data = StageDataModule(cfg, stage.ctx_len, stage.micro_bsz, plan.global_batch, start_step)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
-        ckpt_cb.on_train_end_stage(trainer, module)
+        ckpt_cb.save_stage_end(trainer, module)
         summary.update(steps=trainer.global_step, tokens=tokens_before + module.tokens_seen)
         ckpt_path, start_step = None, 0
         if ckpt_cb.interrupted:

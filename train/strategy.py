@@ -20,7 +20,7 @@ def use_gpu(tc: TrainerSection) -> bool:
     return tc.accelerator == "gpu" or (tc.accelerator == "auto" and torch.cuda.is_available())
 
 
-def build_strategy(tc: TrainerSection, grad_clip: float) -> dict[str, Any]:
+def build_strategy(tc: TrainerSection) -> dict[str, Any]:
     """Keyword arguments for L.Trainer: accelerator, devices, num_nodes, strategy, precision."""
     gpu = use_gpu(tc)
     world = tc.devices * tc.num_nodes
@@ -54,6 +54,11 @@ def build_strategy(tc: TrainerSection, grad_clip: float) -> dict[str, Any]:
         "strategy": strategy,
         "precision": precision,
     }
+
+
+def is_deepspeed(strategy: Any) -> bool:
+    """True for Lightning's DeepSpeedStrategy (checked by name: deepspeed is an optional extra)."""
+    return type(strategy).__name__ == "DeepSpeedStrategy"
 
 
 def apply_grad_checkpointing(model: CausalLM) -> None:
