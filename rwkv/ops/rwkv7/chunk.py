@@ -29,6 +29,18 @@ satisfy (CHUNK / 2) * |w| < ~80 (fp32 exp range): RWKV-7's w >= -exp(-0.5) is fa
 
 
 @triton.jit
+def _load_chunk(r, w, k, a, b, v, pk, pv, mt):
+    """One chunk of the six inputs as fp32 tiles (rows past T read as 0)."""
+    r_c = tl.load(r + pk, mask=mt, other=0.0).to(tl.float32)
+    w_c = tl.load(w + pk, mask=mt, other=0.0).to(tl.float32)
+    k_c = tl.load(k + pk, mask=mt, other=0.0).to(tl.float32)
+    a_c = tl.load(a + pk, mask=mt, other=0.0).to(tl.float32)
+    b_c = tl.load(b + pk, mask=mt, other=0.0).to(tl.float32)
+    v_c = tl.load(v + pv, mask=mt, other=0.0).to(tl.float32)
+    return r_c, w_c, k_c, a_c, b_c, v_c
+
+
+@triton.jit
 def _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale):
     """Decay-weighted copies of one chunk's [C, K] tiles (README, "Chunk form").
 
@@ -77,12 +89,7 @@ def _rwkv7_fwd_kernel(
         row = (i_b * T + t).to(tl.int64) * H + i_h
         pk = row[:, None] * K + ik[None, :]
         pv = row[:, None] * V + iv[None, :]
-        r_c = tl.load(r + pk, mask=mt, other=0.0).to(tl.float32)
-        w_c = tl.load(w + pk, mask=mt, other=0.0).to(tl.float32)
-        k_c = tl.load(k + pk, mask=mt, other=0.0).to(tl.float32)
-        a_c = tl.load(a + pk, mask=mt, other=0.0).to(tl.float32)
-        b_c = tl.load(b + pk, mask=mt, other=0.0).to(tl.float32)
-        v_c = tl.load(v + pv, mask=mt, other=0.0).to(tl.float32)
+        r_c, w_c, k_c, a_c, b_c, v_c = _load_chunk(r, w, k, a, b, v, pk, pv, mt)
         if SAVE:
             tl.store(states + (bh * NT + n) * K * V + s_offs, S)
         g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
@@ -130,12 +137,7 @@ def _rwkv7_bwd_kernel(
         row = (i_b * T + t).to(tl.int64) * H + i_h
         pk = row[:, None] * K + ik[None, :]
         pv = row[:, None] * V + iv[None, :]
-        r_c = tl.load(r + pk, mask=mt, other=0.0).to(tl.float32)
-        w_c = tl.load(w + pk, mask=mt, other=0.0).to(tl.float32)
-        k_c = tl.load(k + pk, mask=mt, other=0.0).to(tl.float32)
-        a_c = tl.load(a + pk, mask=mt, other=0.0).to(tl.float32)
-        b_c = tl.load(b + pk, mask=mt, other=0.0).to(tl.float32)
-        v_c = tl.load(v + pv, mask=mt, other=0.0).to(tl.float32)
+        r_c, w_c, k_c, a_c, b_c, v_c = _load_chunk(r, w, k, a, b, v, pk, pv, mt)
         do_c = tl.load(do + pv, mask=mt, other=0.0).to(tl.float32)
         S = tl.load(states + (bh * NT + n) * K * V + s_offs)
         g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
