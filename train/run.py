@@ -109,7 +109,6 @@ def train_from_config(
             out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, tokens_before
         )
         callbacks: list[L.Callback] = [
-            ckpt_cb,
             MetricsCallback(
                 out_dir, cfg.log.every_steps, tokens_before, cfg.log.peak_tflops, cfg.log.progress_bar
             ),
@@ -123,6 +122,9 @@ def train_from_config(
             )
             callbacks.append(PeriodicEval(out_dir, cfg.eval.every_steps, tokens_before, [val]))
         callbacks += extra_callbacks or []
+        # Last: a checkpoint is published only after every row its step logs is on disk, so a
+        # kill right after the save loses no metrics the resume would not write again.
+        callbacks.append(ckpt_cb)
         module = LMModule(cfg, si, world, model)
         automatic = module.automatic_optimization
         trainer = L.Trainer(

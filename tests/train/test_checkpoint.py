@@ -1,5 +1,6 @@
 """Checkpoints are published atomically: a save that dies midway leaves the previous checkpoint
-the valid `latest`; pruning keeps the newest and every stage end; bad shards are refused."""
+the valid `latest`; a step's metrics are on disk before its checkpoint is; pruning keeps the
+newest and every stage end; bad shards are refused."""
 
 from __future__ import annotations
 
@@ -83,3 +84,27 @@ def test_shards_of_a_larger_vocabulary_are_refused(corpus: str, tmp_path: Path) 
     )
     with pytest.raises(ValueError, match="made with tokenizer 'byte', but data.tokenizer is 'rwkv_world'"):
         check_vocab(cfg)
+
+
+def test_a_step_is_logged_before_its_checkpoint_is_published(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill right after a save must not lose that step's metrics row: the resume starts after it."""
+    import csv
+
+    import skein.train.callbacks as callbacks
+    from skein.train.run import train_from_config
+
+    run_dir = tmp_path / "run"
+    logged_at_save: list[tuple[int, set[int]]] = []
+
+    def recording_save(trainer: object, out_dir: Path, meta: dict, keep_last: int) -> Path:
+        with open(run_dir / "metrics.csv") as f:
+            logged_at_save.append((meta["step"], {int(r["step"]) for r in csv.DictReader(f)}))
+        return save_checkpoint(trainer, out_dir, meta, keep_last)
+
+    monkeypatch.setattr(callbacks, "save_checkpoint", recording_save)
+    train_from_config(load_config(write_config(tiny_run(corpus, run_dir), tmp_path / "c.yaml")))
+    assert [step for step, _ in logged_at_save] == [3, 6, 9, 12]
+    for step, logged in logged_at_save:
+        assert step in logged, f"checkpoint of step {step} published before its metrics row"
