@@ -8,6 +8,7 @@ segments with the state carried between them, and generation is `forward` with T
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -48,14 +49,21 @@ class ModelConfig:
 
 
 class CausalLM(nn.Module):
-    """Base of every skein model: embedding -> blocks -> final norm -> head.
+    """Base of every skein model: embedding `emb` -> `blocks` -> final norm `ln_out` -> `head`.
 
-    Subclasses set `self.config`, `self.emb`, `self.blocks` (an nn.ModuleList; the trainer wraps
-    each entry for gradient checkpointing), `self.ln_out` and `self.head`.
+    Subclasses pass their blocks and final-norm class, then initialise their weights. `blocks` is
+    an nn.ModuleList whose entries the trainer wraps for gradient checkpointing.
     """
 
-    config: ModelConfig
-    blocks: nn.ModuleList
+    def __init__(
+        self, config: ModelConfig, blocks: Iterable[nn.Module], final_norm: type[nn.LayerNorm | nn.RMSNorm]
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(blocks)
+        self.ln_out = final_norm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
     def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """idx [B, T] -> (logits [B, T, vocab], per-block state); each block maps

@@ -79,16 +79,14 @@ class Attention(nn.Module):
 class Llama(CausalLM):
     """Decoder-only transformer; state = per-block (key, value) cache."""
 
+    config: LlamaConfig
+
     def __init__(self, config: LlamaConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(
+        blocks = (
             PreNormBlock(Attention(config), config.d_model, config.d_ffn, config.norm_eps)
             for _ in range(config.n_layer)
         )
-        self.ln_out = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        super().__init__(config, blocks, nn.RMSNorm)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -148,13 +148,10 @@ class Block(nn.Module):
 class RWKV4(CausalLM):
     """RWKV-4 language model; state = per-block (att shift, aa, bb, pp, ffn shift)."""
 
+    config: RWKV4Config
+
     def __init__(self, config: RWKV4Config) -> None:
-        super().__init__()
-        self.config = config
-        self.emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_out = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        super().__init__(config, (Block(config, i) for i in range(config.n_layer)), nn.LayerNorm)
         self.reset_parameters()
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Checks every architecture passes; each tests/models/test_<arch>.py calls them with a tiny config."""
+"""Tiny configs of every architecture and the checks each passes (run by test_every_arch.py;
+the per-architecture files reuse them on variants)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,27 @@ import torch
 from skein.rwkv import build_model
 from skein.rwkv.models import CausalLM, detach_state
 from tests.utils import assert_close
+
+_DELTAPRODUCT = {"arch": "deltaproduct", "vocab_size": 97, "n_layer": 2, "d_model": 64, "n_head": 2}
+TINY: dict[str, dict] = {
+    "rwkv4": {"arch": "rwkv4", "vocab_size": 97, "n_layer": 2, "d_model": 64},
+    "rwkv7": {"arch": "rwkv7", "vocab_size": 97, "n_layer": 2, "d_model": 128, "head_size": 32},
+    "deltanet": {
+        **_DELTAPRODUCT,
+        "n_householder": 1,
+        "use_gate": False,
+        "allow_neg_eigval": False,
+        "head_k_dim": 16,
+    },
+    "gated_deltaproduct2": {
+        **_DELTAPRODUCT,
+        "n_householder": 2,
+        "use_gate": True,
+        "allow_neg_eigval": True,
+        "expand_v": 1.5,
+    },
+    "llama": {"arch": "llama", "vocab_size": 97, "n_layer": 2, "d_model": 64, "n_head": 4, "n_kv_head": 2},
+}
 
 
 def random_tokens(vocab: int, B: int = 2, T: int = 37, seed: int = 1) -> torch.Tensor:

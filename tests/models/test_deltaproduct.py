@@ -1,5 +1,5 @@
-"""DeltaProduct model: segmented, stepwise and parallel runs agree, the chunked op and the token loop
-give the same model, it learns, its parameter count matches docs/models/deltaproduct.md."""
+"""DeltaProduct model: its state layout and variants, bf16 autocast, config validation, gate init,
+and the parameter count of docs/models/deltaproduct.md (the generic checks: test_every_arch.py)."""
 
 from __future__ import annotations
 
@@ -10,42 +10,14 @@ from skein.rwkv import build_model
 from skein.rwkv.models import detach_state
 from skein.rwkv.models.deltaproduct import DeltaProductConfig
 from tests.models.harness import (
-    check_backends_agree,
-    check_overfits,
+    TINY,
     check_segmented_and_stepwise,
-    check_truncated_bptt,
     perturb_parameters,
     random_tokens,
 )
 from tests.utils import assert_close
 
-BASE = {"arch": "deltaproduct", "vocab_size": 97, "n_layer": 2, "d_model": 64, "n_head": 2}
-DELTANET = {**BASE, "n_householder": 1, "use_gate": False, "allow_neg_eigval": False, "head_k_dim": 16}
-GATED_DP = {**BASE, "n_householder": 2, "use_gate": True, "allow_neg_eigval": True, "expand_v": 1.5}
-CONFIGS = {"deltanet": DELTANET, "gated_deltaproduct2": GATED_DP}
-
-
-@pytest.fixture(params=sorted(CONFIGS))
-def config(request) -> dict:
-    return CONFIGS[request.param]
-
-
-def test_segmented_and_stepwise_match_parallel(config: dict) -> None:
-    model = build_model(config)
-    perturb_parameters(model)
-    check_segmented_and_stepwise(model)
-
-
-def test_torch_and_recurrent_backends_agree(config: dict) -> None:
-    check_backends_agree(config)
-
-
-def test_overfits_small_batch(config: dict) -> None:
-    check_overfits(build_model(config))
-
-
-def test_truncated_bptt(config: dict) -> None:
-    check_truncated_bptt(build_model(config))
+DELTANET, GATED_DP = TINY["deltanet"], TINY["gated_deltaproduct2"]
 
 
 def test_state_is_detached_between_segments() -> None:
@@ -96,7 +68,7 @@ def expected_num_params(c: DeltaProductConfig) -> int:
         DELTANET,
         GATED_DP,
         {**GATED_DP, "n_householder": 3, "use_short_conv": False, "use_output_gate": False, "d_ffn": 96},
-        {**BASE, "head_v_dim": 24, "conv_size": 3, "use_gate": False},
+        {**DELTANET, "head_v_dim": 24, "conv_size": 3, "head_k_dim": 32},
     ],
 )
 def test_num_params_formula(cfg: dict) -> None:

@@ -1,5 +1,5 @@
 """RWKV-4: RWKV-LM's parameter layout, the documented parameter count, the initialisation scheme,
-and the generic model checks (segments, backends, learning, truncated BPTT, bf16 autocast)."""
+the state layout and bf16 autocast (the generic checks: test_every_arch.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ import torch
 
 from skein.rwkv import build_model
 from skein.rwkv.models.rwkv4 import WKV_STEP_FLOPS, RWKV4Config
+from tests.models.harness import TINY as TINY_CONFIGS
 from tests.models.harness import (
-    check_backends_agree,
-    check_overfits,
-    check_segmented_and_stepwise,
-    check_truncated_bptt,
     perturb_parameters,
     random_tokens,
 )
 from tests.utils import assert_close
 
-TINY = {"arch": "rwkv4", "vocab_size": 97, "n_layer": 2, "d_model": 64}
+TINY = TINY_CONFIGS["rwkv4"]
 
 
 def rwkv_lm_layout(V: int, C: int, F: int, L: int) -> dict[str, tuple[int, ...]]:
@@ -110,12 +107,6 @@ def test_lr_multipliers() -> None:
     assert model.lr_multipliers() == expected
 
 
-def test_segmented_and_stepwise_match_parallel() -> None:
-    model = build_model(TINY)
-    perturb_parameters(model)
-    check_segmented_and_stepwise(model)
-
-
 def test_state_layout() -> None:
     model = build_model(TINY)
     _, state = model(random_tokens(97, T=5))
@@ -124,18 +115,6 @@ def test_state_layout() -> None:
         assert len(block_state) == 5
         assert all(t.shape == (2, 64) for t in block_state)
         assert all(t.dtype == torch.float32 for t in block_state[1:4])
-
-
-def test_backends_agree() -> None:
-    check_backends_agree(TINY)
-
-
-def test_overfits_small_batch() -> None:
-    check_overfits(build_model(TINY))
-
-
-def test_truncated_bptt() -> None:
-    check_truncated_bptt(build_model(TINY))
 
 
 def test_runs_under_bf16_autocast() -> None:

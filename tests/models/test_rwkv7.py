@@ -1,5 +1,6 @@
-"""RWKV-7: the generic model checks, RWKV-LM's x070 tensor layout and init, the documented parameter
-count, bf16 autocast, and equality with the official `rwkv` package's x070 forward."""
+"""RWKV-7: RWKV-LM's x070 tensor layout and init, the documented parameter count, bf16 autocast,
+and equality with the official `rwkv` package's x070 forward (the generic checks:
+test_every_arch.py)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,14 @@ import torch
 
 from skein.rwkv import build_model
 from skein.rwkv.models.rwkv7 import RWKV7Config
+from tests.models.harness import TINY as TINY_CONFIGS
 from tests.models.harness import (
-    check_backends_agree,
-    check_overfits,
-    check_segmented_and_stepwise,
-    check_truncated_bptt,
     perturb_parameters,
     random_tokens,
 )
 from tests.utils import assert_close
 
-TINY = {"arch": "rwkv7", "vocab_size": 97, "n_layer": 2, "d_model": 128, "head_size": 32}
+TINY = TINY_CONFIGS["rwkv7"]
 # Distinct widths everywhere, so a swapped shape cannot go unnoticed.
 ODD = {
     **TINY,
@@ -35,24 +33,6 @@ ODD = {
     "value_lora": 16,
     "gate_lora": 48,
 }
-
-
-def test_segmented_and_stepwise_match_parallel() -> None:
-    model = build_model(TINY)
-    perturb_parameters(model)
-    check_segmented_and_stepwise(model)
-
-
-def test_backends_agree() -> None:
-    check_backends_agree(TINY)
-
-
-def test_overfits_small_batch() -> None:
-    check_overfits(build_model(TINY))
-
-
-def test_truncated_bptt() -> None:
-    check_truncated_bptt(build_model(TINY))
 
 
 def expected_x070_layout(C: int, L: int, W: int, H: int, N: int, F: int, dw: int, da: int, dv: int, dg: int):
