@@ -58,6 +58,11 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; EOD ids are skipped, invalid UTF-8 becomes U+FFFD."""
 
+    def unknown_ids(self, n: int) -> list[int]:
+        """The ids below `n` that have no text (a model's vocabulary may be padded past the
+        tokenizer's); a sampler leaves them out."""
+        return list(range(self.vocab_size, n))
+
     def identity(self) -> dict[str, Any]:
         """What a model trained on this tokenizer's ids depends on: kind, spec, vocab_size, eod_id,
         sha256 of the vocabulary file (None for byte, which has none)."""
@@ -212,6 +217,9 @@ class RwkvWorldTokenizer(Tokenizer):
             raise ValueError(f"{self.path}:{lineno}: id {idx} or token {tok!r} is reserved or repeated")
         self.id_to_bytes[idx] = tok
         self.bytes_to_id[tok] = idx
+
+    def unknown_ids(self, n: int) -> list[int]:
+        return [i for i in range(n) if i != self.eod_id and i not in self.id_to_bytes]
 
     def encode_bytes(self, src: bytes) -> list[int]:
         """Greedy longest-match ids of a byte string."""

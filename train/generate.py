@@ -3,10 +3,12 @@
 The prompt runs through the model's parallel form once; then each new token is one RNN step
 (`model(token [1, 1], state)`), so the cost per token does not grow with the context. Sampling:
 logits / temperature, softmax, nucleus (top-p) filter, one draw from a seeded generator
-(temperature 0: the most likely token).
+(temperature 0: the most likely token). Ids the tokenizer has no text for are never drawn.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -32,26 +34,37 @@ def sample_next(logits: Tensor, temperature: float, top_p: float, generator: tor
 
 @torch.inference_mode()
 def sample_tokens(
-    model: CausalLM, prompt_ids: list[int], max_tokens: int, temperature: float, top_p: float, seed: int
+    model: CausalLM,
+    prompt_ids: list[int],
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    banned: Sequence[int] = (),
 ) -> tuple[list[int], Tensor]:
-    """Generate max_tokens ids after prompt_ids. Returns the ids and the logits [max_tokens, V]
-    each was drawn from (the prompt's last position, then one RNN step per token)."""
+    """Generate max_tokens ids after prompt_ids, never one of `banned`. Returns the ids and the
+    logits [max_tokens, V] each was drawn from (the prompt's last position, then one RNN step per
+    token; banned ids at -inf)."""
     if not prompt_ids:
         raise ValueError("prompt_ids: at least one token is needed to start from")
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    V = model.config.vocab_size
+    banned_ids = torch.tensor(sorted(set(banned)), dtype=torch.long)
+    if len(banned_ids) and not 0 <= int(banned_ids[0]) <= int(banned_ids[-1]) < V:
+        raise ValueError(f"banned: ids must lie in [0, {V}), got {banned_ids[0]}..{banned_ids[-1]}")
+    if len(banned_ids) == V:
+        raise ValueError("banned: every id of the vocabulary is banned")
     logits, state = model(torch.tensor([prompt_ids], device=device))
-    last = logits[0, -1].float().cpu()
     out, used = [], []
     for i in range(max_tokens):
+        last = logits[0, -1].float().cpu().index_fill(0, banned_ids, float("-inf"))
         used.append(last)
         token = sample_next(last, temperature, top_p, generator)
         out.append(token)
         if i + 1 < max_tokens:
             logits, state = model(torch.tensor([[token]], device=device), state)
-            last = logits[0, -1].float().cpu()
-    V = model.config.vocab_size
     return out, torch.stack(used) if used else torch.empty(0, V)
 
 
@@ -96,7 +109,8 @@ def generate(
             f"tokenizer {spec!r} has {tok.vocab_size} ids but the model's vocab_size is {src.model.config.vocab_size}"
         )
     ids = tok.encode(prompt) or [tok.eod_id]
-    new, _ = sample_tokens(src.model, ids, max_tokens, temperature, top_p, seed)
+    banned = tok.unknown_ids(src.model.config.vocab_size)
+    new, _ = sample_tokens(src.model, ids, max_tokens, temperature, top_p, seed, banned)
     text = tok.decode(new)
     print(prompt + text)
     return text

@@ -102,7 +102,9 @@ class DeltaProductConfig(ModelConfig):
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.dt_min > self.dt_max:
             raise ValueError(f"model.dt_min={self.dt_min} exceeds model.dt_max={self.dt_max}")
-        lo, hi = self.a_init_range
+        if len(self.a_init_range) != 2:
+            raise ValueError(f"model.a_init_range must be [low, high], got {self.a_init_range}")
+        self.a_init_range = lo, hi = (float(self.a_init_range[0]), float(self.a_init_range[1]))
         if not 0 <= lo < hi:
             raise ValueError(f"model.a_init_range must satisfy 0 <= low < high, got {self.a_init_range}")
 

@@ -97,6 +97,19 @@ def test_rwkv_world_identity_and_default_path() -> None:
     assert ident["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_unknown_ids_are_those_decode_has_no_text_for() -> None:
+    world = load_tokenizer("rwkv_world")
+    unknown = world.unknown_ids(65536)
+    assert 0 not in unknown and set(range(65530, 65536)) <= set(unknown)
+    for i in unknown:
+        with pytest.raises(ValueError, match=f"token id {i} is not in the vocabulary"):
+            world.decode([i])
+    known = sorted(set(range(65536)) - set(unknown))
+    assert world.decode(known).count("\ufffd") < len(known)  # every known id decodes
+    byte = load_tokenizer("byte")
+    assert byte.unknown_ids(257) == [] and byte.unknown_ids(300) == list(range(257, 300))
+
+
 def write_vocab(path: Path, extra: list[str]) -> None:
     lines = [f"{b + 1} {bytes([b])!r} 1" for b in range(256)] + extra
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

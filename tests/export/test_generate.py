@@ -48,6 +48,19 @@ def test_top_p_keeps_only_the_nucleus() -> None:
     assert {sample_next(logits_, 1.0, 0.3, g) for _ in range(50)} == {0}
 
 
+def test_ids_without_text_are_never_drawn(tmp_path: Path) -> None:
+    """A model whose vocabulary is padded past the tokenizer's (300 > 257 byte ids)."""
+    model = tiny_model("rwkv7", std=1.0, vocab_size=300)
+    padded = list(range(257, 300))
+    free, _ = sample_tokens(model, PROMPT, 200, temperature=3.0, top_p=1.0, seed=0)
+    assert any(t in padded for t in free), "the unbanned draw should reach the padded ids"
+    new, used = sample_tokens(model, PROMPT, 200, temperature=3.0, top_p=1.0, seed=0, banned=padded)
+    assert not any(t in padded for t in new) and torch.isinf(used[:, 257:]).all()
+    source = str(save_skein_safetensors(model, tmp_path / "m.safetensors"))
+    text = generate(source, "x", max_tokens=100, temperature=3.0, top_p=1.0, tokenizer="byte")
+    assert len(text.encode("utf-8", errors="replace")) >= 50
+
+
 def test_generate_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     source = str(save_skein_safetensors(tiny_model("rwkv4"), tmp_path / "m.safetensors"))
     text = generate(source, "def main(", max_tokens=30, tokenizer="byte", seed=1)
@@ -67,3 +80,8 @@ def test_generate_arguments_are_checked(tmp_path: Path) -> None:
         generate(source, "x", top_p=0.0, tokenizer="byte")
     with pytest.raises(ValueError, match="temperature"):
         generate(source, "x", temperature=-1.0, tokenizer="byte")
+    model = tiny_model("rwkv4", vocab_size=100)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 100\), got 98\.\.100"):
+        sample_tokens(model, PROMPT[:3], 4, 1.0, 1.0, seed=0, banned=[100, 98])
+    with pytest.raises(ValueError, match="every id"):
+        sample_tokens(model, PROMPT[:3], 4, 1.0, 1.0, seed=0, banned=range(100))

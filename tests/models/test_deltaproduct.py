@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from skein.rwkv import build_model
-from skein.rwkv.models import detach_state
+from skein.rwkv.models import detach_state, model_config_from_dict
 from skein.rwkv.models.deltaproduct import DeltaProductConfig
 from tests.models.harness import (
     TINY,
@@ -102,8 +103,15 @@ def test_gate_init_ranges() -> None:
         ("conv_size", 1, "conv_size"),
         ("dt_min", 0.5, "dt_min"),
         ("a_init_range", (4.0, 1.0), "a_init_range"),
+        ("a_init_range", [1.0], r"a_init_range must be \[low, high\]"),
     ],
 )
 def test_config_validation(key: str, value, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_model({**GATED_DP, key: value})
+
+
+def test_config_survives_a_yaml_round_trip() -> None:
+    cfg = model_config_from_dict({**GATED_DP, "a_init_range": [1, 8]})
+    assert cfg.a_init_range == (1.0, 8.0)
+    assert model_config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
