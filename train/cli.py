@@ -2,7 +2,8 @@
 wires them (flags come from the functions' signatures and docstrings).
 
     skein prepare [--inputs ...] --output PREFIX --tokenizer SPEC
-    skein train CONFIG.yaml [dotted.key=value ...] [--resume] [--init_from CKPT] [--print_config]
+    skein train CONFIG.yaml [dotted.key=value | --dotted.key value ...] [--resume [BOOL]]
+                [--init_from CKPT] [--print_config]
     skein params CONFIG.yaml
     skein plot-lr CONFIG.yaml --output lr.png
 """
@@ -43,14 +44,40 @@ def _train_parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         default=[],
-        help="dotted overrides, e.g. optim.lr_init=3e-4 stages.0.tokens=1e9",
+        help="dotted overrides, e.g. optim.lr_init=3e-4 stages.0.tokens=1e9 (or --optim.lr_init 3e-4)",
     )
     p.add_argument(
-        "--resume", type=_yes_no, default=True, help="continue from the newest checkpoint in run.out_dir"
+        "--resume",
+        type=_yes_no,
+        nargs="?",
+        const=True,
+        default=True,
+        help="continue from the newest checkpoint in run.out_dir (default: true; --resume false starts over)",
     )
     p.add_argument("--init_from", default=None, help="start from these weights (fresh optimizer)")
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     return p
+
+
+def _dashed_overrides(argv: list[str]) -> list[str]:
+    """LightningCLI-style `--section.key value` / `--section.key=value` as `section.key=value`;
+    the other arguments pass through unchanged."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and "." in name:
+            if "=" in arg:
+                out.append(arg[2:])
+            elif i + 1 < len(argv):
+                out.append(f"{name}={argv[i + 1]}")
+                i += 1
+            else:
+                raise SystemExit(f"skein train: {arg} needs a value")
+        else:
+            out.append(arg)
+        i += 1
+    return out
 
 
 def _yes_no(v: str) -> bool:
@@ -100,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     from skein.train.config import ConfigError
 
     if argv and argv[0] == "train":
-        a = _train_parser().parse_args(argv[1:])
+        a = _train_parser().parse_args(_dashed_overrides(argv[1:]))
         name, fn = "train", _resolve(COMMANDS["train"])
         kwargs = {
             "config": a.config,

@@ -77,6 +77,25 @@ def test_cli_print_config_and_params(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "llama:" in out and "parameters" in out
 
 
+def test_cli_takes_lightning_style_overrides_and_a_bare_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
+    args = ["train", str(path), "--optim.lr_init", "0.004", "--stages.0.micro_bsz=2", "log.every_steps=7"]
+    main([*args, "--resume", "--print_config"])
+    out = capsys.readouterr().out
+    assert "lr_init: 0.004" in out and "micro_bsz: 2" in out and "every_steps: 7" in out
+    main([*args, "--resume", "false", "--print_config"])
+    assert "lr_init: 0.004" in capsys.readouterr().out
+    from skein.train.cli import _train_parser
+
+    assert _train_parser().parse_args([str(path), "--resume"]).resume is True
+    assert _train_parser().parse_args([str(path), "--resume", "false"]).resume is False
+    assert _train_parser().parse_args([str(path)]).resume is True
+    with pytest.raises(SystemExit, match="--optim.lr_init needs a value"):
+        main(["train", str(path), "--optim.lr_init"])
+
+
 def test_cli_reports_config_errors_without_traceback(tmp_path: Path) -> None:
     path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
     with pytest.raises(SystemExit, match="config error: .*optim.lr_int: unknown key"):
