@@ -52,7 +52,7 @@ def _train_parser() -> argparse.ArgumentParser:
         nargs="?",
         const=True,
         default=True,
-        help="continue from the newest checkpoint in run.out_dir (default: true; --resume false starts over)",
+        help="continue from the newest checkpoint in run.out_dir (default: true; false refuses a run dir with checkpoints)",
     )
     p.add_argument("--init_from", default=None, help="start from these weights (fresh optimizer)")
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")

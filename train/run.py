@@ -66,7 +66,7 @@ def train_from_config(
     found = latest_checkpoint(out_dir)
     if found is not None and not resume:
         raise ValueError(
-            f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume true to continue it, "
+            f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume to continue it, "
             "or choose another run.out_dir"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
