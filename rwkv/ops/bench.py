@@ -274,20 +274,25 @@ def _row(case: BenchCase, shape: BenchShape, repeats: int) -> dict:
     return row
 
 
-def format_table(rows: list[dict]) -> str:
+TABLE_HEAD = (
+    f"{'kernel':36s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'floor MB':>15s} {'fwd GB/s':>9s} {'f+b GB/s':>9s}"
+)
+
+
+def format_row(r: dict) -> str:
     """ms fwd, ms fwd+bwd, the floor (bytes of inputs and outputs once) and the floor over the
-    time (GB/s) for each row."""
-    head = f"{'kernel':36s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'floor MB':>15s} {'fwd GB/s':>9s} {'f+b GB/s':>9s}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if r["status"] != "ok":
-            lines.append(f"{r['name']:36s} {r['status']}")
-            continue
-        lines.append(
-            f"{r['name']:36s} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:11.3f} "
-            f"{r['floor_fwd_mb']:7.0f}/{r['floor_fwd_bwd_mb']:<7.0f} {r['fwd_gbps']:9.0f} {r['fwd_bwd_gbps']:9.0f}"
-        )
-    return "\n".join(lines)
+    time (GB/s) of one row; the reason instead where the kernel refused."""
+    if r["status"] != "ok":
+        return f"{r['name']:36s} {r['status']}"
+    return (
+        f"{r['name']:36s} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:11.3f} "
+        f"{r['floor_fwd_mb']:7.0f}/{r['floor_fwd_bwd_mb']:<7.0f} {r['fwd_gbps']:9.0f} {r['fwd_bwd_gbps']:9.0f}"
+    )
+
+
+def format_table(rows: list[dict]) -> str:
+    """The benchmark table: a header and one format_row line per row."""
+    return "\n".join([TABLE_HEAD, "-" * len(TABLE_HEAD), *map(format_row, rows)])
 
 
 def bench_kernels(
@@ -331,10 +336,13 @@ def bench_kernels(
             2, BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", _rwkv_lm_cuda(rwkv_lm_cuda), True)
         )
     torch.manual_seed(0)
-    rows = [_row(c, shape, repeats) for c in cases]
     print(f"{torch.cuda.get_device_name()}  B={B} T={T} H={H} K={K} {dtype} n_h={n_h}")
-    print(format_table(rows))
+    print(TABLE_HEAD + "\n" + "-" * len(TABLE_HEAD), flush=True)
+    rows = []
+    for case in cases:  # each row as it is measured: first compiles of peers can take minutes
+        rows.append(_row(case, shape, repeats))
+        print(format_row(rows[-1]), flush=True)
     return rows
 
 
-__all__ = ["REGISTRY", "BenchCase", "BenchShape", "Runner", "bench_kernels", "format_table"]
+__all__ = ["REGISTRY", "BenchCase", "BenchShape", "Runner", "bench_kernels", "format_row", "format_table"]

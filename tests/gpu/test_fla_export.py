@@ -25,8 +25,12 @@ CASES = {
 FIELDS = {"rwkv7": {"head_size": 64, "d_model": 128, "ln_x_eps": 64e-5}, "deltaproduct": {"n_householder": 2}}
 
 
-@pytest.mark.parametrize("arch", sorted(CASES))
-def test_fla_loads_export_with_same_logits(arch: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "arch, T, dtype, tol", [(arch, *case) for arch, cases in CASES.items() for case in cases], ids=str
+)
+def test_fla_loads_export_with_same_logits(
+    arch: str, T: int, dtype: torch.dtype, tol: float, tmp_path: Path
+) -> None:
     pytest.importorskip("fla")
     from transformers import AutoModelForCausalLM
 
@@ -34,8 +38,13 @@ def test_fla_loads_export_with_same_logits(arch: str, tmp_path: Path) -> None:
     source = save_skein_safetensors(model, tmp_path / "model.safetensors")
     out = export(str(source), str(tmp_path / "fla"), format="fla")
     fla_model = AutoModelForCausalLM.from_pretrained(out).cuda().eval()
-    for T, dtype, tol in CASES[arch]:
-        idx = random_tokens(model.config.vocab_size, B=2, T=T, seed=T)
+    idx = random_tokens(model.config.vocab_size, B=2, T=T, seed=T)
+    try:
         with torch.no_grad():
             theirs = fla_model.to(dtype)(idx.cuda()).logits.float().cpu()
-        assert_close(theirs, logits(model, idx), tol, f"{arch} T={T} {dtype}")
+    except RuntimeError as e:
+        # fla 0.6.0 refuses its gated chunk kernels under Triton 3.4-3.7.0 on Hopper (fla #640).
+        if "produces incorrect results" in str(e):
+            pytest.skip(f"fla refuses this kernel here: {str(e).splitlines()[0][:200]}")
+        raise
+    assert_close(theirs, logits(model, idx), tol, f"{arch} T={T} {dtype}")

@@ -205,6 +205,16 @@ def _rwkv7_bwd_kernel(
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
 
+def bwd_launch_options(K: int, V: int, dtype: torch.dtype) -> dict[str, int]:
+    """num_warps / num_stages of the backward kernel, which holds [K, V] tiles of the state and
+    its gradient per program. At K = V = 128 in fp32 the default pipelining asks for 256 KiB of
+    shared memory (an H100 has 227 KiB per block); one stage fits."""
+    opts = {"num_warps": 4 if K * V <= 32 * 32 else 8}
+    if dtype == torch.float32 and K * V >= 128 * 128:
+        opts["num_stages"] = 1
+    return opts
+
+
 class _ChunkRwkv7(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, w, k, v, a, b, state, scale, block_v, save):
@@ -238,7 +248,7 @@ class _ChunkRwkv7(torch.autograd.Function):
             r, w, k, v, a, b, do, None if dsT is None else dsT.contiguous(), states, *grads, ds0,
             ctx.scale, T, H, K=K, V=V, C=CHUNK, LOG2_C=CHUNK.bit_length() - 1,
             HAS_DST=dsT is not None, WANT_DS0=want_ds0, PREC=dot_precision(v.dtype),
-            num_warps=4 if K * V <= 32 * 32 else 8,
+            **bwd_launch_options(K, V, v.dtype),
         )  # fmt: skip
         return (*grads, ds0, None, None, None)
 
