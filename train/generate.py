@@ -52,7 +52,7 @@ def sample_tokens(
     generator = torch.Generator().manual_seed(seed)
     V = model.config.vocab_size
     banned_ids = torch.tensor(sorted(set(banned)), dtype=torch.long)
-    if len(banned_ids) and not 0 <= int(banned_ids[0]) <= int(banned_ids[-1]) < V:
+    if len(banned_ids) and (banned_ids[0] < 0 or banned_ids[-1] >= V):
         raise ValueError(f"banned: ids must lie in [0, {V}), got {banned_ids[0]}..{banned_ids[-1]}")
     if len(banned_ids) == V:
         raise ValueError("banned: every id of the vocabulary is banned")

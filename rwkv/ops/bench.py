@@ -290,11 +290,6 @@ def format_row(r: dict) -> str:
     )
 
 
-def format_table(rows: list[dict]) -> str:
-    """The benchmark table: a header and one format_row line per row."""
-    return "\n".join([TABLE_HEAD, "-" * len(TABLE_HEAD), *map(format_row, rows)])
-
-
 def bench_kernels(
     B: int = 8,
     T: int = 4096,
@@ -345,4 +340,4 @@ def bench_kernels(
     return rows
 
 
-__all__ = ["REGISTRY", "BenchCase", "BenchShape", "Runner", "bench_kernels", "format_row", "format_table"]
+__all__ = ["REGISTRY", "BenchCase", "BenchShape", "Runner", "bench_kernels", "format_row"]
