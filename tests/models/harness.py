@@ -9,19 +9,19 @@ from skein.rwkv import build_model
 from skein.rwkv.models import CausalLM, detach_state
 from tests.utils import assert_close
 
-_DELTAPRODUCT = {"arch": "deltaproduct", "vocab_size": 97, "n_layer": 2, "d_model": 64, "n_head": 2}
+DELTAPRODUCT_BASE = {"arch": "deltaproduct", "vocab_size": 97, "n_layer": 2, "d_model": 64, "n_head": 2}
 TINY: dict[str, dict] = {
     "rwkv4": {"arch": "rwkv4", "vocab_size": 97, "n_layer": 2, "d_model": 64},
     "rwkv7": {"arch": "rwkv7", "vocab_size": 97, "n_layer": 2, "d_model": 128, "head_size": 32},
     "deltanet": {
-        **_DELTAPRODUCT,
+        **DELTAPRODUCT_BASE,
         "n_householder": 1,
         "use_gate": False,
         "allow_neg_eigval": False,
         "head_k_dim": 16,
     },
     "gated_deltaproduct2": {
-        **_DELTAPRODUCT,
+        **DELTAPRODUCT_BASE,
         "n_householder": 2,
         "use_gate": True,
         "allow_neg_eigval": True,

@@ -11,6 +11,7 @@ from skein.rwkv import build_model
 from skein.rwkv.models import detach_state, model_config_from_dict
 from skein.rwkv.models.deltaproduct import DeltaProductConfig
 from tests.models.harness import (
+    DELTAPRODUCT_BASE,
     TINY,
     check_segmented_and_stepwise,
     perturb_parameters,
@@ -69,7 +70,7 @@ def expected_num_params(c: DeltaProductConfig) -> int:
         DELTANET,
         GATED_DP,
         {**GATED_DP, "n_householder": 3, "use_short_conv": False, "use_output_gate": False, "d_ffn": 96},
-        {**DELTANET, "head_v_dim": 24, "conv_size": 3, "head_k_dim": 32},
+        {**DELTAPRODUCT_BASE, "head_v_dim": 24, "conv_size": 3, "use_gate": False},
     ],
 )
 def test_num_params_formula(cfg: dict) -> None:

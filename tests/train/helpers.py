@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -79,3 +80,15 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
             proc.send_signal(signal.SIGKILL)
             raise AssertionError("timed out")
         time.sleep(0.01)
+
+
+def kill_then_resume(cfg: Path, log: Path, ready: Callable[[], bool], final: Path) -> None:
+    """Start `skein train cfg`, SIGKILL it once ready() holds (checking it had not yet written the
+    `final` checkpoint), then run the same command again to the end."""
+    proc = start_cli(["train", str(cfg)], log)
+    wait_for(ready, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not final.exists(), "the run ended before the kill"
+    res = run_cli(["train", str(cfg)])
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.helpers import losses, run_cli, start_cli, tiny_run, wait_for, write_config
+from tests.train.helpers import kill_then_resume, losses, run_cli, start_cli, tiny_run, wait_for, write_config
 
 
 def _reference(corpus: str, tmp_path: Path, **sections) -> dict:
@@ -26,15 +26,10 @@ def test_sigkill_and_resume_matches_uninterrupted_run(corpus: str, tmp_path: Pat
     ref = _reference(corpus, tmp_path)
     run_dir = tmp_path / "killed"
     cfg = write_config(tiny_run(corpus, run_dir), tmp_path / "killed.yaml")
-    proc = start_cli(["train", str(cfg)], tmp_path / "killed.log")
-    # Kill hard once a mid-stage checkpoint is published (training goes on past it meanwhile).
+    # Kill hard once a mid-stage checkpoint is published (training goes on past it meanwhile):
+    # the step-3 checkpoint, 9 steps before the end.
     latest = run_dir / "checkpoints" / "latest"
-    wait_for(latest.exists, proc)  # the step-3 checkpoint: 9 steps before the end
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "checkpoints" / "s0-00000012").exists(), "the run ended before the kill"
-    res = run_cli(["train", str(cfg)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    kill_then_resume(cfg, tmp_path / "killed.log", latest.exists, run_dir / "checkpoints" / "s0-00000012")
     got = losses(run_dir)
     assert sorted(got) == sorted(ref)
     for key, value in ref.items():
@@ -94,14 +89,13 @@ def test_stages_hand_over_and_resume_inside_a_stage(corpus: str, tmp_path: Path)
     assert max(step for s, step in ref if s == 1) == 12
     run_dir = tmp_path / "staged"
     cfg = write_config(tiny_run(corpus, run_dir, stages=stages), tmp_path / "staged.yaml")
-    proc = start_cli(["train", str(cfg)], tmp_path / "staged.log")
     latest = run_dir / "checkpoints" / "latest"
-    wait_for(lambda: latest.exists() and latest.read_text().strip().startswith("s1-"), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run_dir / "checkpoints" / "s1-00000012").exists(), "the run ended before the kill"
-    res = run_cli(["train", str(cfg)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    kill_then_resume(
+        cfg,
+        tmp_path / "staged.log",
+        lambda: latest.exists() and latest.read_text().strip().startswith("s1-"),
+        run_dir / "checkpoints" / "s1-00000012",
+    )
     got = losses(run_dir)
     for key, value in ref.items():
         assert got[key] == value, f"step {key}"
