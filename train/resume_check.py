@@ -10,8 +10,9 @@ alter what the checkpoint holds or the stages already started (done or in progre
   started stage sets its own lr_init / lr_final.
 - refused: model.* (weights), data.train / weights / tokenizer and run.seed (the data order),
   optim.* and schedule.* otherwise (the optimizer and lr of started stages), trainer.strategy /
-  zero_stage / offload_optimizer / precision (the checkpoint format and the numerics), any key of
-  a started stage, removing a started stage.
+  zero_stage / offload_optimizer / precision when they change what they resolve to (DeepSpeed or
+  not, its ZeRO stage and offload, the precision: the checkpoint format and the numerics; ddp,
+  single and a CPU `auto` are the same), any key of a started stage, removing a started stage.
 
 A refusal is one ConfigError listing every refused key as `key: old -> new`; allowed changes are
 printed as one line. Without a checkpoint any change is allowed (the run starts over).
@@ -26,6 +27,7 @@ from typing import Any
 
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.lock import is_global_zero
+from skein.train.strategy import use_gpu
 from skein.train.typed import ConfigError, plain
 
 ALLOWED = (
@@ -42,6 +44,9 @@ ALLOWED = (
     "log.",
     "eval.",
 )
+# Refused only when they change what they resolve to (`auto` is DeepSpeed on GPUs, DDP or a
+# single process on the CPU; ddp and single write the same checkpoint).
+ENGINE_KEYS = ("trainer.strategy", "trainer.zero_stage", "trainer.offload_optimizer", "trainer.precision")
 ABSENT = "<absent>"
 
 
@@ -65,6 +70,16 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+def _engine(cfg: RunConfig) -> tuple[Any, ...]:
+    """What the strategy and precision keys resolve to here: DeepSpeed (with its ZeRO stage and
+    offload) or a plain Lightning checkpoint, and the precision."""
+    tc = cfg.trainer
+    gpu = use_gpu(tc)
+    deepspeed = tc.strategy == "deepspeed" or (tc.strategy == "auto" and gpu)
+    precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if gpu else "32")
+    return (deepspeed, tc.zero_stage, tc.offload_optimizer) if deepspeed else (False,), precision
+
+
 def _stage_of(key: str) -> int | None:
     if key.startswith("stages["):
         return int(key[len("stages[") : key.index("]")])
@@ -84,6 +99,8 @@ def classify(old: RunConfig, new: RunConfig, stage_index: int) -> tuple[list[str
         stage = _stage_of(key)
         if key.startswith(ALLOWED):
             ok = True
+        elif key in ENGINE_KEYS:
+            ok = _engine(old) == _engine(new)
         elif stage is not None:
             ok = stage > stage_index
         elif key in ("optim.lr_init", "optim.lr_final"):

@@ -75,7 +75,7 @@ def _train_locked(
     out_dir = Path(cfg.run.out_dir)
     found = latest_checkpoint(out_dir)
     if found is not None and not resume:
-        raise ValueError(
+        raise ConfigError(
             f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume to continue it, "
             "or choose another run.out_dir"
         )

@@ -112,11 +112,15 @@ def test_lock_is_released_when_the_run_raises(tmp_path: Path) -> None:
     assert read_lock(tmp_path) is None
 
 
-def test_stale_locks_on_this_host_are_taken_over(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_stale_locks_on_this_host_are_taken_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
     me = current_holder()
-    dead = replace(me, pid=_dead_pid(), proc_start=None)
+    dead = replace(me, pid=_dead_pid(), proc_start=None)  # e.g. this SLURM job before its requeue
     reused = replace(me, proc_start=(me.proc_start or 0) + 12345)  # our pid, another start time
-    for i, stale in enumerate((dead, reused)):
+    rebooted = replace(me, boot_id="0" * 32)
+    for i, stale in enumerate((dead, reused, rebooted)):
         run_dir = tmp_path / str(i)
         _plant(run_dir, stale)
         assert lock.is_stale(stale)

@@ -79,6 +79,9 @@ def _two_stage(tmp_path: Path) -> dict:
         (lambda d: d["optim"].update(weight_decay=0.1), 0, True),
         (lambda d: d["schedule"].update(warmup_tokens=5), 0, True),
         (lambda d: d["trainer"].update(precision="bf16-mixed"), 0, True),
+        (lambda d: d["trainer"].update(precision="32", strategy="ddp"), 0, False),  # CPU: resolves the same
+        (lambda d: d["trainer"].update(zero_stage=3), 0, False),  # not DeepSpeed on the CPU
+        (lambda d: d["trainer"].update(strategy="deepspeed"), 0, True),
         (lambda d: d["trainer"].update(devices=4, num_nodes=2), 0, False),
         (lambda d: d["stages"][0].update(lr_init=3e-3), 0, True),  # the stage in progress
         (lambda d: d["stages"][0].update(micro_bsz=2), 1, True),  # a stage already done
