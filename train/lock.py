@@ -34,6 +34,8 @@ from skein.train.typed import ConfigError
 LOCK_NAME = "run.lock"
 # A lock file seen empty or half-written is read again for this long before it counts as damaged.
 READ_RETRY_S = 2.0
+# How long a rank other than 0 waits for a lock of another job to be taken over or released.
+FOLLOW_WAIT_S = 60.0
 
 
 class RunDirBusy(ConfigError):
@@ -233,10 +235,30 @@ def release(run_dir: str | Path, info: LockInfo) -> None:
         path.unlink(missing_ok=True)
 
 
+def follow_rank_zero(run_dir: str | Path, wait_s: float = FOLLOW_WAIT_S) -> None:
+    """On a rank other than 0 of a SLURM job: stop when the run directory stays locked by another
+    job (its rank 0 was refused and exits; without this the other ranks would wait for it in the
+    process group until a timeout). Returns once the lock is this job's, or when no lock shows up
+    (rank 0 may still be on its way; the process group then decides)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        held = read_lock(run_dir)
+        if held is None or held.slurm_job_id == job:
+            return
+        if time.monotonic() > deadline:
+            raise RunDirBusy(f"{run_dir} is in use by another skein train ({held.describe()})")
+        time.sleep(0.5)
+
+
 @contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[LockInfo | None]:
-    """Hold the lock of `run_dir` for the block on global rank 0 (other ranks hold nothing)."""
+    """Hold the lock of `run_dir` for the block on global rank 0; other ranks hold nothing, and
+    under SLURM stop when another job holds it (`follow_rank_zero`)."""
     if not is_global_zero():
+        follow_rank_zero(run_dir)
         yield None
         return
     info = acquire(run_dir)

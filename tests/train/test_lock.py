@@ -187,3 +187,22 @@ def test_only_global_rank_zero_takes_the_lock(
     assert lock.is_global_zero() is zero
     with run_lock(tmp_path) as info:
         assert (read_lock(tmp_path) is not None) is zero and (info is not None) is zero
+
+
+def test_other_ranks_of_a_slurm_job_stop_when_another_job_holds_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "501")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    theirs = replace(current_holder(), slurm_job_id="499")
+    _plant(tmp_path, theirs)
+    with pytest.raises(RunDirBusy, match="SLURM job 499"):
+        lock.follow_rank_zero(tmp_path, wait_s=0.2)
+    ours = replace(current_holder(), pid=_dead_pid())
+    assert ours.slurm_job_id == "501"
+    _plant(tmp_path, ours)
+    with run_lock(tmp_path) as info:  # our rank 0's lock: go on, holding nothing
+        assert info is None
+    assert read_lock(tmp_path) == ours
+    (tmp_path / LOCK_NAME).unlink()
+    lock.follow_rank_zero(tmp_path, wait_s=0.2)  # no lock (yet): go on
