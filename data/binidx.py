@@ -23,7 +23,7 @@ other inconsistency is an error naming the file, never a silent wrong read.
 
 `prepare` adds `<prefix>.meta.json` (tokenizer identity, vocab_size, eod_id, counts, shard names);
 `read_meta` reads it (None for pairs made elsewhere) and `resolve_shards` turns an output prefix
-into its list of pairs.
+into its list of pairs. Each pair's token range is kept in `<prefix>.range.json` (data/token_range.py).
 """
 
 from __future__ import annotations
@@ -222,22 +222,12 @@ class BinIdxDataset:
         return self.tokens[start : start + length]
 
     def check_vocab(self, vocab_size: int, chunk: int = 1 << 24) -> int:
-        """Raise when any token id is negative or >= vocab_size; return the largest id.
+        """Raise when any token id is negative or >= vocab_size (naming the file and the dtype
+        code); return the largest id. The range is scanned in chunks of `chunk` tokens once and
+        kept in `<prefix>.range.json` (see data/token_range.py)."""
+        from skein.data.token_range import check_token_range
 
-        Scans the .bin in chunks of `chunk` tokens, so memory stays bounded.
-        """
-        lo, hi = 0, 0
-        for s in range(0, self.num_tokens, chunk):
-            block = self.tokens[s : s + chunk]
-            lo, hi = min(lo, int(block.min())), max(hi, int(block.max()))
-        if lo < 0:
-            raise BinIdxError(f"{self.bin_path}: negative token id {lo}")
-        if hi >= vocab_size:
-            raise BinIdxError(
-                f"{self.bin_path}: token id {hi} >= vocab_size {vocab_size}: the data was made with a larger "
-                "vocabulary than the model has"
-            )
-        return hi
+        return check_token_range(self, vocab_size, chunk)[1]
 
     def __getstate__(self) -> dict[str, str]:
         return {"prefix": self.prefix}

@@ -200,15 +200,14 @@ class PretrainDataset(Dataset):
         return [read_meta(s.parts[0].prefix) for s in self.streams]
 
     def check_vocab(self, vocab_size: int) -> None:
-        """Raise when a source's tokens may not fit a model with vocab_size ids: from the meta
-        file's tokenizer vocab_size when there is one, else by scanning every token."""
+        """Raise when a source's tokens do not fit a model with vocab_size ids: its meta file's
+        tokenizer vocab_size when there is one, and every shard's token range (measured once per
+        shard, then read from `<prefix>.range.json`)."""
         for stream, meta in zip(self.streams, self.metas()):
-            if meta is not None:
-                if meta["vocab_size"] > vocab_size:
-                    raise ValueError(
-                        f"{meta['meta_path']}: data tokenized with {meta['tokenizer']['spec']!r} "
-                        f"(vocab_size {meta['vocab_size']}) but the model has vocab_size {vocab_size}"
-                    )
-                continue
+            if meta is not None and meta["vocab_size"] > vocab_size:
+                raise ValueError(
+                    f"{meta['meta_path']}: data tokenized with {meta['tokenizer']['spec']!r} "
+                    f"(vocab_size {meta['vocab_size']}) but the model has vocab_size {vocab_size}"
+                )
             for part in stream.parts:
                 part.check_vocab(vocab_size)

@@ -7,30 +7,38 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from skein.data.binidx import read_meta
+from skein.data.binidx import BinIdxDataset, BinIdxError, read_meta, resolve_shards
 from skein.data.dataset import PretrainDataset
 from skein.data.sampler import StepSampler
-from skein.train.config import RunConfig
+from skein.data.token_range import check_token_range
+from skein.train.config import ConfigError, RunConfig
 
 
 def check_vocab(cfg: RunConfig) -> None:
-    """Refuse shards whose recorded tokenizer does not fit the model (or the configured tokenizer)."""
+    """Refuse shards whose recorded tokenizer does not fit the model (or the configured tokenizer),
+    and shards (training and held-out) holding a token id that is negative or >= model.vocab_size."""
     vocab = cfg.model_config().vocab_size
     for prefix in cfg.data.train:
         meta = read_meta(prefix)
         if meta is None:
             continue
         if meta["vocab_size"] > vocab:
-            raise ValueError(
+            raise ConfigError(
                 f"{prefix}: shards were tokenized with a vocabulary of {meta['vocab_size']} "
                 f"({meta.get('tokenizer', {}).get('kind', '?')}), larger than model.vocab_size={vocab}"
             )
         want = cfg.data.tokenizer
         have = meta.get("tokenizer", {}).get("spec")
         if want is not None and have is not None and want != have:
-            raise ValueError(
+            raise ConfigError(
                 f"{prefix}: shards were made with tokenizer {have!r}, but data.tokenizer is {want!r}"
             )
+    for prefix in [*cfg.data.train, *cfg.eval.val]:
+        for shard in resolve_shards(prefix):
+            try:
+                check_token_range(BinIdxDataset(shard), vocab)
+            except BinIdxError as e:
+                raise ConfigError(str(e)) from e
 
 
 class StageDataModule(L.LightningDataModule):

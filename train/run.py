@@ -24,7 +24,9 @@ from skein.train.config import ConfigError, RunConfig, dump_config, load_config
 from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.evaluation import PeriodicEval, ValidationLoss
 from skein.train.export import load_source
+from skein.train.lock import is_global_zero, run_lock
 from skein.train.module import LMModule, StagePlan
+from skein.train.resume_check import check_resume_config, write_run_config
 from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,17 +62,28 @@ def train_from_config(
 ) -> dict[str, Any]:
     """Run (or continue) every stage of `cfg`. Returns a summary: stages done, steps, tokens,
     whether the run was interrupted by a signal, and the last checkpoint. `extra_callbacks` join
-    every stage (e.g. a PeriodicEval with more evaluators)."""
-    out_dir = Path(cfg.run.out_dir)
+    every stage (e.g. a PeriodicEval with more evaluators). The run directory is locked for the
+    run's life (train/lock.py)."""
     check_vocab(cfg)
+    with run_lock(cfg.run.out_dir):
+        return _train_locked(cfg, resume, init_from, extra_callbacks)
+
+
+def _train_locked(
+    cfg: RunConfig, resume: bool, init_from: str | None, extra_callbacks: list[L.Callback] | None
+) -> dict[str, Any]:
+    out_dir = Path(cfg.run.out_dir)
     found = latest_checkpoint(out_dir)
     if found is not None and not resume:
-        raise ValueError(
+        raise ConfigError(
             f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume to continue it, "
             "or choose another run.out_dir"
         )
+    newest, stage_index = (found[0], found[1]["stage_index"]) if found else (None, 0)
+    check_resume_config(cfg, out_dir, newest, stage_index, init_from)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(dump_config(cfg))
+    if is_global_zero():
+        write_run_config(cfg, out_dir)
 
     world = cfg.trainer.devices * cfg.trainer.num_nodes
     plans = [StagePlan(s, world) for s in cfg.stages]
