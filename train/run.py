@@ -25,7 +25,7 @@ from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.evaluation import PeriodicEval, ValidationLoss
 from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
-from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
+from skein.train.strategy import apply_grad_checkpointing, build_strategy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -101,10 +101,6 @@ def train_from_config(
         stage, plan = cfg.stages[si], plans[si]
         tokens_before = sum(p.steps * p.tokens_per_step for p in plans[:si])
         hw = build_strategy(cfg.trainer)
-        if stage.segmented and is_deepspeed(hw["strategy"]):
-            raise ValueError(
-                f"stages[{si}].segment_len: segment-wise training runs with trainer.strategy ddp or single"
-            )
         ckpt_cb = CheckpointCallback(
             out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, tokens_before
         )
