@@ -107,6 +107,19 @@ def test_nested_in_block_checkpointing() -> None:
         _assert_grads_close(got, want, 2e-5, f"checkpointed blocks, bptt={bptt}")
 
 
+def test_each_gradient_hook_fires_once_per_backward() -> None:
+    """What DeepSpeed ZeRO and DDP reduce on: one accumulated gradient per parameter and backward,
+    whatever the number of segments, with block checkpointing nested."""
+    model = _model("deltanet")
+    apply_grad_checkpointing(model)
+    x, y = _batch(model)
+    calls = dict.fromkeys(dict(model.named_parameters()), 0)
+    for name, p in model.named_parameters():
+        p.register_post_accumulate_grad_hook(lambda _, name=name: calls.__setitem__(name, calls[name] + 1))
+    segmented_loss(model, x, y, SEG, bptt=0, l2wrap=L2WRAP).backward()
+    assert set(calls.values()) == {1}, calls
+
+
 def test_carried_state_does_not_hold_the_activations() -> None:
     model = _model("rwkv7")
     x, _ = _batch(model)
