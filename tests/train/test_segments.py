@@ -107,6 +107,30 @@ def test_nested_in_block_checkpointing() -> None:
         _assert_grads_close(got, want, 2e-5, f"checkpointed blocks, bptt={bptt}")
 
 
+def test_backward_recomputes_one_segment_at_a_time_last_first() -> None:
+    """Activation memory of one segment: each segment's recompute starts only after the gradient
+    of the later segments has reached their embeddings."""
+    model = _model("rwkv7")
+    apply_grad_checkpointing(model)
+    x, y = _batch(model)
+    segment_of = {x[:, i * SEG :].data_ptr(): i for i in range(N_SEG)}
+    events: list[tuple[str, int]] = []
+
+    def on_embed(module, args, out):
+        i = segment_of[args[0].data_ptr()]
+        events.append(("forward", i))
+        if out.requires_grad and torch.is_grad_enabled():
+            out.register_hook(lambda g: events.append(("backward done", i)))
+
+    model.emb.register_forward_hook(on_embed)
+    loss = segmented_loss(model, x, y, SEG, bptt=0, l2wrap=L2WRAP)
+    assert events == [("forward", i) for i in range(N_SEG)]
+    events.clear()
+    loss.backward()
+    expected = [(e, i) for i in reversed(range(N_SEG)) for e in ("forward", "backward done")]
+    assert events == expected
+
+
 def test_each_gradient_hook_fires_once_per_backward() -> None:
     """What DeepSpeed ZeRO and DDP reduce on: one accumulated gradient per parameter and backward,
     whatever the number of segments, with block checkpointing nested."""
