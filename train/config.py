@@ -132,7 +132,7 @@ class StageSection:
     bptt: int | Literal["all"] = "all"
     """With segment_len: how many segments the gradient flows back through. all (or 0): through
     every segment, the exact gradient of the whole ctx_len; k: the state is detached after every
-    k segments (1: each segment starts from a detached state)."""
+    k segments (1: each segment starts from a detached state; k >= the number of segments is all)."""
 
     def __post_init__(self) -> None:
         for name in ("ctx_len", "tokens", "micro_bsz"):
@@ -144,6 +144,11 @@ class StageSection:
             )
         if self.bptt != "all" and self.bptt < 0:
             raise ConfigError(f"stages[].bptt={self.bptt} must be 'all' or a number of segments >= 0")
+        if self.bptt != "all" and not self.segmented:
+            raise ConfigError(
+                f"stages[].bptt={self.bptt} applies to segments: set a segment_len shorter than "
+                f"ctx_len={self.ctx_len}, or remove bptt"
+            )
 
     @property
     def bptt_segments(self) -> int:

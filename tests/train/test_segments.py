@@ -163,6 +163,8 @@ def test_bad_segmentation_is_refused(tmp_path: Path) -> None:
         segmented_loss(model, x, y, 7, bptt=0)
     with pytest.raises(ConfigError, match="bptt=-1"):
         load_config(None, ["model.arch=rwkv7", "stages=[{ctx_len: 64, segment_len: 16, bptt: -1}]"])
+    with pytest.raises(ConfigError, match="bptt=2 applies to segments"):
+        load_config(None, ["model.arch=rwkv7", "stages=[{ctx_len: 64, bptt: 2}]"])
     with pytest.raises(ConfigError, match="model.arch=llama carries no fixed-size recurrent state"):
         load_config(None, ["model.arch=llama", "stages=[{ctx_len: 64, segment_len: 16}]"])
     cfg = load_config(None, ["model.arch=rwkv7", "stages=[{ctx_len: 64, segment_len: 16, bptt: all}]"])
