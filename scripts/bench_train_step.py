@@ -70,6 +70,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", type=Path, required=True)
     a = p.parse_args()
+    if a.warmup < 1 or a.steps < 1:
+        p.error(
+            f"--warmup {a.warmup} and --steps {a.steps} must be at least 1 (the clock starts after the warmup)"
+        )
     cfg = load_config(a.config, a.overrides)
     stage = cfg.stages[0]
     world = cfg.trainer.devices * cfg.trainer.num_nodes
