@@ -17,6 +17,9 @@ import yaml
 from skein.rwkv.models import ModelConfig, model_config_from_dict
 from skein.train.typed import ConfigError, apply_override, from_dict, plain
 
+RECURRENT_ARCHS = ("rwkv4", "rwkv7", "deltaproduct")
+"""Architectures whose state has a fixed size, which segment-wise training carries."""
+
 
 @dataclass(kw_only=True)
 class RunSection:
@@ -123,8 +126,13 @@ class StageSection:
     lr_final: float | None = None
     """This stage's final learning rate (None: optim.lr_final)."""
     segment_len: int | None = None
-    """Train on segments of this many tokens with the recurrent state carried across them
-    (truncated backpropagation through time); None means the whole ctx_len at once."""
+    """Train on segments of this many tokens with the recurrent state carried across them, so
+    activation memory is that of one segment (recurrent architectures only); None means the whole
+    ctx_len at once."""
+    bptt: int | Literal["all"] = "all"
+    """With segment_len: how many segments the gradient flows back through. all (or 0): through
+    every segment, the exact gradient of the whole ctx_len; k: the state is detached after every
+    k segments (1: each segment starts from a detached state; k >= the number of segments is all)."""
 
     def __post_init__(self) -> None:
         for name in ("ctx_len", "tokens", "micro_bsz"):
@@ -134,6 +142,18 @@ class StageSection:
             raise ConfigError(
                 f"stages[].segment_len={self.segment_len} must be positive and divide ctx_len={self.ctx_len}"
             )
+        if self.bptt != "all" and self.bptt < 0:
+            raise ConfigError(f"stages[].bptt={self.bptt} must be 'all' or a number of segments >= 0")
+        if self.bptt != "all" and not self.segmented:
+            raise ConfigError(
+                f"stages[].bptt={self.bptt} applies to segments: set a segment_len shorter than "
+                f"ctx_len={self.ctx_len}, or remove bptt"
+            )
+
+    @property
+    def bptt_segments(self) -> int:
+        """bptt as a number: segments per gradient group, 0 for all."""
+        return 0 if self.bptt == "all" else self.bptt
 
     @property
     def segmented(self) -> bool:
@@ -240,6 +260,13 @@ class RunConfig:
             model_config_from_dict(self.model)
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from e
+        for i, stage in enumerate(self.stages):
+            if stage.segmented and self.model["arch"] not in RECURRENT_ARCHS:
+                raise ConfigError(
+                    f"stages[{i}].segment_len={stage.segment_len}: model.arch={self.model['arch']} carries "
+                    f"no fixed-size recurrent state (its key/value cache grows with the context); segments "
+                    f"need one of {list(RECURRENT_ARCHS)}, or remove segment_len"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

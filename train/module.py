@@ -1,6 +1,6 @@
 """The LightningModule: wraps any skein model for one training stage, sets the learning rate by
 tokens seen, and trains either on whole sequences or on segments with the recurrent state carried
-across them (truncated backpropagation through time)."""
+across them (exact or truncated backpropagation through time, train/segments.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any
 import lightning as L
 import torch
 
-from skein.rwkv.models import CausalLM, build_model, detach_state
+from skein.rwkv.models import CausalLM, build_model
 from skein.train.config import RunConfig, StageSection
 from skein.train.losses import lm_loss
 from skein.train.optim import build_optimizer
 from skein.train.schedule import AutoDecay, Schedule
+from skein.train.segments import segmented_loss
 from skein.train.strategy import is_deepspeed
 
 
@@ -62,7 +63,6 @@ class LMModule(L.LightningModule):
             if s.kind == "auto_exp"
             else None
         )
-        self.automatic_optimization = not self.stage.segmented
         self._step_losses: list[float] = []
         self.last_step_loss: float | None = None
         self.grad_norm: float | None = None
@@ -99,30 +99,16 @@ class LMModule(L.LightningModule):
             loss = lm_loss(logits, y, self.cfg.optim.l2wrap)
             self._record(loss)
             return loss
-        return self._segmented_step(x, y, batch_idx)
+        return self._segmented_step(x, y)
 
-    def _segmented_step(self, x: torch.Tensor, y: torch.Tensor, batch_idx: int) -> None:
-        """Backward per segment with the state detached in between, so activation memory is
-        bounded by segment_len; one optimizer step per `accumulate` micro-batches."""
-        opt = self.optimizers()
-        seg = self.stage.segment_len
-        n_seg = x.shape[1] // seg
-        state, total = None, 0.0
-        for i in range(n_seg):
-            sl = slice(i * seg, (i + 1) * seg)
-            logits, state = self.model(x[:, sl], state)
-            loss = lm_loss(logits, y[:, sl], self.cfg.optim.l2wrap) / n_seg
-            self.manual_backward(loss / self.plan.accumulate)
-            state = detach_state(state)
-            total += loss.detach()
-        self._record(total)
-        if (batch_idx + 1) % self.plan.accumulate == 0:
-            if self.cfg.optim.grad_clip > 0:
-                self.clip_gradients(
-                    opt, gradient_clip_val=self.cfg.optim.grad_clip, gradient_clip_algorithm="norm"
-                )
-            opt.step()
-            opt.zero_grad()
+    def _segmented_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The sample in segments of segment_len with the state carried (see train/segments.py):
+        one loss and one backward, so accumulation, clipping and the strategy work unchanged."""
+        loss = segmented_loss(
+            self.model, x, y, self.stage.segment_len, self.stage.bptt_segments, self.cfg.optim.l2wrap
+        )
+        self._record(loss)
+        return loss
 
     def _record(self, loss: torch.Tensor) -> None:
         self._step_losses.append(float(loss.detach()))

@@ -27,7 +27,7 @@ from skein.train.export import load_source
 from skein.train.lock import is_global_zero, run_lock
 from skein.train.module import LMModule, StagePlan
 from skein.train.resume_check import check_resume_config, write_run_config
-from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
+from skein.train.strategy import apply_grad_checkpointing, build_strategy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -114,10 +114,6 @@ def _train_locked(
         stage, plan = cfg.stages[si], plans[si]
         tokens_before = sum(p.steps * p.tokens_per_step for p in plans[:si])
         hw = build_strategy(cfg.trainer)
-        if stage.segmented and is_deepspeed(hw["strategy"]):
-            raise ValueError(
-                f"stages[{si}].segment_len: segment-wise training runs with trainer.strategy ddp or single"
-            )
         ckpt_cb = CheckpointCallback(
             out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, tokens_before
         )
