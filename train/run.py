@@ -25,6 +25,7 @@ from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.evaluation import PeriodicEval, ValidationLoss
 from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
+from skein.train.slurm import cluster_plugins, requeue_if_stopped
 from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -141,6 +142,7 @@ def train_from_config(
             limit_val_batches=0,
             logger=_loggers(cfg, out_dir) or False,
             callbacks=callbacks,
+            plugins=cluster_plugins(),
             default_root_dir=str(out_dir),
             deterministic=cfg.trainer.deterministic,
         )
@@ -158,6 +160,8 @@ def train_from_config(
     metrics = out_dir / "metrics.csv"
     if metrics.exists() and int(os.environ.get("RANK", "0")) == 0:
         plot_loss_curve(metrics, out_dir / "loss.png")
+    if summary["interrupted"]:
+        summary["requeued"] = requeue_if_stopped(summary, cfg.slurm.requeue)
     return summary
 
 
