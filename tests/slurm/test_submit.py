@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from skein.train.cli import main
 from skein.train.config import load_config
 from skein.train.submit import render, submit
 from skein.train.typed import ConfigError
@@ -197,14 +198,13 @@ def test_validation_errors_come_before_anything_is_queued(
     assert not fake_sbatch.exists() and not (tmp_path / "run").exists()
 
 
-def test_cli_prints_a_one_line_error_for_a_mismatch(tmp_path: Path) -> None:
+def test_cli_exits_with_a_one_line_error_for_a_mismatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = write_config(tiny_run("shards/x", tmp_path / "run"), tmp_path / "c.yaml")
-    res = subprocess.run(
-        [sys.executable, "-m", "skein.train.cli", "submit", str(path), "--gpus-per-node", "8", "--dry-run"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert res.returncode != 0 and res.stdout == ""
-    (line,) = res.stderr.strip().splitlines()
+    with pytest.raises(SystemExit) as exit_:
+        main(["submit", str(path), "--nodes", "1", "--gpus-per-node", "8", "--dry-run"])
+    code, captured = exit_.value.code, capsys.readouterr()
+    assert code not in (0, None) and captured.out == ""
+    (line,) = (captured.err if isinstance(code, int) else str(code)).strip().splitlines()
     assert re.fullmatch(r"skein submit: .*--gpus-per-node 8 but trainer.devices=1.*", line)
