@@ -153,6 +153,7 @@ def train_from_config(
         ckpt_path, start_step = None, 0
         if ckpt_cb.interrupted:
             summary["interrupted"] = True
+            summary["signal"] = ckpt_cb.signal_received
             break
         summary["stages_done"] = si + 1
     found = latest_checkpoint(out_dir)

@@ -1,6 +1,7 @@
 """The requeue after a preemption checkpoint, without a cluster: rank 0 of a Slurm batch job runs
 `scontrol requeue $SLURM_JOB_ID` (a stand-in on PATH records it) only when the run stopped early
-and slurm.requeue is on; and Lightning's own SIGUSR1 requeue stays switched off under srun."""
+on the warning signal or its step budget and slurm.requeue is on (never after SIGTERM, which
+`scancel` sends); and Lightning's own SIGUSR1 requeue stays switched off under srun."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ def srun_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return record
 
 
-def test_rank_zero_requeues_a_stopped_run(srun_task: Path) -> None:
-    stopped = {"interrupted": True, "checkpoint": "runs/x/checkpoints/s0-00000008"}
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, None])  # the warning signal; run.stop_after_steps
+def test_rank_zero_requeues_a_stopped_run(srun_task: Path, signum: int | None) -> None:
+    stopped = {"interrupted": True, "signal": signum, "checkpoint": "runs/x/checkpoints/s0-00000008"}
     assert requeue_if_stopped(stopped, requeue=True)
     assert srun_task.read_text().split() == ["requeue", "77"]
 
@@ -50,6 +52,7 @@ def test_rank_zero_requeues_a_stopped_run(srun_task: Path) -> None:
     "summary, requeue, env",
     [
         ({"interrupted": False}, True, {}),  # finished: nothing to requeue
+        ({"interrupted": True, "signal": signal.SIGTERM}, True, {}),  # scancel, or preempted: Slurm decides
         ({"interrupted": True}, False, {}),  # slurm.requeue off
         ({"interrupted": True}, True, {"SLURM_PROCID": "1"}),  # not rank 0
         ({"interrupted": True}, True, {"SLURM_JOB_NAME": "interactive"}),  # salloc shell, no batch job

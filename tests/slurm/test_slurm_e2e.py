@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from skein.train.status import describe
 from tests.slurm.cluster import LocalSlurm, install
 from tests.train.helpers import losses, run_cli, tiny_run, write_config
 
-STEPS = 150
+STEPS = 80
 
 
 @pytest.fixture
@@ -109,7 +110,8 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm: LocalSlurm, corpus: s
     assert not meta["stage_done"] and 3 <= meta["step"] < STEPS, meta
     stopped_at = meta["step"]
     assert max(step for _, step in _rows(run_dir)) == stopped_at
-    assert "restart 0" in log.read_text() and f"requeued job {job}" in log.read_text()
+    assert "restart 0" in log.read_text() and f"requeueing job {job}" in log.read_text()
+    assert f"checkpoint s0-{stopped_at:08d}  (stage 1, step {stopped_at}, " in describe(run_dir)
 
     slurm.release(job)
     _wait(lambda: slurm.job_field(job, "JobState") == "COMPLETED", "the requeued job to complete", 300, log)
@@ -120,6 +122,7 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm: LocalSlurm, corpus: s
     final = _meta(run_dir)
     assert final["stage_done"] and final["step"] == STEPS
     assert final["tokens_total"] == _meta(ref_dir)["tokens_total"]
+    assert f"step {STEPS} of {STEPS}" in describe(run_dir)
     rows = _rows(run_dir)
     assert len(rows) == len(set(rows)) == STEPS, "each step is logged exactly once"
     got, ref = losses(run_dir), losses(ref_dir)
