@@ -25,7 +25,7 @@ from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.evaluation import PeriodicEval, ValidationLoss
 from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
-from skein.train.slurm import cluster_plugins, requeue_if_stopped
+from skein.train.slurm import cluster_plugins, global_rank, requeue_if_stopped
 from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -159,7 +159,7 @@ def train_from_config(
     found = latest_checkpoint(out_dir)
     summary["checkpoint"] = str(found[0]) if found else None
     metrics = out_dir / "metrics.csv"
-    if metrics.exists() and int(os.environ.get("RANK", "0")) == 0:
+    if metrics.exists() and global_rank() == 0:  # under srun there is no RANK variable
         plot_loss_curve(metrics, out_dir / "loss.png")
     if summary["interrupted"]:
         summary["requeued"] = requeue_if_stopped(summary, cfg.slurm.requeue)

@@ -37,6 +37,7 @@ def cluster_plugins() -> list[Any]:
 
 
 def global_rank() -> int:
+    """This process's rank: from the process group, else Slurm's task id, else RANK, else 0."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
     return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
