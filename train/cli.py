@@ -27,6 +27,8 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "import": "skein.train.export:import_weights",
     "generate": "skein.train.generate:generate",
     "bench": {"kernels": "skein.rwkv.ops.bench:bench_kernels"},
+    "submit": "skein.train.submit:submit",
+    "status": "skein.train.status:status",
 }
 
 
@@ -136,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
             "init_from": a.init_from,
             "print_config": a.print_config,
         }
+    elif argv and argv[0] == "submit":  # Slurm-style flags (--gpus-per-node, --dry-run)
+        from skein.train.submit import parse_args
+
+        name, fn, kwargs = "submit", _resolve(COMMANDS["submit"]), parse_args(argv[1:])
     else:
         args = build_parser().parse_args(argv)
         name, target, sub_args = args.command, COMMANDS[args.command], args[args.command]

@@ -2,12 +2,13 @@
 dotted overrides and validated at load with messages that name the key.
 
 A run is one file (see configs/): run, model, data, optim, schedule, stages, trainer, checkpoint,
-log, eval. Derived numbers (gradient accumulation, steps per stage, the magic prime) are computed from
+log, eval, slurm. Derived numbers (gradient accumulation, steps per stage, the magic prime) are computed from
 it, never written in it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -239,6 +240,55 @@ class EvalSection:
             raise ConfigError("eval.every_steps is set but eval.val names no held-out shards")
 
 
+def _default_env() -> dict[str, str]:
+    # NVLink SHARP (NVLS) needs multicast support that shared or virtualised nodes often lack;
+    # asynchronous error handling makes a hung collective fail instead of holding the allocation.
+    return {"NCCL_NVLS_ENABLE": "0", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+
+
+@dataclass(kw_only=True)
+class SlurmSection:
+    partition: str | None = None
+    """`#SBATCH --partition` (None: the cluster's default); `skein submit --partition` overrides."""
+    time: str | None = None
+    """`#SBATCH --time`, e.g. 2-00:00:00 (None: the partition's limit); `--time` overrides."""
+    account: str | None = None
+    """`#SBATCH --account` (None: the user's default); `--account` overrides."""
+    qos: str | None = None
+    """`#SBATCH --qos` (None: the default); `--qos` overrides."""
+    signal_seconds: int = 120
+    """SIGUSR1 this many seconds before the time limit: the job saves a checkpoint and stops."""
+    requeue: bool = True
+    """After a signal or run.stop_after_steps stopped the run, `scontrol requeue` the job so it
+    resumes from that checkpoint."""
+    cpus_per_task: int = 8
+    """CPU cores per task (one task per GPU; per training process on the CPU)."""
+    env: dict[str, str] = field(default_factory=_default_env)
+    """Environment exported to every task (NCCL settings and the like)."""
+    sbatch_options: list[str] = field(default_factory=list)
+    """Extra `#SBATCH` options, e.g. ["--exclusive", "--mem=0"]."""
+    template: str | None = None
+    """sbatch template to render (None: slurm/train.sbatch of skein); see slurm/README.md."""
+
+    def __post_init__(self) -> None:
+        if self.signal_seconds <= 0 or self.cpus_per_task <= 0:
+            raise ConfigError(
+                f"slurm: signal_seconds and cpus_per_task must be positive, got {self.signal_seconds}, "
+                f"{self.cpus_per_task}"
+            )
+        if self.time is not None and not re.fullmatch(r"(\d+-)?\d+(:\d{2}){0,2}", self.time):
+            raise ConfigError(f"slurm.time: {self.time!r} is not a Slurm time such as 2-00:00:00 or 04:00:00")
+        for key, value in self.env.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
+                raise ConfigError(f"slurm.env: {key!r} is not an environment variable name")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ConfigError(f"slurm.env.{key}: expected a string or a number, got {value!r}")
+            self.env[key] = str(value)
+        for option in self.sbatch_options:
+            if not option.startswith("--"):
+                raise ConfigError(f"slurm.sbatch_options: {option!r} should look like --exclusive or --mem=0")
+
+
 @dataclass(kw_only=True)
 class RunConfig:
     run: RunSection = field(default_factory=RunSection)
@@ -252,6 +302,7 @@ class RunConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    slurm: SlurmSection = field(default_factory=SlurmSection)
 
     def __post_init__(self) -> None:
         if not self.stages:

@@ -27,6 +27,7 @@ from skein.train.export import load_source
 from skein.train.lock import is_global_zero, run_lock
 from skein.train.module import LMModule, StagePlan
 from skein.train.resume_check import check_resume_config, write_run_config
+from skein.train.slurm import cluster_plugins, global_rank, requeue_if_stopped
 from skein.train.strategy import apply_grad_checkpointing, build_strategy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -150,6 +151,7 @@ def _train_locked(
             limit_val_batches=0,
             logger=_loggers(cfg, out_dir) or False,
             callbacks=callbacks,
+            plugins=cluster_plugins(),
             default_root_dir=str(out_dir),
             deterministic=cfg.trainer.deterministic,
         )
@@ -160,13 +162,16 @@ def _train_locked(
         ckpt_path, start_step = None, 0
         if ckpt_cb.interrupted:
             summary["interrupted"] = True
+            summary["signal"] = ckpt_cb.signal_received
             break
         summary["stages_done"] = si + 1
     found = latest_checkpoint(out_dir)
     summary["checkpoint"] = str(found[0]) if found else None
     metrics = out_dir / "metrics.csv"
-    if metrics.exists() and int(os.environ.get("RANK", "0")) == 0:
+    if metrics.exists() and global_rank() == 0:  # under srun there is no RANK variable
         plot_loss_curve(metrics, out_dir / "loss.png")
+    if summary["interrupted"]:
+        summary["requeued"] = requeue_if_stopped(summary, cfg.slurm.requeue)
     return summary
 
 

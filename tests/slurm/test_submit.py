@@ -1,0 +1,210 @@
+"""`skein submit` without a cluster: the rendered sbatch script for 1 and 4 nodes (GPU and CPU
+runs), the validation that runs before anything is queued, and the files a submission writes
+(with a stand-in `sbatch` on PATH that records what it was given)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from skein.train.cli import main
+from skein.train.config import load_config
+from skein.train.submit import render, submit
+from skein.train.typed import ConfigError
+from tests.train.helpers import tiny_run, write_config
+
+
+def _sbatch_options(script: str) -> list[str]:
+    """The `#SBATCH` options in the order sbatch reads them (up to the first command)."""
+    out = []
+    for line in script.splitlines()[1:]:
+        if line.startswith("#SBATCH "):
+            out.append(line.removeprefix("#SBATCH "))
+        elif line and not line.startswith("#"):
+            break
+    return out
+
+
+def _srun_line(script: str) -> list[str]:
+    (line,) = [x for x in script.splitlines() if x.startswith("srun ")]
+    return shlex.split(line.removesuffix("&"))
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_gpu_script_has_one_task_per_gpu_the_signal_and_requeue(tmp_path: Path, nodes: int) -> None:
+    cfg = tiny_run(
+        "shards/x",
+        tmp_path / "run",
+        trainer={"accelerator": "gpu", "devices": 8, "num_nodes": nodes},
+        slurm={"partition": "h100", "time": "2-00:00:00", "qos": "high", "signal_seconds": 300},
+    )
+    cfg["run"]["name"] = "big run/7"
+    path = write_config(cfg, tmp_path / "c.yaml")
+    script = render(load_config(path), tmp_path / "run" / "submit" / "config.yaml", workdir=tmp_path)
+    opts = _sbatch_options(script)
+    assert opts[:4] == [
+        "--job-name=skein-big_run_7",
+        f"--nodes={nodes}",
+        "--ntasks-per-node=8",
+        "--cpus-per-task=8",
+    ]
+    for o in (
+        "--gpus-per-node=8",
+        "--signal=USR1@300",
+        "--requeue",
+        "--open-mode=append",
+        "--partition=h100",
+    ):
+        assert o in opts
+    assert "--time=2-00:00:00" in opts and "--qos=high" in opts
+    assert not any(o.startswith("--account") for o in opts)
+    assert f"--output={tmp_path / 'run' / 'slurm-%j.log'}" in opts
+    assert f"--chdir={tmp_path}" in opts
+    srun = _srun_line(script)
+    assert srun[:2] == ["srun", "--kill-on-bad-exit=1"]
+    assert srun[2:] == [
+        sys.executable,
+        "-m",
+        "skein.train.cli",
+        "train",
+        str(tmp_path / "run/submit/config.yaml"),
+    ]
+    assert "export NCCL_NVLS_ENABLE=0\n" in script and "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n" in script
+    assert not re.search(r"\{\{\w+\}\}", script)
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_cpu_script_has_no_gpus_and_the_configured_environment(tmp_path: Path) -> None:
+    cfg = tiny_run(
+        "shards/x",
+        tmp_path / "run",
+        trainer={"accelerator": "cpu", "devices": 2},
+        slurm={
+            "cpus_per_task": 3,
+            "requeue": False,
+            "env": {"OMP_NUM_THREADS": 3, "NCCL_SOCKET_IFNAME": "ib0 eth0"},
+            "sbatch_options": ["--exclusive", "--mem=0"],
+        },
+    )
+    script = render(
+        load_config(write_config(cfg, tmp_path / "c.yaml")), tmp_path / "cc.yaml", init_from="w/m.pth"
+    )
+    opts = _sbatch_options(script)
+    assert "--ntasks-per-node=2" in opts and "--cpus-per-task=3" in opts and "--no-requeue" in opts
+    assert not any(o.startswith(("--gpus", "--gres")) for o in opts)
+    assert opts[-2:] == ["--exclusive", "--mem=0"]
+    assert "export OMP_NUM_THREADS=3\n" in script and "export NCCL_SOCKET_IFNAME='ib0 eth0'\n" in script
+    assert _srun_line(script)[-2:] == ["--init_from", "w/m.pth"]
+
+
+def test_a_template_with_an_unknown_field_is_refused(tmp_path: Path) -> None:
+    template = tmp_path / "mine.sbatch"
+    template.write_text("#!/bin/bash\n#SBATCH --nodes={{nodes}}\n#SBATCH --gres={{gres}}\n")
+    cfg = tiny_run("shards/x", tmp_path / "run", slurm={"template": str(template)})
+    with pytest.raises(ConfigError, match=r"mine.sbatch: unknown fields \['gres'\]"):
+        render(load_config(write_config(cfg, tmp_path / "c.yaml")), tmp_path / "cc.yaml")
+
+
+@pytest.mark.parametrize(
+    "slurm, message",
+    [
+        ({"time": "two days"}, "slurm.time: 'two days' is not a Slurm time"),
+        ({"signal_seconds": 0}, "slurm: signal_seconds and cpus_per_task must be positive"),
+        ({"env": {"A-B": "1"}}, "slurm.env: 'A-B' is not an environment variable name"),
+        ({"sbatch_options": ["exclusive"]}, "slurm.sbatch_options: 'exclusive' should look like"),
+        ({"partitoin": "x"}, "slurm.partitoin: unknown key \\(did you mean 'partition'"),
+    ],
+)
+def test_bad_slurm_keys_name_the_key(tmp_path: Path, slurm: dict, message: str) -> None:
+    cfg = tiny_run("shards/x", tmp_path / "run", slurm=slurm)
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(cfg, tmp_path / "c.yaml"))
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An `sbatch` on PATH that records its arguments and answers a job id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "sbatch.args"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" > {record}\necho "4711;cluster"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return record
+
+
+def test_submit_writes_the_resolved_config_and_script_then_queues_them(
+    tmp_path: Path, fake_sbatch: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    path = write_config(tiny_run("shards/x", run_dir, trainer={"devices": 2}), tmp_path / "c.yaml")
+    job = submit(
+        str(path), ["optim.lr_init=1e-3"], nodes=1, gpus_per_node=2, partition="debug", time="00:30:00"
+    )
+    assert job == "4711"
+    (script,) = (run_dir / "submit").glob("job-*.sbatch")
+    assert fake_sbatch.read_text().split() == ["--parsable", str(script)]
+    saved = yaml.safe_load((run_dir / "submit" / "config.yaml").read_text())
+    assert saved["optim"]["lr_init"] == 1e-3 and saved["slurm"]["partition"] == "debug"
+    assert "#SBATCH --time=00:30:00" in script.read_text()
+    assert str(run_dir / "submit" / "config.yaml") in _srun_line(script.read_text())
+    assert not list((run_dir / "submit").glob("*.tmp"))
+    out = capsys.readouterr().out
+    assert "submitted job 4711" in out and str(run_dir / "slurm-4711.log") in out
+
+
+def test_dry_run_prints_the_script_and_writes_nothing(
+    tmp_path: Path, fake_sbatch: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    path = write_config(tiny_run("shards/x", run_dir, trainer={"num_nodes": 4}), tmp_path / "c.yaml")
+    assert submit(str(path), nodes=4, dry_run=True) is None
+    assert "#SBATCH --nodes=4" in capsys.readouterr().out
+    assert not run_dir.exists() and not fake_sbatch.exists()
+
+
+def test_validation_errors_come_before_anything_is_queued(
+    tmp_path: Path, fake_sbatch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(tiny_run("shards/x", tmp_path / "run", trainer={"devices": 8}), tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="--gpus-per-node 4 but trainer.devices=8"):
+        submit(str(path), gpus_per_node=4)
+    with pytest.raises(ConfigError, match="--nodes 2 but trainer.num_nodes=1"):
+        submit(str(path), nodes=2, gpus_per_node=8)
+    with pytest.raises(ConfigError, match="config file .*missing.yaml does not exist"):
+        submit(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="slurm.time: 'soon'"):
+        submit(str(path), time="soon")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    unwritable = write_config(tiny_run("shards/x", locked / "run"), tmp_path / "u.yaml")
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(ConfigError, match="run.out_dir: .*locked/run is not writable"):
+            submit(str(unwritable))
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(ConfigError, match="run.out_dir: .*file/run is not writable"):
+        submit(str(write_config(tiny_run("shards/x", blocked / "run"), tmp_path / "b.yaml")))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="sbatch is not on PATH"):
+        submit(str(path))
+    assert not fake_sbatch.exists() and not (tmp_path / "run").exists()
+
+
+def test_cli_exits_with_a_one_line_error_for_a_mismatch(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = write_config(tiny_run("shards/x", tmp_path / "run"), tmp_path / "c.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(["submit", str(path), "--nodes", "1", "--gpus-per-node", "8", "--dry-run"])
+    code, captured = exit_.value.code, capsys.readouterr()
+    assert code not in (0, None) and captured.out == ""
+    (line,) = (captured.err if isinstance(code, int) else str(code)).strip().splitlines()
+    assert re.fullmatch(r"skein submit: .*--gpus-per-node 8 but trainer.devices=1.*", line)
