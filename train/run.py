@@ -9,17 +9,31 @@ from there: inside a stage, model, optimizer, schedule, step and data position c
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from skein.rwkv.convert.common import load_strict
 from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
 from skein.rwkv.models import build_model
-from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, plot_loss_curve
-from skein.train.checkpoint import latest_checkpoint, load_weights
+from skein.train.callbacks import (
+    CheckpointCallback,
+    MetricsCallback,
+    SnapshotCallback,
+    StagePosition,
+    plot_loss_curve,
+)
+from skein.train.checkpoint import (
+    CheckpointMeta,
+    DirectCheckpointIO,
+    latest_checkpoint,
+    load_weights,
+    resume_checkpoint,
+)
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
 from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.evaluation import PeriodicEval, ValidationLoss
@@ -52,6 +66,27 @@ def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
     ]
 
 
+def _recorded_tokens_per_step(cfg: RunConfig, found: tuple[Path, CheckpointMeta] | None) -> list[int]:
+    """The tokens per step of the stages the run has started, as its checkpoint recorded them;
+    an explicit stages[i].tokens_per_step that differs is refused (a global batch is fixed once
+    its stage has started)."""
+    if found is None:
+        return []
+    path, meta = found
+    if not meta.tokens_per_step:
+        print(
+            f"skein: {path.name} records no tokens per step (older skein): deriving them from the config",
+            file=sys.stderr,
+        )
+    for i, (stage, kept) in enumerate(zip(cfg.stages, meta.tokens_per_step)):
+        if stage.tokens_per_step is not None and stage.tokens_per_step != kept:
+            raise ConfigError(
+                f"stages.{i}.tokens_per_step={stage.tokens_per_step}, but {path} records {kept} for this "
+                f"stage: a started stage keeps its global batch; set stages.{i}.tokens_per_step={kept}"
+            )
+    return meta.tokens_per_step
+
+
 def train_from_config(
     cfg: RunConfig,
     resume: bool = True,
@@ -63,7 +98,7 @@ def train_from_config(
     every stage (e.g. a PeriodicEval with more evaluators)."""
     out_dir = Path(cfg.run.out_dir)
     check_vocab(cfg)
-    found = latest_checkpoint(out_dir)
+    found = resume_checkpoint(out_dir, rank_zero_only.rank) if resume else latest_checkpoint(out_dir)
     if found is not None and not resume:
         raise ValueError(
             f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume to continue it, "
@@ -73,16 +108,19 @@ def train_from_config(
     (out_dir / "config.yaml").write_text(dump_config(cfg))
 
     world = cfg.trainer.devices * cfg.trainer.num_nodes
-    plans = [StagePlan(s, world) for s in cfg.stages]
+    recorded = _recorded_tokens_per_step(cfg, found)
+    plans = [
+        StagePlan(s, world, recorded[i] if i < len(recorded) else None) for i, s in enumerate(cfg.stages)
+    ]
     start_stage, ckpt_path, start_step = 0, None, 0
     weights: tuple[dict[str, torch.Tensor], str] | None = None
     if found is not None:
         path, meta = found
-        if meta["stage_done"]:
-            start_stage = meta["stage_index"] + 1
+        if meta.stage_done:
+            start_stage = meta.stage_index + 1
             weights = (load_weights(path), str(path))
         else:
-            start_stage, ckpt_path, start_step = meta["stage_index"], path / "model.ckpt", meta["step"]
+            start_stage, ckpt_path, start_step = meta.stage_index, path / "model.ckpt", meta.step
     elif init_from is not None:  # any source `skein export` reads: run dir, checkpoint, .pth, ...
         weights = (load_source(init_from).model.state_dict(), init_from)
 
@@ -105,14 +143,13 @@ def train_from_config(
             raise ValueError(
                 f"stages[{si}].segment_len: segment-wise training runs with trainer.strategy ddp or single"
             )
-        ckpt_cb = CheckpointCallback(
-            out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, tokens_before
-        )
-        callbacks: list[L.Callback] = [
-            MetricsCallback(
-                out_dir, cfg.log.every_steps, tokens_before, cfg.log.peak_tflops, cfg.log.progress_bar
-            ),
-        ]
+        if cfg.optim.on_nonfinite == "skip" and is_deepspeed(hw["strategy"]):
+            raise ConfigError(
+                "optim.on_nonfinite=skip runs with trainer.strategy ddp or single; with DeepSpeed use stop"
+            )
+        position = StagePosition(si, tokens_before, [p.tokens_per_step for p in plans[: si + 1]])
+        ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position)
+        callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position)]
         if cfg.checkpoint.snapshot_every_steps:
             dtype = DTYPES[cfg.checkpoint.snapshot_dtype]
             callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint.snapshot_every_steps, dtype))
@@ -125,7 +162,7 @@ def train_from_config(
         # Last: a checkpoint is published only after every row its step logs is on disk, so a
         # kill right after the save loses no metrics the resume would not write again.
         callbacks.append(ckpt_cb)
-        module = LMModule(cfg, si, world, model)
+        module = LMModule(cfg, si, world, model, plan.tokens_per_step)
         automatic = module.automatic_optimization
         trainer = L.Trainer(
             **hw,
@@ -143,6 +180,7 @@ def train_from_config(
             callbacks=callbacks,
             default_root_dir=str(out_dir),
             deterministic=cfg.trainer.deterministic,
+            plugins=None if is_deepspeed(hw["strategy"]) else [DirectCheckpointIO()],
         )
         data = StageDataModule(cfg, stage.ctx_len, stage.micro_bsz, plan.global_batch, start_step)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
