@@ -192,6 +192,7 @@ class LMModule(L.LightningModule):
             "decay_start": self.schedule.decay_start,
             "auto_decay": self.auto_decay.state_dict() if self.auto_decay else None,
             "skipped_steps": self.skipped_steps,
+            "accumulate": self.plan.accumulate,
             "config": self.cfg.to_dict(),
         }
 
@@ -205,3 +206,19 @@ class LMModule(L.LightningModule):
         self.skipped_steps = meta.get("skipped_steps", 0)
         if self.auto_decay is not None and meta.get("auto_decay"):
             self.auto_decay.load_state_dict(meta["auto_decay"])
+        self._realign_batch_count(checkpoint, meta.get("accumulate"))
+
+    def _realign_batch_count(self, checkpoint: dict[str, Any], saved_accumulate: int | None) -> None:
+        """Lightning counts micro-batches, and steps the optimizer when that count reaches a
+        multiple of the accumulation. A resume on another world size keeps the tokens per step
+        with another accumulation: shift the count so that each step boundary stays one (saves
+        happen on a boundary, so the count is global_step * accumulate plus Lightning's offset)."""
+        if saved_accumulate is None or saved_accumulate == self.plan.accumulate:
+            return
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress is None:
+            return
+        shift = checkpoint["global_step"] * (self.plan.accumulate - saved_accumulate)
+        for part in ("total", "current"):
+            for key in progress[part]:
+                progress[part][key] += shift
