@@ -191,3 +191,21 @@ def test_stop_after_steps_stops_and_saves_without_a_temp_dir(
     assert max(int(r["step"]) for r in metric_rows(tmp_path / "run")) == 4
     summary = train_from_config(cfg)
     assert latest_checkpoint(tmp_path / "run")[1].step == 8 and summary["interrupted"]
+
+
+def test_a_recorded_global_batch_that_cannot_be_kept_is_refused(corpus: str, tmp_path: Path) -> None:
+    from skein.train.module import StagePlan
+    from skein.train.run import _recorded_tokens_per_step
+    from skein.train.typed import ConfigError
+
+    stage = _run(corpus, tmp_path).stages[0]  # micro_bsz 4, ctx_len 32
+    assert StagePlan(stage, 1, recorded=512).accumulate == 4
+    with pytest.raises(
+        ConfigError, match="record 256 tokens per step, not a multiple of .* = 4 \\* 32 \\* 3"
+    ):
+        StagePlan(stage, 3, recorded=256)
+    meta = CheckpointMeta(
+        stage_index=0, step=5, tokens_stage=5, tokens_total=5, stage_done=False, tokens_per_step=[512]
+    )
+    with pytest.raises(ConfigError, match="stages.0.tokens_per_step=256, but .* records 512"):
+        _recorded_tokens_per_step(_run(corpus, tmp_path), (tmp_path / "s0-00000005", meta))
