@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from skein.rwkv.convert.common import DTYPES
 from skein.train.checkpoint import CheckpointMeta, save_checkpoint, save_snapshot
 from skein.train.config import CheckpointSection, LogSection, RunSection
 
@@ -103,10 +104,12 @@ class CheckpointCallback(L.Callback):
 
 
 class SnapshotCallback(L.Callback):
-    """Writes the weights in RWKV-LM's .pth layout every `every_steps` steps (rank 0)."""
+    """Writes the weights in RWKV-LM's .pth layout every `checkpoint.snapshot_every_steps` steps
+    in `checkpoint.snapshot_dtype` (rank 0)."""
 
-    def __init__(self, out_dir: Path, every_steps: int, dtype: torch.dtype) -> None:
-        self.out_dir, self.every_steps, self.dtype = out_dir, every_steps, dtype
+    def __init__(self, out_dir: Path, checkpoint: CheckpointSection, stage_index: int) -> None:
+        self.out_dir, self.every_steps = out_dir, checkpoint.snapshot_every_steps
+        self.dtype, self.stage_index = DTYPES[checkpoint.snapshot_dtype], stage_index
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -116,7 +119,7 @@ class SnapshotCallback(L.Callback):
             and trainer.global_step % self.every_steps == 0
             and trainer.is_global_zero
         ):
-            name = f"rwkv-s{module.stage_index}-{trainer.global_step}.pth"
+            name = f"rwkv-s{self.stage_index}-{trainer.global_step}.pth"
             save_snapshot(module.model, self.out_dir / "snapshots" / name, self.dtype)
 
 

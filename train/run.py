@@ -41,8 +41,6 @@ from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
 from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
     if cfg.log.wandb == "disabled":
@@ -151,8 +149,7 @@ def train_from_config(
         ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position)
         callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position)]
         if cfg.checkpoint.snapshot_every_steps:
-            dtype = DTYPES[cfg.checkpoint.snapshot_dtype]
-            callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint.snapshot_every_steps, dtype))
+            callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint, si))
         if cfg.eval.every_steps:
             val = ValidationLoss(
                 cfg.eval.val, stage.ctx_len, cfg.eval.val_samples, cfg.eval.micro_bsz, cfg.run.seed

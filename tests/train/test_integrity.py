@@ -161,8 +161,18 @@ def test_nonfinite_loss_stops_before_any_save(corpus: str, tmp_path: Path) -> No
     assert all(math.isfinite(float(r["loss"])) for r in metric_rows(run_dir))
 
 
-def test_nonfinite_loss_skips_the_step_and_counts_it(corpus: str, tmp_path: Path) -> None:
-    cfg = _run(corpus, tmp_path, optim={"on_nonfinite": "skip"}, checkpoint={"every_steps": 100})
+@pytest.mark.parametrize("segment_len", [None, 16], ids=["whole", "segmented"])
+def test_nonfinite_loss_skips_the_step_and_counts_it(
+    corpus: str, tmp_path: Path, segment_len: int | None
+) -> None:
+    stage = {"ctx_len": 32, "tokens": 32 * 8 * 12, "micro_bsz": 4, "tokens_per_step": 256}
+    cfg = _run(
+        corpus,
+        tmp_path,
+        optim={"on_nonfinite": "skip"},
+        checkpoint={"every_steps": 100},
+        stages=[{**stage, "segment_len": segment_len}],
+    )
     poison = _Poison(5, weights=False)
     summary = train_from_config(cfg, extra_callbacks=[poison])
     assert summary["stages_done"] == 1
