@@ -29,12 +29,23 @@ def step_done(module: Any, batch_idx: int) -> bool:
 
 @dataclass(frozen=True)
 class StagePosition:
-    """Where a stage sits in the run: its index, the tokens of the stages before it, and the
-    tokens per step of every stage started so far (recorded in each checkpoint)."""
+    """Where a stage sits in the run: its index, its length in optimizer steps, the tokens of the
+    stages before it, and the tokens per step of every stage started so far (this one last;
+    recorded in each checkpoint)."""
 
     stage_index: int
+    steps: int
     tokens_before: int
     tokens_per_step: list[int]
+
+    @property
+    def step_tokens(self) -> int:
+        """Tokens per optimizer step of this stage."""
+        return self.tokens_per_step[self.stage_index]
+
+    def tokens_total(self, step: int) -> int:
+        """Tokens of the run once this stage has done `step` steps."""
+        return self.tokens_before + step * self.step_tokens
 
 
 class CheckpointCallback(L.Callback):
@@ -67,12 +78,12 @@ class CheckpointCallback(L.Callback):
             signal.signal(sig, handler)
 
     def save(self, trainer: L.Trainer, module: Any, stage_done: bool = False) -> Path:
-        tokens_stage = trainer.global_step * module.plan.tokens_per_step
+        step = trainer.global_step
         meta = CheckpointMeta(
             stage_index=self.position.stage_index,
-            step=trainer.global_step,
-            tokens_stage=tokens_stage,
-            tokens_total=self.position.tokens_before + tokens_stage,
+            step=step,
+            tokens_stage=step * self.position.step_tokens,
+            tokens_total=self.position.tokens_total(step),
             stage_done=stage_done,
             tokens_per_step=list(self.position.tokens_per_step),
             time=time.time(),
@@ -89,18 +100,18 @@ class CheckpointCallback(L.Callback):
             self.stop_after_steps is not None
             and trainer.global_step - self.first_step >= self.stop_after_steps
         )
-        if (signalled or budget_spent) and trainer.global_step < module.plan.steps:
+        if (signalled or budget_spent) and trainer.global_step < self.position.steps:
             self.save(trainer, module)
             self.interrupted = True
             trainer.should_stop = True
-        elif trainer.global_step % self.cfg.every_steps == 0 and trainer.global_step < module.plan.steps:
+        elif trainer.global_step % self.cfg.every_steps == 0 and trainer.global_step < self.position.steps:
             self.save(trainer, module)
 
     def save_stage_end(self, trainer: L.Trainer, module: Any) -> None:
         """Called by the run after `fit` returns: the stage's final checkpoint (unless a signal
         or the step budget already saved and stopped it)."""
         if not self.interrupted:
-            self.save(trainer, module, stage_done=trainer.global_step >= module.plan.steps)
+            self.save(trainer, module, stage_done=trainer.global_step >= self.position.steps)
 
 
 class SnapshotCallback(L.Callback):
@@ -188,7 +199,7 @@ class MetricsCallback(L.Callback):
                 from tqdm.auto import tqdm
 
                 self.bar = tqdm(
-                    total=module.plan.steps, initial=trainer.global_step, unit="step", dynamic_ncols=True
+                    total=self.position.steps, initial=trainer.global_step, unit="step", dynamic_ncols=True
                 )
                 self.bar.set_description(f"stage {self.position.stage_index}")
 
@@ -199,13 +210,13 @@ class MetricsCallback(L.Callback):
             return
         step = trainer.global_step
         now = time.perf_counter()
-        tok_s = (step - self.step_last) * module.plan.tokens_per_step / max(now - self.t_last, 1e-9)
+        tok_s = (step - self.step_last) * self.position.step_tokens / max(now - self.t_last, 1e-9)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(
                 loss=f"{module.last_step_loss:.4f}", lr=f"{module.current_lr:.2e}", tok_s=f"{tok_s:,.0f}"
             )
-        if step % self.every_steps and step < module.plan.steps:
+        if step % self.every_steps and step < self.position.steps:
             return
         loss = module.last_step_loss
         if trainer.world_size > 1:  # every rank reaches this line: the mean over the global batch
@@ -221,7 +232,7 @@ class MetricsCallback(L.Callback):
         row = {
             "stage": self.position.stage_index,
             "step": step,
-            "tokens": self.position.tokens_before + step * module.plan.tokens_per_step,
+            "tokens": self.position.tokens_total(step),
             "loss": loss,
             "lr": module.current_lr,
             "tokens_per_s": tok_s,

@@ -145,7 +145,7 @@ def train_from_config(
             raise ConfigError(
                 "optim.on_nonfinite=skip runs with trainer.strategy ddp or single; with DeepSpeed use stop"
             )
-        position = StagePosition(si, tokens_before, [p.tokens_per_step for p in plans[: si + 1]])
+        position = StagePosition(si, plan.steps, tokens_before, [p.tokens_per_step for p in plans[: si + 1]])
         ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position)
         callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position)]
         if cfg.checkpoint.snapshot_every_steps:
