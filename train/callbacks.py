@@ -4,15 +4,19 @@ weights-only snapshots, metrics (CSV + wandb + progress bar), and the loss-curve
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
-from skein.train.checkpoint import save_checkpoint, save_snapshot
+from skein.rwkv.convert.common import DTYPES
+from skein.train.checkpoint import CheckpointMeta, save_checkpoint, save_snapshot
+from skein.train.config import CheckpointSection, LogSection, RunSection
 
 # Dense bf16 peak of known GPUs, TFLOP/s, for MFU when log.peak_tflops is not set.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -23,20 +27,37 @@ def step_done(module: Any, batch_idx: int) -> bool:
     return (batch_idx + 1) % module.plan.accumulate == 0
 
 
+@dataclass(frozen=True)
+class StagePosition:
+    """Where a stage sits in the run: its index, its length in optimizer steps, the tokens of the
+    stages before it, and the tokens per step of every stage started so far (this one last;
+    recorded in each checkpoint)."""
+
+    stage_index: int
+    steps: int
+    tokens_before: int
+    tokens_per_step: list[int]
+
+    @property
+    def step_tokens(self) -> int:
+        """Tokens per optimizer step of this stage."""
+        return self.tokens_per_step[self.stage_index]
+
+    def tokens_total(self, step: int) -> int:
+        """Tokens of the run once this stage has done `step` steps."""
+        return self.tokens_before + step * self.step_tokens
+
+
 class CheckpointCallback(L.Callback):
-    """Saves every `every_steps` optimizer steps, at the end of the stage, and when SIGTERM or
-    SIGUSR1 arrives (then stops training after the save: the hook a SLURM requeue builds on)."""
+    """Saves every `checkpoint.every_steps` optimizer steps, at the end of the stage, after
+    `run.stop_after_steps` steps of this invocation, and when SIGTERM or SIGUSR1 arrives (then
+    stops training after the save: the hook a SLURM requeue builds on)."""
 
     def __init__(
-        self,
-        out_dir: Path,
-        every_steps: int,
-        keep_last: int,
-        tokens_before: int,
-        stop_after_steps: int | None = None,
+        self, out_dir: Path, checkpoint: CheckpointSection, run: RunSection, position: StagePosition
     ) -> None:
-        self.out_dir, self.every_steps, self.keep_last = out_dir, every_steps, keep_last
-        self.tokens_before, self.stop_after_steps = tokens_before, stop_after_steps
+        self.out_dir, self.cfg, self.position = out_dir, checkpoint, position
+        self.stop_after_steps = run.stop_after_steps
         self.signal_received: int | None = None
         self.interrupted = False
         self._old_handlers: dict[int, Any] = {}
@@ -57,15 +78,17 @@ class CheckpointCallback(L.Callback):
             signal.signal(sig, handler)
 
     def save(self, trainer: L.Trainer, module: Any, stage_done: bool = False) -> Path:
-        meta = {
-            "stage_index": module.stage_index,
-            "step": trainer.global_step,
-            "tokens_stage": module.tokens_seen,
-            "tokens_total": self.tokens_before + module.tokens_seen,
-            "stage_done": stage_done,
-            "time": time.time(),
-        }
-        return save_checkpoint(trainer, self.out_dir, meta, self.keep_last)
+        step = trainer.global_step
+        meta = CheckpointMeta(
+            stage_index=self.position.stage_index,
+            step=step,
+            tokens_stage=step * self.position.step_tokens,
+            tokens_total=self.position.tokens_total(step),
+            stage_done=stage_done,
+            tokens_per_step=list(self.position.tokens_per_step),
+            time=time.time(),
+        )
+        return save_checkpoint(trainer, self.out_dir, meta, self.cfg.keep_last)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -77,25 +100,27 @@ class CheckpointCallback(L.Callback):
             self.stop_after_steps is not None
             and trainer.global_step - self.first_step >= self.stop_after_steps
         )
-        if (signalled or budget_spent) and trainer.global_step < module.plan.steps:
+        if (signalled or budget_spent) and trainer.global_step < self.position.steps:
             self.save(trainer, module)
             self.interrupted = True
             trainer.should_stop = True
-        elif trainer.global_step % self.every_steps == 0 and trainer.global_step < module.plan.steps:
+        elif trainer.global_step % self.cfg.every_steps == 0 and trainer.global_step < self.position.steps:
             self.save(trainer, module)
 
     def save_stage_end(self, trainer: L.Trainer, module: Any) -> None:
         """Called by the run after `fit` returns: the stage's final checkpoint (unless a signal
-        already saved and stopped it)."""
+        or the step budget already saved and stopped it)."""
         if not self.interrupted:
-            self.save(trainer, module, stage_done=trainer.global_step >= module.plan.steps)
+            self.save(trainer, module, stage_done=trainer.global_step >= self.position.steps)
 
 
 class SnapshotCallback(L.Callback):
-    """Writes the weights in RWKV-LM's .pth layout every `every_steps` steps (rank 0)."""
+    """Writes the weights in RWKV-LM's .pth layout every `checkpoint.snapshot_every_steps` steps
+    in `checkpoint.snapshot_dtype` (rank 0)."""
 
-    def __init__(self, out_dir: Path, every_steps: int, dtype: torch.dtype) -> None:
-        self.out_dir, self.every_steps, self.dtype = out_dir, every_steps, dtype
+    def __init__(self, out_dir: Path, checkpoint: CheckpointSection, stage_index: int) -> None:
+        self.out_dir, self.every_steps = out_dir, checkpoint.snapshot_every_steps
+        self.dtype, self.stage_index = DTYPES[checkpoint.snapshot_dtype], stage_index
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -105,13 +130,37 @@ class SnapshotCallback(L.Callback):
             and trainer.global_step % self.every_steps == 0
             and trainer.is_global_zero
         ):
-            name = f"rwkv-s{module.stage_index}-{trainer.global_step}.pth"
+            name = f"rwkv-s{self.stage_index}-{trainer.global_step}.pth"
             save_snapshot(module.model, self.out_dir / "snapshots" / name, self.dtype)
 
 
+def drop_rows_after(path: Path, fields: tuple[str, ...], stage_index: int, step: int) -> int:
+    """Rewrite metrics.csv without the rows past (stage_index, step) (logged before a kill, to be
+    logged again by the resume), with `fields` as its columns, atomically: a temporary file in
+    the run directory, renamed. Returns how many rows were dropped."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        header = tuple(reader.fieldnames or ())
+    kept = [r for r in rows if (int(r["stage"]), int(r["step"])) <= (stage_index, step)]
+    if len(kept) == len(rows) and header == fields:
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fields, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(rows) - len(kept)
+
+
 class MetricsCallback(L.Callback):
-    """Every `every_steps` optimizer steps: loss, lr, tokens, tokens/s, MFU, memory and gradient
-    norm to <run>/metrics.csv, to the Lightning loggers (wandb), and onto the progress bar."""
+    """Every `log.every_steps` optimizer steps: loss, lr, tokens, tokens/s, MFU, memory, gradient
+    norm and the steps skipped for a non-finite loss to <run>/metrics.csv, to the Lightning loggers
+    (wandb), and onto the progress bar. On (re)start, rows past the restored step are dropped, so
+    each step appears once."""
 
     FIELDS = (
         "stage",
@@ -123,15 +172,14 @@ class MetricsCallback(L.Callback):
         "mfu",
         "grad_norm",
         "gpu_mem_gb",
+        "skipped",
         "time",
     )
 
-    def __init__(
-        self, out_dir: Path, every_steps: int, tokens_before: int, peak_tflops: float | None, progress: bool
-    ):
+    def __init__(self, out_dir: Path, log: LogSection, position: StagePosition):
         self.path = out_dir / "metrics.csv"
-        self.every_steps, self.tokens_before = every_steps, tokens_before
-        self.peak_tflops, self.progress = peak_tflops, progress
+        self.every_steps, self.position = log.every_steps, position
+        self.peak_tflops, self.progress = log.peak_tflops, log.progress_bar
         self.bar = None
 
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
@@ -145,13 +193,15 @@ class MetricsCallback(L.Callback):
             if not self.path.exists():
                 with open(self.path, "w", newline="") as f:
                     csv.writer(f).writerow(self.FIELDS)
+            else:
+                drop_rows_after(self.path, self.FIELDS, self.position.stage_index, trainer.global_step)
             if self.progress:
                 from tqdm.auto import tqdm
 
                 self.bar = tqdm(
-                    total=module.plan.steps, initial=trainer.global_step, unit="step", dynamic_ncols=True
+                    total=self.position.steps, initial=trainer.global_step, unit="step", dynamic_ncols=True
                 )
-                self.bar.set_description(f"stage {module.stage_index}")
+                self.bar.set_description(f"stage {self.position.stage_index}")
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
@@ -160,13 +210,13 @@ class MetricsCallback(L.Callback):
             return
         step = trainer.global_step
         now = time.perf_counter()
-        tok_s = (step - self.step_last) * module.plan.tokens_per_step / max(now - self.t_last, 1e-9)
+        tok_s = (step - self.step_last) * self.position.step_tokens / max(now - self.t_last, 1e-9)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(
                 loss=f"{module.last_step_loss:.4f}", lr=f"{module.current_lr:.2e}", tok_s=f"{tok_s:,.0f}"
             )
-        if step % self.every_steps and step < module.plan.steps:
+        if step % self.every_steps and step < self.position.steps:
             return
         loss = module.last_step_loss
         if trainer.world_size > 1:  # every rank reaches this line: the mean over the global batch
@@ -180,15 +230,16 @@ class MetricsCallback(L.Callback):
             mfu = self.flops_per_token * tok_s / (self.peak_tflops * 1e12 * trainer.world_size)
         mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         row = {
-            "stage": module.stage_index,
+            "stage": self.position.stage_index,
             "step": step,
-            "tokens": self.tokens_before + module.tokens_seen,
+            "tokens": self.position.tokens_total(step),
             "loss": loss,
             "lr": module.current_lr,
             "tokens_per_s": tok_s,
             "mfu": mfu,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "gpu_mem_gb": mem,
+            "skipped": module.skipped_steps,
             "time": now - self.t0,
         }
         self.t_last, self.step_last = now, step

@@ -71,8 +71,15 @@ class OptimSection:
     """Gradient-norm clipping (0 disables)."""
     l2wrap: float = 1e-4
     """RWKV's L2Wrap: pushes the largest logit towards 0 with this factor / (B T) (0 disables)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN or infinite loss (on any rank): stop raises an error before anything is saved; skip
+    drops that step's update (counted in metrics.csv `skipped`). skip needs ddp or single."""
+    max_skipped: int = 10
+    """on_nonfinite=skip: stop with an error once more steps than this were skipped in a stage."""
 
     def __post_init__(self) -> None:
+        if self.max_skipped < 0:
+            raise ConfigError(f"optim.max_skipped must be >= 0, got {self.max_skipped}")
         if not 0 < self.lr_final <= self.lr_init:
             raise ConfigError(f"optim: need 0 < lr_final <= lr_init, got {self.lr_final} and {self.lr_init}")
         if not all(0 <= b < 1 for b in self.betas):

@@ -17,19 +17,29 @@ from skein.train.optim import build_optimizer
 from skein.train.schedule import AutoDecay, Schedule
 from skein.train.segments import segmented_loss
 from skein.train.strategy import is_deepspeed
+from skein.train.typed import ConfigError
+
+
+class NonFiniteLossError(ConfigError):
+    """The loss became NaN or infinite and optim.on_nonfinite says to stop (or too many steps
+    were skipped)."""
 
 
 class StagePlan:
-    """The derived numbers of one stage: samples per optimizer step, accumulation, steps."""
+    """The derived numbers of one stage: samples per optimizer step, accumulation, steps.
+    `recorded` is the stage's tokens per step from the run's checkpoints (fixed when the stage
+    first started), which a resume on another world size keeps."""
 
-    def __init__(self, stage: StageSection, world_size: int) -> None:
+    def __init__(self, stage: StageSection, world_size: int, recorded: int | None = None) -> None:
         self.ctx_len = stage.ctx_len
         per_pass = stage.micro_bsz * world_size
-        tokens_per_step = stage.tokens_per_step or per_pass * stage.ctx_len
+        tokens_per_step = recorded or stage.tokens_per_step or per_pass * stage.ctx_len
         if tokens_per_step % (per_pass * stage.ctx_len):
-            raise ValueError(
-                f"stages[].tokens_per_step={tokens_per_step} must be a multiple of micro_bsz * ctx_len * "
-                f"world size = {stage.micro_bsz} * {stage.ctx_len} * {world_size}"
+            where = "the run's checkpoints record" if recorded else "stages[].tokens_per_step is"
+            raise ConfigError(
+                f"{where} {tokens_per_step} tokens per step, not a multiple of micro_bsz * ctx_len * "
+                f"world size = {stage.micro_bsz} * {stage.ctx_len} * {world_size}: choose a world size "
+                "or micro_bsz that divides it"
             )
         self.tokens_per_step = tokens_per_step
         self.global_batch = tokens_per_step // stage.ctx_len
@@ -41,13 +51,18 @@ class LMModule(L.LightningModule):
     """Trains `model` for stage `stage_index` of `cfg`."""
 
     def __init__(
-        self, cfg: RunConfig, stage_index: int, world_size: int, model: CausalLM | None = None
+        self,
+        cfg: RunConfig,
+        stage_index: int,
+        world_size: int,
+        model: CausalLM | None = None,
+        tokens_per_step: int | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.stage_index = stage_index
         self.stage = cfg.stages[stage_index]
-        self.plan = StagePlan(self.stage, world_size)
+        self.plan = StagePlan(self.stage, world_size, tokens_per_step)
         self.model = model if model is not None else build_model(cfg.model_config())
         s = cfg.schedule
         self.schedule = Schedule(
@@ -66,6 +81,8 @@ class LMModule(L.LightningModule):
         self._step_losses: list[float] = []
         self.last_step_loss: float | None = None
         self.grad_norm: float | None = None
+        self.skipped_steps = 0
+        self._skip_update = False
 
     @property
     def tokens_seen(self) -> int:
@@ -111,7 +128,11 @@ class LMModule(L.LightningModule):
         return loss
 
     def _record(self, loss: torch.Tensor) -> None:
-        self._step_losses.append(float(loss.detach()))
+        value = float(loss.detach())
+        self._step_losses.append(value)
+        # every rank takes part, so all of them decide the same for the step
+        if self.trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False):
+            self._on_nonfinite(value)
         if len(self._step_losses) == self.plan.accumulate:
             self.last_step_loss = sum(self._step_losses) / len(self._step_losses)
             self._step_losses = []
@@ -120,7 +141,32 @@ class LMModule(L.LightningModule):
                 if self.auto_decay.update(tokens, self.last_step_loss):
                     self.schedule.decay_start = tokens
 
+    def _on_nonfinite(self, value: float) -> None:
+        step = self.global_step + 1
+        o = self.cfg.optim
+        where = f"stage {self.stage_index} step {step}: the loss is not finite (this rank: {value})"
+        if o.on_nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"{where}; stopped before saving anything (the newest checkpoint is from before this "
+                "step). Lower the learning rate, check the data, or set optim.on_nonfinite=skip"
+            )
+        if not self._skip_update:
+            self._skip_update = True
+            self.skipped_steps += 1
+            if self.skipped_steps > o.max_skipped:
+                raise NonFiniteLossError(
+                    f"{where}; {self.skipped_steps} steps of this stage were skipped, more than "
+                    f"optim.max_skipped={o.max_skipped}: the run is diverging"
+                )
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_update:  # the optimizer skips parameters without a gradient: no update
+            self._skip_update = False
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self.grad_norm = None
+            return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if grads:
             self.grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
@@ -131,6 +177,8 @@ class LMModule(L.LightningModule):
             "tokens_seen": self.tokens_seen,
             "decay_start": self.schedule.decay_start,
             "auto_decay": self.auto_decay.state_dict() if self.auto_decay else None,
+            "skipped_steps": self.skipped_steps,
+            "accumulate": self.plan.accumulate,
             "config": self.cfg.to_dict(),
         }
 
@@ -141,5 +189,22 @@ class LMModule(L.LightningModule):
                 f"checkpoint belongs to stage {meta['stage_index']}, but stage {self.stage_index} is being resumed"
             )
         self.schedule.decay_start = meta.get("decay_start")
+        self.skipped_steps = meta.get("skipped_steps", 0)
         if self.auto_decay is not None and meta.get("auto_decay"):
             self.auto_decay.load_state_dict(meta["auto_decay"])
+        self._realign_batch_count(checkpoint, meta.get("accumulate"))
+
+    def _realign_batch_count(self, checkpoint: dict[str, Any], saved_accumulate: int | None) -> None:
+        """Lightning counts micro-batches, and steps the optimizer when that count reaches a
+        multiple of the accumulation. A resume on another world size keeps the tokens per step
+        with another accumulation: shift the count so that each step boundary stays one (saves
+        happen on a boundary, so the count is global_step * accumulate plus Lightning's offset)."""
+        if saved_accumulate is None or saved_accumulate == self.plan.accumulate:
+            return
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress is None:
+            return
+        shift = checkpoint["global_step"] * (self.plan.accumulate - saved_accumulate)
+        for part in ("total", "current"):
+            for key in progress[part]:
+                progress[part][key] += shift

@@ -9,17 +9,31 @@ from there: inside a stage, model, optimizer, schedule, step and data position c
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from skein.rwkv.convert.common import load_strict
 from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
 from skein.rwkv.models import build_model
-from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, plot_loss_curve
-from skein.train.checkpoint import latest_checkpoint, load_weights
+from skein.train.callbacks import (
+    CheckpointCallback,
+    MetricsCallback,
+    SnapshotCallback,
+    StagePosition,
+    plot_loss_curve,
+)
+from skein.train.checkpoint import (
+    CheckpointMeta,
+    DirectCheckpointIO,
+    latest_checkpoint,
+    load_weights,
+    resume_checkpoint,
+)
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
 from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.evaluation import PeriodicEval, ValidationLoss
@@ -28,9 +42,7 @@ from skein.train.lock import is_global_zero, run_lock
 from skein.train.module import LMModule, StagePlan
 from skein.train.resume_check import check_resume_config, write_run_config
 from skein.train.slurm import cluster_plugins, global_rank, requeue_if_stopped
-from skein.train.strategy import apply_grad_checkpointing, build_strategy
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
 
 
 def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
@@ -55,6 +67,27 @@ def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
     ]
 
 
+def _recorded_tokens_per_step(cfg: RunConfig, found: tuple[Path, CheckpointMeta] | None) -> list[int]:
+    """The tokens per step of the stages the run has started, as its checkpoint recorded them;
+    an explicit stages[i].tokens_per_step that differs is refused (a global batch is fixed once
+    its stage has started)."""
+    if found is None:
+        return []
+    path, meta = found
+    if not meta.tokens_per_step:
+        print(
+            f"skein: {path.name} records no tokens per step (older skein): deriving them from the config",
+            file=sys.stderr,
+        )
+    for i, (stage, kept) in enumerate(zip(cfg.stages, meta.tokens_per_step)):
+        if stage.tokens_per_step is not None and stage.tokens_per_step != kept:
+            raise ConfigError(
+                f"stages.{i}.tokens_per_step={stage.tokens_per_step}, but {path} records {kept} for this "
+                f"stage: a started stage keeps its global batch; set stages.{i}.tokens_per_step={kept}"
+            )
+    return meta.tokens_per_step
+
+
 def train_from_config(
     cfg: RunConfig,
     resume: bool = True,
@@ -74,29 +107,32 @@ def _train_locked(
     cfg: RunConfig, resume: bool, init_from: str | None, extra_callbacks: list[L.Callback] | None
 ) -> dict[str, Any]:
     out_dir = Path(cfg.run.out_dir)
-    found = latest_checkpoint(out_dir)
+    found = resume_checkpoint(out_dir, rank_zero_only.rank) if resume else latest_checkpoint(out_dir)
     if found is not None and not resume:
         raise ConfigError(
             f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume to continue it, "
             "or choose another run.out_dir"
         )
-    newest, stage_index = (found[0], found[1]["stage_index"]) if found else (None, 0)
+    newest, stage_index = (found[0], found[1].stage_index) if found else (None, 0)
     check_resume_config(cfg, out_dir, newest, stage_index, init_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_global_zero():
         write_run_config(cfg, out_dir)
 
     world = cfg.trainer.devices * cfg.trainer.num_nodes
-    plans = [StagePlan(s, world) for s in cfg.stages]
+    recorded = _recorded_tokens_per_step(cfg, found)
+    plans = [
+        StagePlan(s, world, recorded[i] if i < len(recorded) else None) for i, s in enumerate(cfg.stages)
+    ]
     start_stage, ckpt_path, start_step = 0, None, 0
     weights: tuple[dict[str, torch.Tensor], str] | None = None
     if found is not None:
         path, meta = found
-        if meta["stage_done"]:
-            start_stage = meta["stage_index"] + 1
+        if meta.stage_done:
+            start_stage = meta.stage_index + 1
             weights = (load_weights(path), str(path))
         else:
-            start_stage, ckpt_path, start_step = meta["stage_index"], path / "model.ckpt", meta["step"]
+            start_stage, ckpt_path, start_step = meta.stage_index, path / "model.ckpt", meta.step
     elif init_from is not None:  # any source `skein export` reads: run dir, checkpoint, .pth, ...
         weights = (load_source(init_from).model.state_dict(), init_from)
 
@@ -115,17 +151,15 @@ def _train_locked(
         stage, plan = cfg.stages[si], plans[si]
         tokens_before = sum(p.steps * p.tokens_per_step for p in plans[:si])
         hw = build_strategy(cfg.trainer)
-        ckpt_cb = CheckpointCallback(
-            out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep_last, tokens_before
-        )
-        callbacks: list[L.Callback] = [
-            MetricsCallback(
-                out_dir, cfg.log.every_steps, tokens_before, cfg.log.peak_tflops, cfg.log.progress_bar
-            ),
-        ]
+        if cfg.optim.on_nonfinite == "skip" and is_deepspeed(hw["strategy"]):
+            raise ConfigError(
+                "optim.on_nonfinite=skip runs with trainer.strategy ddp or single; with DeepSpeed use stop"
+            )
+        position = StagePosition(si, plan.steps, tokens_before, [p.tokens_per_step for p in plans[: si + 1]])
+        ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position)
+        callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position)]
         if cfg.checkpoint.snapshot_every_steps:
-            dtype = DTYPES[cfg.checkpoint.snapshot_dtype]
-            callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint.snapshot_every_steps, dtype))
+            callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint, si))
         if cfg.eval.every_steps:
             val = ValidationLoss(
                 cfg.eval.val, stage.ctx_len, cfg.eval.val_samples, cfg.eval.micro_bsz, cfg.run.seed
@@ -135,14 +169,13 @@ def _train_locked(
         # Last: a checkpoint is published only after every row its step logs is on disk, so a
         # kill right after the save loses no metrics the resume would not write again.
         callbacks.append(ckpt_cb)
-        module = LMModule(cfg, si, world, model)
-        automatic = module.automatic_optimization
+        module = LMModule(cfg, si, world, model, plan.tokens_per_step)
         trainer = L.Trainer(
             **hw,
             max_steps=plan.steps,
             max_epochs=-1,
-            accumulate_grad_batches=plan.accumulate if automatic else 1,
-            gradient_clip_val=(cfg.optim.grad_clip or None) if automatic else None,
+            accumulate_grad_batches=plan.accumulate,
+            gradient_clip_val=cfg.optim.grad_clip or None,
             use_distributed_sampler=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -151,7 +184,7 @@ def _train_locked(
             limit_val_batches=0,
             logger=_loggers(cfg, out_dir) or False,
             callbacks=callbacks,
-            plugins=cluster_plugins(),
+            plugins=[*cluster_plugins(), *([] if is_deepspeed(hw["strategy"]) else [DirectCheckpointIO()])],
             default_root_dir=str(out_dir),
             deterministic=cfg.trainer.deterministic,
         )

@@ -8,14 +8,11 @@ process, host and Slurm job that hold the run, if any).
 from __future__ import annotations
 
 import csv
-import json
-import os
-import socket
 from pathlib import Path
-from typing import Any
 
 from skein.train.checkpoint import latest_checkpoint
 from skein.train.config import load_config
+from skein.train.lock import LockInfo, is_stale, read_lock
 from skein.train.module import StagePlan
 from skein.train.typed import ConfigError
 
@@ -34,10 +31,13 @@ def describe(run_dir: Path) -> str:
         raise ConfigError(f"{run_dir}: no config.yaml, so not a skein run directory (skein train writes one)")
     cfg = load_config(config)
     world = cfg.trainer.devices * cfg.trainer.num_nodes
-    plans = [StagePlan(s, world) for s in cfg.stages]
+    found = latest_checkpoint(run_dir)
+    recorded = found[1].tokens_per_step if found else []
+    plans = [
+        StagePlan(s, world, recorded[i] if i < len(recorded) else None) for i, s in enumerate(cfg.stages)
+    ]
     total = sum(p.steps * p.tokens_per_step for p in plans)
     row = last_row(run_dir / "metrics.csv")
-    found = latest_checkpoint(run_dir)
 
     lines = [f"run        {cfg.run.name}  ({run_dir})"]
     if row is None:
@@ -57,12 +57,12 @@ def describe(run_dir: Path) -> str:
         lines.append("checkpoint none")
     else:
         path, meta = found
-        done = "stage finished" if meta.get("stage_done") else "mid-stage"
+        done = "stage finished" if meta.stage_done else "mid-stage"
         lines.append(
-            f"checkpoint {path.name}  (stage {meta['stage_index'] + 1}, step {meta['step']}, "
-            f"{meta['tokens_total']:,} tokens, {done})"
+            f"checkpoint {path.name}  (stage {meta.stage_index + 1}, step {meta.step}, "
+            f"{meta.tokens_total:,} tokens, {done})"
         )
-    lines.append(f"lock       {_lock_text(read_lock_file(run_dir))}")
+    lines.append(f"lock       {_lock_text(read_lock(run_dir))}")
     return "\n".join(lines)
 
 
@@ -75,34 +75,11 @@ def last_row(metrics: Path) -> dict[str, str] | None:
     return rows[-1] if rows else None
 
 
-def read_lock_file(run_dir: Path) -> dict[str, Any] | None:
-    """The run.lock record, or None when there is none (or it cannot be read as JSON)."""
-    try:
-        lock = json.loads((run_dir / "run.lock").read_text())
-    except (OSError, ValueError):
-        return None
-    return lock if isinstance(lock, dict) else None
-
-
-def _lock_text(lock: dict[str, Any] | None) -> str:
+def _lock_text(lock: LockInfo | None) -> str:
     if lock is None:
         return "free (no process holds the run)"
-    host, pid = lock.get("host", "?"), lock.get("pid")
-    job = f", Slurm job {lock['slurm_job_id']}" if lock.get("slurm_job_id") else ""
-    alive = ""
-    if host == socket.gethostname() and isinstance(pid, int):
-        alive = "  (running)" if _pid_alive(pid) else "  (stale: that process is gone)"
-    return f"host {host}, pid {pid}{job}{alive}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    state = "  (stale: that process is gone)" if is_stale(lock) else ""
+    return lock.describe() + state
 
 
 def _eta(tokens_left: int, tok_s: float) -> str:

@@ -45,9 +45,14 @@ def test_zero2_bf16_checkpointed_run_learns_and_resumes(corpus: str, tmp_path: P
     cfg = _gpu_run(corpus, tmp_path / "run", devices=1, steps=40)
     cfg["run"]["stop_after_steps"] = 20
     path = write_config(cfg, tmp_path / "run.yaml")
-    for _ in range(2):  # the first invocation stops at step 20, the second resumes to 40
-        res = run_cli(["train", str(path)], timeout=900)
-        assert res.returncode == 0, res.stderr[-3000:]
+    res = run_cli(["train", str(path)], timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt, meta = latest_checkpoint(tmp_path / "run")  # the first invocation stopped at step 20
+    assert ckpt.name == "s0-00000020" and meta.step == 20 and not meta.stage_done
+    assert meta.files and all(rel.startswith("model.ckpt/") for rel in meta.files)  # ZeRO files
+    assert max(step for _, step in losses(tmp_path / "run")) == 20
+    res = run_cli(["train", str(path)], timeout=900)  # the second resumes to 40
+    assert res.returncode == 0, res.stderr[-3000:]
     curve = losses(tmp_path / "run")
     assert max(step for _, step in curve) == 40
     assert curve[(0, 40)] < curve[(0, 1)] - 1.0

@@ -9,12 +9,15 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from skein.train.checkpoint import CheckpointMeta
 from skein.train.config import dump_config, load_config
+from skein.train.lock import current_holder
 from skein.train.status import describe
 from skein.train.typed import ConfigError
 from tests.train.helpers import tiny_run, write_config
@@ -60,22 +63,17 @@ def _run_dir(tmp_path: Path, rows: int) -> tuple[Path, list[dict]]:
 def _checkpoint(run_dir: Path, stage: int, step: int, tokens: int, done: bool) -> None:
     name = f"s{stage}-{step:08d}"
     (run_dir / "checkpoints" / name).mkdir(parents=True)
-    meta = {"stage_index": stage, "step": step, "tokens_total": tokens, "stage_done": done}
-    (run_dir / "checkpoints" / name / "meta.json").write_text(json.dumps(meta))
+    CheckpointMeta(
+        stage_index=stage, step=step, tokens_stage=tokens, tokens_total=tokens, stage_done=done
+    ).write(run_dir / "checkpoints" / name)
     (run_dir / "checkpoints" / "latest").write_text(name + "\n")
 
 
 def test_status_of_a_run_in_its_second_stage_held_by_a_live_process(tmp_path: Path) -> None:
     run_dir, logged = _run_dir(tmp_path, rows=14)
     _checkpoint(run_dir, 1, 3, 2560 + 3 * 512, done=False)
-    lock = {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "start_time": 1.0,
-        "slurm_job_id": "4242",
-        "command": "skein train c.yaml",
-    }
-    (run_dir / "run.lock").write_text(json.dumps(lock))
+    lock = replace(current_holder(), slurm_job_id="4242")
+    (run_dir / "run.lock").write_text(json.dumps(asdict(lock)))
     last = logged[-1]
     left = 2560 + 6144 - last["tokens"]
     eta = int(left / last["tokens_per_s"])
@@ -87,7 +85,10 @@ def test_status_of_a_run_in_its_second_stage_held_by_a_live_process(tmp_path: Pa
         f"ETA 0h{eta // 60:02d}m{eta % 60:02d}s"
     )
     assert lines[4] == "checkpoint s1-00000003  (stage 2, step 3, 4,096 tokens, mid-stage)"
-    assert lines[5] == f"lock       host {socket.gethostname()}, pid {lock['pid']}, Slurm job 4242  (running)"
+    assert (
+        lines[5]
+        == f"lock       pid {os.getpid()} on host {socket.gethostname()}, SLURM job 4242, since {lock.started}"
+    )
 
 
 def test_status_of_a_fresh_run_and_of_a_stale_lock(tmp_path: Path) -> None:
@@ -99,16 +100,11 @@ def test_status_of_a_fresh_run_and_of_a_stale_lock(tmp_path: Path) -> None:
     ]
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    lock = {
-        "host": socket.gethostname(),
-        "pid": gone.pid,
-        "start_time": 1.0,
-        "slurm_job_id": None,
-        "command": "x",
-    }
-    (run_dir / "run.lock").write_text(json.dumps(lock))
+    lock = replace(current_holder(), pid=gone.pid, proc_start=None)
+    (run_dir / "run.lock").write_text(json.dumps(asdict(lock)))
     assert describe(run_dir).splitlines()[-1] == (
-        f"lock       host {socket.gethostname()}, pid {gone.pid}  (stale: that process is gone)"
+        f"lock       pid {gone.pid} on host {socket.gethostname()}, since {lock.started}"
+        "  (stale: that process is gone)"
     )
 
 

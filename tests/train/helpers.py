@@ -92,3 +92,9 @@ def kill_then_resume(cfg: Path, log: Path, ready: Callable[[], bool], final: Pat
     assert not final.exists(), "the run ended before the kill"
     res = run_cli(["train", str(cfg)])
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def metric_rows(out_dir: Path) -> list[dict[str, str]]:
+    """metrics.csv as written, one dict per row, repeats included (unlike `losses`)."""
+    with open(out_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))

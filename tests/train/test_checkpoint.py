@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skein.train.checkpoint import latest_checkpoint, save_checkpoint
+from skein.train.checkpoint import CheckpointMeta, latest_checkpoint, save_checkpoint
 from skein.train.config import load_config
 from skein.train.data_module import check_vocab
 from tests.train.helpers import tiny_run, write_config
@@ -36,8 +36,10 @@ class FakeTrainer:
         path.write_bytes(b"weights and optimizer")
 
 
-def _meta(step: int, stage_done: bool = False) -> dict:
-    return {"stage_index": 0, "step": step, "stage_done": stage_done}
+def _meta(step: int, stage_done: bool = False, stage_index: int = 0) -> CheckpointMeta:
+    return CheckpointMeta(
+        stage_index=stage_index, step=step, tokens_stage=step, tokens_total=step, stage_done=stage_done
+    )
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
@@ -47,7 +49,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(trainer, tmp_path, _meta(20), keep_last=2)
     path, meta = latest_checkpoint(tmp_path)
-    assert path.name == "s0-00000010" and meta["step"] == 10
+    assert path.name == "s0-00000010" and meta.step == 10
     assert (path / "model.ckpt").read_bytes() == b"weights and optimizer"
     assert not (tmp_path / "checkpoints" / "s0-00000020").exists()
     trainer.fail = False
@@ -60,7 +62,7 @@ def test_prune_keeps_newest_and_stage_ends(tmp_path: Path) -> None:
     trainer = FakeTrainer()
     save_checkpoint(trainer, tmp_path, _meta(5, stage_done=True), keep_last=2)
     for step in (10, 20, 30, 40):
-        save_checkpoint(trainer, tmp_path, {**_meta(step), "stage_index": 1}, keep_last=2)
+        save_checkpoint(trainer, tmp_path, _meta(step, stage_index=1), keep_last=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
     assert names == ["s0-00000005", "s1-00000030", "s1-00000040"]
 
@@ -98,9 +100,9 @@ def test_a_step_is_logged_before_its_checkpoint_is_published(
     run_dir = tmp_path / "run"
     logged_at_save: list[tuple[int, set[int]]] = []
 
-    def recording_save(trainer: object, out_dir: Path, meta: dict, keep_last: int) -> Path:
+    def recording_save(trainer: object, out_dir: Path, meta: CheckpointMeta, keep_last: int) -> Path:
         with open(run_dir / "metrics.csv") as f:
-            logged_at_save.append((meta["step"], {int(r["step"]) for r in csv.DictReader(f)}))
+            logged_at_save.append((meta.step, {int(r["step"]) for r in csv.DictReader(f)}))
         return save_checkpoint(trainer, out_dir, meta, keep_last)
 
     monkeypatch.setattr(callbacks, "save_checkpoint", recording_save)

@@ -4,13 +4,22 @@ the same data; a finished stage hands its weights to the next."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 import pytest
 
-from tests.train.helpers import kill_then_resume, losses, run_cli, start_cli, tiny_run, wait_for, write_config
+from skein.train.checkpoint import latest_checkpoint
+from tests.train.helpers import (
+    kill_then_resume,
+    losses,
+    metric_rows,
+    run_cli,
+    start_cli,
+    tiny_run,
+    wait_for,
+    write_config,
+)
 
 
 def _reference(corpus: str, tmp_path: Path, **sections) -> dict:
@@ -26,10 +35,17 @@ def test_sigkill_and_resume_matches_uninterrupted_run(corpus: str, tmp_path: Pat
     ref = _reference(corpus, tmp_path)
     run_dir = tmp_path / "killed"
     cfg = write_config(tiny_run(corpus, run_dir), tmp_path / "killed.yaml")
-    # Kill hard once a mid-stage checkpoint is published (training goes on past it meanwhile):
-    # the step-3 checkpoint, 9 steps before the end.
-    latest = run_dir / "checkpoints" / "latest"
-    kill_then_resume(cfg, tmp_path / "killed.log", latest.exists, run_dir / "checkpoints" / "s0-00000012")
+
+    def logged_past_checkpoint() -> bool:
+        found = (run_dir / "checkpoints" / "latest").exists() and latest_checkpoint(run_dir)
+        return bool(found) and max(int(r["step"]) for r in metric_rows(run_dir)) > found[1].step
+
+    # Kill hard once a mid-stage checkpoint is published and training has logged steps past it,
+    # which the resume computes again: metrics.csv must still hold each step once.
+    kill_then_resume(
+        cfg, tmp_path / "killed.log", logged_past_checkpoint, run_dir / "checkpoints" / "s0-00000012"
+    )
+    assert [int(r["step"]) for r in metric_rows(run_dir)] == list(range(1, 13))
     got = losses(run_dir)
     assert sorted(got) == sorted(ref)
     for key, value in ref.items():
@@ -44,9 +60,8 @@ def test_sigterm_saves_and_stops_then_resumes(corpus: str, tmp_path: Path) -> No
     wait_for(lambda: (run_dir / "metrics.csv").exists() and len(losses(run_dir)) >= 2, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
-    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
-    meta = json.loads((run_dir / "checkpoints" / latest / "meta.json").read_text())
-    assert 2 <= meta["step"] < 12 and not meta["stage_done"]
+    meta = latest_checkpoint(run_dir)[1]
+    assert 2 <= meta.step < 12 and not meta.stage_done
     res = run_cli(["train", str(cfg)])
     assert res.returncode == 0, res.stderr[-3000:]
     assert max(step for _, step in losses(run_dir)) == 12
@@ -54,17 +69,26 @@ def test_sigterm_saves_and_stops_then_resumes(corpus: str, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_resume_on_another_world_size_continues_the_same_data(corpus: str, tmp_path: Path) -> None:
-    """2 CPU processes (DDP on gloo) for 5 steps, then 1 process to the end: same tokens per step,
-    so the loss curve follows a 1-process run (up to the order of floating-point sums)."""
+    """2 CPU processes (DDP on gloo) for 5 steps with tokens_per_step unset (so 4 x 32 x 2 = 256),
+    then 1 process to the end: the recorded 256 tokens per step are kept (accumulation 2), so the
+    loss curve follows a 1-process run of 256 tokens per step (up to the order of float sums)."""
     ref = _reference(corpus, tmp_path)
     run_dir = tmp_path / "ddp"
-    two = tiny_run(corpus, run_dir, trainer={"devices": 2, "strategy": "ddp"})
+    stages = [{"ctx_len": 32, "tokens": 32 * 8 * 12, "micro_bsz": 4}]
+    two = tiny_run(corpus, run_dir, stages=stages, trainer={"devices": 2, "strategy": "ddp"})
     two["run"]["stop_after_steps"] = 5
     res = run_cli(["train", str(write_config(two, tmp_path / "two.yaml"))], timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
-    one = tiny_run(corpus, run_dir)
+    path, meta = latest_checkpoint(run_dir)
+    assert path.name == "s0-00000005" and not meta.stage_done and meta.tokens_per_step == [256]
+    assert max(step for _, step in losses(run_dir)) == 5
+    one = tiny_run(corpus, run_dir, stages=stages)
     res = run_cli(["train", str(write_config(one, tmp_path / "one.yaml"))])
     assert res.returncode == 0, res.stderr[-3000:]
+    assert latest_checkpoint(run_dir)[1].tokens_per_step == [256]
+    rows = metric_rows(run_dir)
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert [int(r["tokens"]) for r in rows] == [256 * s for s in range(1, 13)]
     got = losses(run_dir)
     assert sorted(got) == sorted(ref)
     for key, value in ref.items():
