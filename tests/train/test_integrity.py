@@ -41,8 +41,9 @@ def _damage(path: Path, n: int = 4096) -> None:
         f.write(os.urandom(min(n, size)))
 
 
-def _run(corpus: str, tmp_path: Path, name: str = "run", **sections):
-    return load_config(write_config(tiny_run(corpus, tmp_path / name, **sections), tmp_path / f"{name}.yaml"))
+def _run(corpus: str, tmp_path: Path, name: str = "run", arch: str = "llama", **sections):
+    cfg = tiny_run(corpus, tmp_path / name, arch, **sections)
+    return load_config(write_config(cfg, tmp_path / f"{name}.yaml"))
 
 
 def test_damaged_checkpoint_is_refused_and_the_previous_one_used(
@@ -169,6 +170,7 @@ def test_nonfinite_loss_skips_the_step_and_counts_it(
     cfg = _run(
         corpus,
         tmp_path,
+        arch="llama" if segment_len is None else "rwkv7",  # segments carry a recurrent state
         optim={"on_nonfinite": "skip"},
         checkpoint={"every_steps": 100},
         stages=[{**stage, "segment_len": segment_len}],
