@@ -12,7 +12,7 @@ import torch
 
 from skein.rwkv.models import CausalLM, build_model, detach_state
 from skein.train.config import RunConfig, StageSection
-from skein.train.losses import lm_loss
+from skein.train.losses import fused_lm_loss, lm_loss
 from skein.train.optim import build_optimizer
 from skein.train.schedule import AutoDecay, Schedule
 from skein.train.strategy import is_deepspeed
@@ -95,11 +95,19 @@ class LMModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, y = batch
         if not self.stage.segmented:
-            logits, _ = self.model(x)
-            loss = lm_loss(logits, y, self.cfg.optim.l2wrap)
+            loss = self._loss(x, y)
             self._record(loss)
             return loss
         return self._segmented_step(x, y, batch_idx)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence loss: the fused chunked head + cross entropy, or logits then lm_loss."""
+        tc, l2wrap = self.cfg.trainer, self.cfg.optim.l2wrap
+        if tc.fused_loss:
+            h, _ = self.model.hidden(x)
+            return fused_lm_loss(h, self.model.head.weight, y, l2wrap, tc.loss_chunk_tokens)
+        logits, _ = self.model(x)
+        return lm_loss(logits, y, l2wrap)
 
     def _segmented_step(self, x: torch.Tensor, y: torch.Tensor, batch_idx: int) -> None:
         """Backward per segment with the state detached in between, so activation memory is

@@ -25,7 +25,13 @@ from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.evaluation import PeriodicEval, ValidationLoss
 from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
-from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
+from skein.train.strategy import (
+    apply_compile,
+    apply_grad_checkpointing,
+    build_strategy,
+    compile_enabled,
+    is_deepspeed,
+)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -95,6 +101,8 @@ def train_from_config(
         check_format_config(model.config)  # snapshots are RWKV-LM .pth files: refuse now, not mid-run
     if cfg.trainer.grad_checkpointing:
         apply_grad_checkpointing(model)
+    if compile_enabled(cfg.trainer):
+        apply_compile(model)
 
     summary: dict[str, Any] = {"interrupted": False, "stages_done": start_stage, "checkpoint": None}
     for si in range(start_stage, len(cfg.stages)):

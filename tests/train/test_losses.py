@@ -1,0 +1,71 @@
+"""The fused chunked head + cross entropy + L2Wrap gives lm_loss's loss and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skein.train.losses import fused_lm_loss, lm_loss
+
+
+def _case(seed: int, B: int = 3, T: int = 37, C: int = 48, V: int = 301):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(B, T, C, generator=g)
+    w = torch.randn(V, C, generator=g) * 0.3
+    y = torch.randint(0, V, (B, T), generator=g)
+    return h, w, y
+
+
+def _grads(loss_fn, h, w):
+    h, w = h.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = loss_fn(h, w)
+    (loss * 1.7).backward()  # a non-unit upstream gradient must scale both gradients
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("l2wrap", [0.0, 1e-4, 0.5])
+@pytest.mark.parametrize("chunk", [1, 16, 4096])
+def test_fused_matches_lm_loss_fp32(l2wrap: float, chunk: int) -> None:
+    h, w, y = _case(0)
+    ref = _grads(lambda h, w: lm_loss(h @ w.t(), y, l2wrap), h, w)
+    got = _grads(lambda h, w: fused_lm_loss(h, w, y, l2wrap, chunk), h, w)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_l2wrap_changes_the_gradient() -> None:
+    """With a large factor the L2Wrap term is visible in the head gradient (so the test above
+    checks it rather than a zero)."""
+    h, w, y = _case(1)
+    _, _, gw0 = _grads(lambda h, w: fused_lm_loss(h, w, y, 0.0, 16), h, w)
+    _, _, gw1 = _grads(lambda h, w: fused_lm_loss(h, w, y, 0.5, 16), h, w)
+    assert (gw1 - gw0).abs().max() > 1e-3
+
+
+def test_fused_matches_under_bf16_autocast() -> None:
+    h, w, y = _case(2, C=64, V=512)
+
+    def run(fn):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return _grads(fn, h, w)
+
+    ref = run(lambda h, w: lm_loss(torch.nn.functional.linear(h, w), y, 1e-4))
+    got = run(lambda h, w: fused_lm_loss(h, w, y, 1e-4, 32))
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    for a, b in zip(got[1:], ref[1:]):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
+def test_no_grad_gives_the_loss_only() -> None:
+    h, w, y = _case(3)
+    with torch.no_grad():
+        got = fused_lm_loss(h, w, y, 1e-4, 10)
+        ref = lm_loss(h @ w.t(), y)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_must_be_positive() -> None:
+    h, w, y = _case(4)
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        fused_lm_loss(h, w, y, 0.0, 0)
