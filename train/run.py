@@ -17,7 +17,7 @@ import torch
 
 from skein.rwkv.convert.common import load_strict
 from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
-from skein.rwkv.models import build_model
+from skein.rwkv.models import CausalLM, build_model
 from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, plot_loss_curve
 from skein.train.checkpoint import latest_checkpoint, load_weights
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
@@ -58,6 +58,42 @@ def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
     ]
 
 
+def build_training_model(
+    cfg: RunConfig, weights: tuple[dict[str, torch.Tensor], str] | None = None
+) -> CausalLM:
+    """The model as a stage trains it: seeded initialisation (or `weights`, a state dict and where it
+    came from), then gradient checkpointing and torch.compile as the trainer section asks."""
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    model = build_model(cfg.model_config())
+    if weights is not None:
+        sd, source = weights
+        load_strict(model, fit_layout(sd, model), source)
+    if cfg.checkpoint.snapshot_every_steps and model.config.arch in ("rwkv4", "rwkv7"):
+        check_format_config(model.config)  # snapshots are RWKV-LM .pth files: refuse now, not mid-run
+    if cfg.trainer.grad_checkpointing:
+        apply_grad_checkpointing(model)
+    if compile_enabled(cfg.trainer):
+        apply_compile(model)
+    return model
+
+
+def step_args(cfg: RunConfig, plan: StagePlan, automatic: bool) -> dict[str, Any]:
+    """The L.Trainer arguments that shape an optimizer step (accumulation, clipping) and switch
+    off what a stage does not use (Lightning's own checkpoints, validation, bars, summaries)."""
+    return {
+        "max_epochs": -1,
+        "accumulate_grad_batches": plan.accumulate if automatic else 1,
+        "gradient_clip_val": (cfg.optim.grad_clip or None) if automatic else None,
+        "use_distributed_sampler": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "deterministic": cfg.trainer.deterministic,
+    }
+
+
 def train_from_config(
     cfg: RunConfig,
     resume: bool = True,
@@ -92,17 +128,7 @@ def train_from_config(
     elif init_from is not None:  # any source `skein export` reads: run dir, checkpoint, .pth, ...
         weights = (load_source(init_from).model.state_dict(), init_from)
 
-    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    model = build_model(cfg.model_config())
-    if weights is not None:
-        sd, source = weights
-        load_strict(model, fit_layout(sd, model), source)
-    if cfg.checkpoint.snapshot_every_steps and model.config.arch in ("rwkv4", "rwkv7"):
-        check_format_config(model.config)  # snapshots are RWKV-LM .pth files: refuse now, not mid-run
-    if cfg.trainer.grad_checkpointing:
-        apply_grad_checkpointing(model)
-    if compile_enabled(cfg.trainer):
-        apply_compile(model)
+    model = build_training_model(cfg, weights)
 
     summary: dict[str, Any] = {"interrupted": False, "stages_done": start_stage, "checkpoint": None}
     for si in range(start_stage, len(cfg.stages)):
@@ -137,20 +163,11 @@ def train_from_config(
         automatic = module.automatic_optimization
         trainer = L.Trainer(
             **hw,
+            **step_args(cfg, plan, automatic),
             max_steps=plan.steps,
-            max_epochs=-1,
-            accumulate_grad_batches=plan.accumulate if automatic else 1,
-            gradient_clip_val=(cfg.optim.grad_clip or None) if automatic else None,
-            use_distributed_sampler=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
             logger=_loggers(cfg, out_dir) or False,
             callbacks=callbacks,
             default_root_dir=str(out_dir),
-            deterministic=cfg.trainer.deterministic,
         )
         data = StageDataModule(cfg, stage.ctx_len, stage.micro_bsz, plan.global_batch, start_step)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
