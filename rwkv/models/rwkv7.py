@@ -146,10 +146,10 @@ class TimeMix(nn.Module):
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         prev, last = token_shift(x, shift)
-        xx = prev - x
-        xr, xw, xk, xv, xa, xg = (
-            x + xx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
-        )
+        # the six token-shift interpolations as one broadcast op on the stacked mixing vectors
+        # ([6, 1, 1, C] against [B, T, C]); the parameters stay six tensors (RWKV-LM's layout)
+        mix = torch.stack([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g])
+        xr, xw, xk, xv, xa, xg = (x + (prev - x) * mix).unbind(0)
 
         r = self.receptance(xr)
         k = self.key(xk)
