@@ -13,6 +13,7 @@ from skein.train.config import ConfigError
 from tests.train.helpers import run_cli, tiny_run, write_config
 
 
+@pytest.mark.slow
 def test_bench_train_cli_reports_real_steps(corpus: str, tmp_path: Path) -> None:
     out_dir = tmp_path / "run"
     cfg = write_config(tiny_run(corpus, out_dir, arch="rwkv7"), tmp_path / "run.yaml")

@@ -69,3 +69,35 @@ def test_chunk_must_be_positive() -> None:
     h, w, y = _case(4)
     with pytest.raises(ValueError, match="chunk_tokens"):
         fused_lm_loss(h, w, y, 0.0, 0)
+
+
+def test_training_step_loss_is_the_same_fused_or_not(tmp_path) -> None:
+    """LMModule's whole-sequence loss with trainer.fused_loss on and off: same loss, same gradient
+    of every parameter (RWKV-7 tiny model, random tokens)."""
+    from skein.rwkv import build_model
+    from skein.train.config import load_config
+    from skein.train.module import LMModule
+    from tests.models.harness import perturb_parameters
+    from tests.train.helpers import tiny_run, write_config
+
+    path = write_config(tiny_run("c", tmp_path, arch="rwkv7"), tmp_path / "run.yaml")
+    model = None
+    results = []
+    for fused in (False, True):
+        cfg = load_config(path, [f"trainer.fused_loss={str(fused).lower()}", "trainer.loss_chunk_tokens=24"])
+        if model is None:
+            model = build_model(cfg.model_config())
+            perturb_parameters(model)
+        module = LMModule(cfg, 0, 1, model)
+        g = torch.Generator().manual_seed(7)
+        x, y = (torch.randint(0, 257, (3, 32), generator=g) for _ in range(2))
+        model.zero_grad(set_to_none=True)
+        loss = module._loss(x, y)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, g_plain), (fused, g_fused) = results
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    for n in g_plain:
+        torch.testing.assert_close(
+            g_fused[n], g_plain[n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}"
+        )
