@@ -16,7 +16,9 @@ RWKV-LM runs with PYTHONPATH=<rwkv_lm_site>, so it never imports skein's Lightni
 launcher this script writes: it appends each step's loss and wall time to a file (RWKV-LM's own
 train_log.txt has one line per 40320 samples) and then runs RWKV-LM's train.py unchanged with
 --train_stage 0 --load_model "" (RWKV-LM then writes its initial weights and trains in one call)
-and --my_exit_tokens = steps * 8192 (it stops after `steps` steps; its cosine ends there).
+and --my_exit_tokens = steps * 8192 (it stops after `steps` steps; its cosine ends there), with
+the demo script's --kernel @rwkv3 (its H100 WKV kernel; RWKV-LM compiles its CUDA ops on first use,
+so nvcc and ninja must be on the GPU machine).
 skein runs configs/recipes/rwkv_lm_demo.yaml with the shard and stages.0.tokens = steps * 8192.
 
 Same data: both read the shard in RWKV-LM's magic-prime order with the same prime (skein's
@@ -206,7 +208,7 @@ def main() -> None:
     ap.add_argument("--shard", required=True, help="binidx prefix (vocab 65536, e.g. RWKV World minipile)")
     ap.add_argument("--steps", type=int, default=366, help="optimizer steps of each trainer")
     ap.add_argument("--skip", type=int, default=10, help="first steps left out of the step-time median")
-    ap.add_argument("--rwkv_lm_kernel", default="", help="RWKV-LM --kernel (its demo script: @rwkv3)")
+    ap.add_argument("--rwkv_lm_kernel", default="@rwkv3", help="RWKV-LM --kernel ('': its default op)")
     ap.add_argument(
         "--skein", default="", help="skein trainer overrides, e.g. 'compile=false fused_loss=false'"
     )
