@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64, help="generated tokens")
     p.add_argument("--top_p", type=float, default=0.85)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--kernel", nargs="+", default=["torch", "recurrent"], help="skein backends to time")
+    p.add_argument("--kernel", nargs="+", default=["parallel", "naive"], help="skein backends to time")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(

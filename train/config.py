@@ -187,6 +187,13 @@ class TrainerSection:
     """auto: bf16-mixed on GPU, 32 on CPU."""
     grad_checkpointing: bool = False
     """Recompute each block's activations in the backward pass."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile each block (Inductor); auto: on for GPU, off on the CPU."""
+    fused_loss: bool = True
+    """Compute head, cross entropy and L2Wrap in chunks of rows, never holding the float32 logits
+    of the whole batch (same loss and gradients as the plain form within float32 rounding)."""
+    loss_chunk_tokens: int = 4096
+    """fused_loss: rows (tokens) of logits formed at once."""
     deterministic: bool = False
     """Ask PyTorch for deterministic kernels."""
 
@@ -195,6 +202,8 @@ class TrainerSection:
             raise ConfigError(
                 f"trainer.devices and num_nodes must be positive, got {self.devices}, {self.num_nodes}"
             )
+        if self.loss_chunk_tokens <= 0:
+            raise ConfigError(f"trainer.loss_chunk_tokens must be positive, got {self.loss_chunk_tokens}")
 
 
 @dataclass(kw_only=True)

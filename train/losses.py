@@ -1,4 +1,12 @@
-"""Losses: next-token cross entropy and RWKV's L2Wrap logit regulariser."""
+"""Losses: next-token cross entropy and RWKV's L2Wrap logit regulariser, in two forms.
+
+`lm_loss` takes logits [B, T, V]. `fused_lm_loss` takes the final hidden states and the head
+weight instead, and computes head matmul, cross entropy and L2Wrap in chunks of rows: each chunk's
+logits exist (in float32) only while that chunk is processed, and its gradients with respect to the
+hidden states and the head weight are computed right there, so the full [B T, V] float32 logits
+(4 B T V bytes; 2 GiB at 8192 tokens and a 65536 vocabulary) are never allocated. Both forms give the
+same loss and the same gradients within float32 rounding.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +40,101 @@ def lm_loss(logits: Tensor, targets: Tensor, l2wrap: float = 0.0) -> Tensor:
     if l2wrap > 0 and torch.is_grad_enabled():
         loss = _L2Wrap.apply(loss, logits, l2wrap)
     return loss
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """loss = mean_n CE(h_n W^T, y_n); the cross-entropy gradients are formed chunk by chunk in the
+    forward pass and scaled by the incoming gradient in the backward pass (the loss is a scalar).
+    L2Wrap's term, like _L2Wrap's, is not scaled by the incoming gradient: it touches one logit per
+    row, so the backward pass adds it from the saved argmax indices and maxima."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, l2wrap: float, chunk: int) -> Tensor:
+        # h: [N, C]; weight: [V, C]; targets: [N]. Under autocast the head matmul runs in the autocast
+        # dtype, exactly as nn.Linear would; everything after it is float32.
+        n = h.shape[0]
+        dt = torch.get_autocast_dtype("cuda" if h.is_cuda else "cpu") if _autocast_on(h) else h.dtype
+        w = weight.to(dt)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(h) if need_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        top = torch.zeros(n, dtype=torch.float32, device=h.device) if l2wrap > 0 else None
+        idx = torch.zeros(n, dtype=torch.long, device=h.device) if l2wrap > 0 else None
+        for s in range(0, n, chunk):
+            hc, yc = h[s : s + chunk].to(dt), targets[s : s + chunk]
+            raw = hc @ w.t()  # [c, V] in the matmul dtype, as F.linear's output
+            logits = raw.float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+            if not need_grad:
+                continue
+            if l2wrap > 0:
+                mx, arg = raw.max(dim=-1)  # before the in-place softmax below
+                top[s : s + chunk], idx[s : s + chunk] = mx.float(), arg
+            # d loss / d logits = (softmax - onehot) / N
+            g = logits.sub_(lse[:, None]).exp_()
+            g[torch.arange(len(yc), device=g.device), yc] -= 1.0
+            g = g.div_(n).to(dt)  # the logits' dtype, as the autograd of .float() would cast it
+            grad_h[s : s + chunk] = (g @ w).to(h.dtype)
+            grad_w += (g.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w, h, weight, top, idx)
+        ctx.scale, ctx.dt = l2wrap / n, dt
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grad_h, grad_w, h, weight, top, idx = ctx.saved_tensors
+        gh = grad_h * grad_loss.to(grad_h.dtype)
+        gw = grad_w * grad_loss
+        if top is not None:
+            # L2Wrap: d/d logit[n, idx_n] = scale * max_n, in the logits' dtype
+            coef = (top * ctx.scale).to(ctx.dt)[:, None]
+            gh += (coef * weight.to(ctx.dt)[idx]).to(gh.dtype)
+            gw.index_add_(0, idx, (coef * h.to(ctx.dt)).float())
+        gh = gh if ctx.needs_input_grad[0] else None
+        gw = gw.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None, None
+
+
+def _autocast_on(h: Tensor) -> bool:
+    return torch.is_autocast_enabled("cuda" if h.is_cuda else "cpu")
+
+
+def fused_lm_loss(
+    hidden: Tensor, weight: Tensor, targets: Tensor, l2wrap: float = 0.0, chunk_tokens: int = 4096
+) -> Tensor:
+    """lm_loss(hidden @ weight^T, targets, l2wrap) without the whole logits tensor.
+
+    Args:
+        hidden: [B, T, C], the final-norm output.
+        weight: [V, C], the head weight.
+        targets: [B, T] token ids.
+        l2wrap: L2Wrap factor (0 disables).
+        chunk_tokens: rows of logits formed at once (memory: chunk_tokens * V * 4 bytes, a few times).
+    """
+    if chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    h = hidden.flatten(0, 1)
+    y = targets.flatten()
+    if not torch.is_grad_enabled():
+        l2wrap = 0.0
+    return _FusedHeadLoss.apply(h, weight, y, float(l2wrap), int(chunk_tokens))
+
+
+def model_loss(
+    model: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    l2wrap: float = 0.0,
+    chunk_tokens: int | None = None,
+    state: object = None,
+) -> tuple[Tensor, object]:
+    """The loss of a skein model on tokens x [B, T] against targets y [B, T] from `state`, and its
+    final state: with `chunk_tokens`, the fused chunked head + cross entropy on the model's hidden
+    states (no whole logits tensor), else the logits and lm_loss."""
+    if chunk_tokens:
+        h, state = model.hidden(x, state)
+        return fused_lm_loss(h, model.head.weight, y, l2wrap, chunk_tokens), state
+    logits, state = model(x, state)
+    return lm_loss(logits, y, l2wrap), state

@@ -12,7 +12,7 @@ import torch
 
 from skein.rwkv.models import CausalLM, build_model
 from skein.train.config import RunConfig, StageSection
-from skein.train.losses import lm_loss
+from skein.train.losses import model_loss
 from skein.train.optim import build_optimizer
 from skein.train.schedule import AutoDecay, Schedule
 from skein.train.segments import segmented_loss
@@ -112,17 +112,31 @@ class LMModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, y = batch
         if not self.stage.segmented:
-            logits, _ = self.model(x)
-            loss = lm_loss(logits, y, self.cfg.optim.l2wrap)
+            loss = self._loss(x, y)
             self._record(loss)
             return loss
         return self._segmented_step(x, y)
+
+    def _loss_chunk_tokens(self) -> int | None:
+        """Rows per chunk of the fused head + cross entropy, or None for plain logits."""
+        tc = self.cfg.trainer
+        return tc.loss_chunk_tokens if tc.fused_loss else None
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence loss (train/losses.py model_loss)."""
+        return model_loss(self.model, x, y, self.cfg.optim.l2wrap, self._loss_chunk_tokens())[0]
 
     def _segmented_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The sample in segments of segment_len with the state carried (see train/segments.py):
         one loss and one backward, so accumulation, clipping and the strategy work unchanged."""
         loss = segmented_loss(
-            self.model, x, y, self.stage.segment_len, self.stage.bptt_segments, self.cfg.optim.l2wrap
+            self.model,
+            x,
+            y,
+            self.stage.segment_len,
+            self.stage.bptt_segments,
+            self.cfg.optim.l2wrap,
+            self._loss_chunk_tokens(),
         )
         self._record(loss)
         return loss

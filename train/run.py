@@ -17,9 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from skein.rwkv.convert.common import load_strict
-from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
-from skein.rwkv.models import build_model
+from skein.rwkv.models import CausalLM
 from skein.train.callbacks import (
     CheckpointCallback,
     MetricsCallback,
@@ -42,7 +40,12 @@ from skein.train.lock import is_global_zero, run_lock
 from skein.train.module import LMModule, StagePlan
 from skein.train.resume_check import check_resume_config, write_run_config
 from skein.train.slurm import cluster_plugins, global_rank, requeue_if_stopped
-from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
+from skein.train.strategy import (
+    apply_compile,
+    build_strategy,
+    compile_enabled,
+    is_deepspeed,
+)
 
 
 def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
@@ -86,6 +89,34 @@ def _recorded_tokens_per_step(cfg: RunConfig, found: tuple[Path, CheckpointMeta]
                 f"stage: a started stage keeps its global batch; set stages.{i}.tokens_per_step={kept}"
             )
     return meta.tokens_per_step
+
+
+def build_training_model(
+    cfg: RunConfig, weights: tuple[dict[str, torch.Tensor], str] | None = None
+) -> CausalLM:
+    """The model as a stage trains it: seeded initialisation (or `weights`, a state dict and where it
+    came from), then gradient checkpointing and torch.compile as the trainer section asks."""
+    model = build_training_model(cfg, weights)
+    if compile_enabled(cfg.trainer):
+        apply_compile(model)
+    return model
+
+
+def step_args(cfg: RunConfig, plan: StagePlan) -> dict[str, Any]:
+    """The L.Trainer arguments that shape an optimizer step (accumulation, clipping) and switch
+    off what a stage does not use (Lightning's own checkpoints, validation, bars, summaries)."""
+    return {
+        "max_epochs": -1,
+        "accumulate_grad_batches": plan.accumulate,
+        "gradient_clip_val": cfg.optim.grad_clip or None,
+        "use_distributed_sampler": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "deterministic": cfg.trainer.deterministic,
+    }
 
 
 def train_from_config(
@@ -136,15 +167,7 @@ def _train_locked(
     elif init_from is not None:  # any source `skein export` reads: run dir, checkpoint, .pth, ...
         weights = (load_source(init_from).model.state_dict(), init_from)
 
-    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    model = build_model(cfg.model_config())
-    if weights is not None:
-        sd, source = weights
-        load_strict(model, fit_layout(sd, model), source)
-    if cfg.checkpoint.snapshot_every_steps and model.config.arch in ("rwkv4", "rwkv7"):
-        check_format_config(model.config)  # snapshots are RWKV-LM .pth files: refuse now, not mid-run
-    if cfg.trainer.grad_checkpointing:
-        apply_grad_checkpointing(model)
+    model = build_training_model(cfg, weights)
 
     summary: dict[str, Any] = {"interrupted": False, "stages_done": start_stage, "checkpoint": None}
     for si in range(start_stage, len(cfg.stages)):
@@ -172,21 +195,12 @@ def _train_locked(
         module = LMModule(cfg, si, world, model, plan.tokens_per_step)
         trainer = L.Trainer(
             **hw,
+            **step_args(cfg, plan),
             max_steps=plan.steps,
-            max_epochs=-1,
-            accumulate_grad_batches=plan.accumulate,
-            gradient_clip_val=cfg.optim.grad_clip or None,
-            use_distributed_sampler=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
             logger=_loggers(cfg, out_dir) or False,
             callbacks=callbacks,
             plugins=[*cluster_plugins(), *([] if is_deepspeed(hw["strategy"]) else [DirectCheckpointIO()])],
             default_root_dir=str(out_dir),
-            deterministic=cfg.trainer.deterministic,
         )
         data = StageDataModule(cfg, stage.ctx_len, stage.micro_bsz, plan.global_batch, start_step)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from skein.rwkv.models import CausalLM, State, detach_state
-from skein.train.losses import lm_loss
+from skein.train.losses import model_loss
 
 
 def compact_state(state: Any) -> Any:
@@ -44,14 +44,20 @@ def compact_state(state: Any) -> Any:
 
 
 def _segment(
-    model: CausalLM, x: Tensor, y: Tensor, state: State | None, l2wrap: float
+    model: CausalLM, x: Tensor, y: Tensor, state: State | None, l2wrap: float, chunk_tokens: int | None
 ) -> tuple[Tensor, State]:
-    logits, state = model(x, state)
-    return lm_loss(logits, y, l2wrap), compact_state(state)
+    loss, state = model_loss(model, x, y, l2wrap, chunk_tokens, state)
+    return loss, compact_state(state)
 
 
 def segmented_loss(
-    model: CausalLM, x: Tensor, y: Tensor, segment_len: int, bptt: int, l2wrap: float = 0.0
+    model: CausalLM,
+    x: Tensor,
+    y: Tensor,
+    segment_len: int,
+    bptt: int,
+    l2wrap: float = 0.0,
+    chunk_tokens: int | None = None,
 ) -> Tensor:
     """Mean next-token loss of `model` on x [B, T] against targets y [B, T], run in segments of
     `segment_len` tokens (which must divide T) with the state carried across them.
@@ -59,7 +65,8 @@ def segmented_loss(
     The value equals `lm_loss(model(x)[0], y, l2wrap)`. With bptt = 0 so does the gradient (up to
     rounding); with bptt = k the state is detached after segments k, 2k, ... (bptt = 1: every
     segment trains on a detached incoming state). The L2Wrap factor is spread over the segments so
-    that its gradient, like the loss, is that of the whole sequence.
+    that its gradient, like the loss, is that of the whole sequence. `chunk_tokens` selects the
+    fused chunked head + cross entropy inside each segment (train/losses.py model_loss).
     """
     T = x.shape[1]
     if segment_len <= 0 or T % segment_len:
@@ -71,7 +78,9 @@ def segmented_loss(
     losses, state = [], None
     for i in range(n):
         sl = slice(i * segment_len, (i + 1) * segment_len)
-        loss, state = checkpoint(step, x[:, sl], y[:, sl], state, l2wrap / n, use_reentrant=False)
+        loss, state = checkpoint(
+            step, x[:, sl], y[:, sl], state, l2wrap / n, chunk_tokens, use_reentrant=False
+        )
         losses.append(loss)
         if bptt and (i + 1) % bptt == 0:
             state = detach_state(state)

@@ -1,6 +1,7 @@
 """How a stage runs on the hardware: the Lightning strategy (DeepSpeed ZeRO, DDP or one device),
-the precision, and gradient checkpointing of the model's blocks (applied from outside the model,
-so parameter names stay those of the reference layouts)."""
+the precision, and gradient checkpointing and torch.compile of the model's blocks (applied from
+outside the model, so parameter names and the state-dict layout stay those of the reference
+layouts)."""
 
 from __future__ import annotations
 
@@ -61,11 +62,34 @@ def is_deepspeed(strategy: Any) -> bool:
     return type(strategy).__name__ == "DeepSpeedStrategy"
 
 
+def compile_enabled(tc: TrainerSection) -> bool:
+    """trainer.compile resolved: auto means on when training on GPUs."""
+    return use_gpu(tc) if tc.compile == "auto" else bool(tc.compile)
+
+
+def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
+    """torch.compile each block's forward in place (the modules, their parameter names and the
+    state-dict layout are unchanged). With gradient checkpointing (applied before or after) the
+    checkpoint wraps the compiled forward, so the backward pass recomputes through the compiled
+    graph. Blocks of one architecture share code, so they share compiled graphs."""
+    for block in model.blocks:
+        if getattr(block, "_skein_compiled", False):
+            continue
+        attr = "_skein_inner" if getattr(block, "_skein_checkpointed", False) else "forward"
+        setattr(block, attr, torch.compile(getattr(block, attr), backend=backend, dynamic=False))
+        block._skein_compiled = True
+
+
 def apply_grad_checkpointing(model: CausalLM) -> None:
     """Recompute each block in the backward pass (non-reentrant checkpointing, so any positional
-    signature and tuple outputs work, with DeepSpeed and with the custom kernels)."""
+    signature and tuple outputs work, with DeepSpeed, the custom kernels and a compiled forward)."""
     for block in model.blocks:
         if getattr(block, "_skein_checkpointed", False):
             continue
-        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+        block._skein_inner = block.forward
+        block.forward = functools.partial(_checkpointed, block)
         block._skein_checkpointed = True
+
+
+def _checkpointed(block: torch.nn.Module, *args: Any) -> Any:
+    return checkpoint(block._skein_inner, *args, use_reentrant=False)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.ops.common import BACKENDS
+from skein.rwkv.ops.common import check_backend_name
 
 State = list[Any]
 
@@ -34,15 +34,14 @@ class ModelConfig:
     d_model: int = 768
     """Width of the residual stream."""
     kernel: str = "auto"
-    """Sequence-mixing backend: auto (GPU kernel on CUDA, PyTorch chunked form elsewhere),
-    torch, recurrent (token loop), triton or cuda."""
+    """Sequence-mixing backend, named after its file in rwkv/ops/<op>/: auto (triton on CUDA,
+    parallel elsewhere), parallel (PyTorch chunked form), naive (fp32 token loop) or triton."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "d_model"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.kernel not in BACKENDS:
-            raise ValueError(f"model.kernel must be one of {BACKENDS}, got {self.kernel!r}")
+        check_backend_name(self.kernel, "model.kernel")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -66,16 +65,22 @@ class CausalLM(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
     def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """idx [B, T] -> (logits [B, T, vocab], per-block state); each block maps
-        (x, block_state) -> (x, block_state). Architectures that thread more through the blocks
-        (RWKV-7's first-layer values) override this."""
+        """idx [B, T] -> (logits [B, T, vocab], per-block state)."""
+        x, new_state = self.hidden(idx, state)
+        return self.head(x), new_state
+
+    def hidden(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """idx [B, T] -> (final-norm output [B, T, d_model], per-block state): everything but the
+        head, for losses that apply the head themselves. Each block maps (x, block_state) ->
+        (x, block_state); architectures that thread more through the blocks (RWKV-7's first-layer
+        values) override this."""
         state = state if state is not None else [None] * len(self.blocks)
         x = self.emb(idx)
         new_state = []
         for block, block_state in zip(self.blocks, state):
             x, block_state = block(x, block_state)
             new_state.append(block_state)
-        return self.head(self.ln_out(x)), new_state
+        return self.ln_out(x), new_state
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         """Parameter count; with exclude_embedding, the input embedding is left out."""

@@ -165,9 +165,10 @@ class DeltaProductMixer(nn.Module):
         else:
             S = state[0] if state is not None else None
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q = l2_normalize(q.view(B, T, H, K), cfg.qk_norm_eps)
-        k = l2_normalize(k.view(B, T, n, H, K), cfg.qk_norm_eps)
-        v = v.view(B, T, n, H, V)
+        # reshape, not view: after the short convolution these are transposed [B, C, T] buffers
+        q = l2_normalize(q.reshape(B, T, H, K), cfg.qk_norm_eps)
+        k = l2_normalize(k.reshape(B, T, n, H, K), cfg.qk_norm_eps)
+        v = v.reshape(B, T, n, H, V)
         beta = torch.sigmoid(self.b_proj(x).float()).view(B, T, n, H)
         if cfg.allow_neg_eigval:
             beta = 2.0 * beta

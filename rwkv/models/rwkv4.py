@@ -66,8 +66,11 @@ class RWKV4Config(ModelConfig):
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
 
 
-def _mix(x: Tensor, prev: Tensor, mix: Tensor) -> Tensor:
-    return x * mix + prev * (1 - mix)
+def _mix(x: Tensor, prev: Tensor, *mixes: Tensor) -> tuple[Tensor, ...]:
+    """x * m + prev * (1 - m) for each mixing vector m [1, 1, C], as one broadcast op over the
+    stacked vectors ([n, 1, 1, C] against [B, T, C]); the parameters stay separate tensors."""
+    m = torch.stack(mixes)
+    return (x * m + prev * (1 - m)).unbind(0)
 
 
 class TimeMix(nn.Module):
@@ -92,9 +95,9 @@ class TimeMix(nn.Module):
         self, x: Tensor, shift: Tensor | None, wkv_state: tuple[Tensor, Tensor, Tensor] | None
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
         prev, last = token_shift(x, shift)
-        k = self.key(_mix(x, prev, self.time_mix_k))
-        v = self.value(_mix(x, prev, self.time_mix_v))
-        r = torch.sigmoid(self.receptance(_mix(x, prev, self.time_mix_r)))
+        xk, xv, xr = _mix(x, prev, self.time_mix_k, self.time_mix_v, self.time_mix_r)
+        k, v = self.key(xk), self.value(xv)
+        r = torch.sigmoid(self.receptance(xr))
         w = -torch.exp(self.time_decay.float())
         y, wkv_state = wkv4(w, self.time_first.float(), k, v, wkv_state, backend=self.cfg.kernel)
         return self.output(r * y), last, wkv_state
@@ -115,8 +118,9 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, shift: Tensor | None) -> tuple[Tensor, Tensor]:
         prev, last = token_shift(x, shift)
-        k = torch.square(F.relu(self.key(_mix(x, prev, self.time_mix_k))))
-        r = torch.sigmoid(self.receptance(_mix(x, prev, self.time_mix_r)))
+        xk, xr = _mix(x, prev, self.time_mix_k, self.time_mix_r)
+        k = torch.square(F.relu(self.key(xk)))
+        r = torch.sigmoid(self.receptance(xr))
         return r * self.value(k), last
 
 

@@ -146,10 +146,10 @@ class TimeMix(nn.Module):
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
         prev, last = token_shift(x, shift)
-        xx = prev - x
-        xr, xw, xk, xv, xa, xg = (
-            x + xx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
-        )
+        # the six token-shift interpolations as one broadcast op on the stacked mixing vectors
+        # ([6, 1, 1, C] against [B, T, C]); the parameters stay six tensors (RWKV-LM's layout)
+        mix = torch.stack([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g])
+        xr, xw, xk, xv, xa, xg = (x + (prev - x) * mix).unbind(0)
 
         r = self.receptance(xr)
         k = self.key(xk)
@@ -291,7 +291,7 @@ class RWKV7(CausalLM):
         gain = cfg.head_init_gain * (math.sqrt(cfg.vocab_size / C) if cfg.vocab_size > C else 1.0)
         nn.init.orthogonal_(self.head.weight, gain=gain)
 
-    def forward(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def hidden(self, idx: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         state = state if state is not None else [None] * len(self.blocks)
         x = self.emb(idx)
         v_first = x.new_empty(0)  # replaced by block 0's values
@@ -299,7 +299,7 @@ class RWKV7(CausalLM):
         for block, s in zip(self.blocks, state):
             x, v_first, s = block(x, v_first, s)
             new_state.append(s)
-        return self.head(self.ln_out(x)), new_state
+        return self.ln_out(x), new_state
 
     def lr_multipliers(self) -> dict[str, float]:
         """att.w0 trains at lr_scale_w0 times the base rate (RWKV-LM x070's 2x group)."""

@@ -68,7 +68,7 @@ def check_segmented_and_stepwise(
 
 
 def check_backends_agree(
-    config: dict, backends: tuple[str, ...] = ("torch", "recurrent"), tol: float = 1e-5
+    config: dict, backends: tuple[str, ...] = ("parallel", "naive"), tol: float = 1e-5
 ) -> None:
     """Logits and parameter gradients agree between sequence-mixing backends."""
     results = []

@@ -27,7 +27,7 @@ def test_segmented_and_stepwise_match_parallel(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", RECURRENT)
-def test_torch_and_recurrent_backends_agree(name: str) -> None:
+def test_parallel_and_naive_backends_agree(name: str) -> None:
     check_backends_agree(TINY[name])
 
 

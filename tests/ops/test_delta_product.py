@@ -149,13 +149,13 @@ def test_beta_two_is_a_reflection(fn, n_h: int) -> None:
 def test_dispatch_backends_agree_and_keep_dtypes() -> None:
     inputs = make_inputs(T=20, n_h=2, gate=True, beta_max=2.0)
     bf16 = {n: x.to(torch.bfloat16) if n != "state" else x.float() for n, x in inputs.items()}
-    o_ref, s_ref = delta_product(**inputs, backend="recurrent")
-    o, s = delta_product(**bf16, backend="torch")
+    o_ref, s_ref = delta_product(**inputs, backend="naive")
+    o, s = delta_product(**bf16, backend="parallel")
     assert o.dtype == torch.bfloat16 and s.dtype == torch.float32
     assert_close(o, o_ref, 2e-2, "bf16 o")
     assert_close(s, s_ref, 2e-2, "bf16 state")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        o_ac, _ = delta_product(**{n: x.float() for n, x in inputs.items()}, backend="torch")
+        o_ac, _ = delta_product(**{n: x.float() for n, x in inputs.items()}, backend="parallel")
     assert_close(o_ac, o_ref, 1e-5, "o under autocast")
 
 

@@ -111,10 +111,10 @@ def test_zero_state_default_and_bf16_inputs() -> None:
 
 def test_dispatch_backends() -> None:
     inputs = make_inputs(1, 9, 2, 8, 8, torch.float64, seed=13)
-    o_t, s_t = rwkv7(*inputs, backend="torch")
-    o_r, s_r = rwkv7(*inputs, backend="recurrent")
-    assert_close(o_t, o_r, 1e-10, "torch vs recurrent output")
-    assert_close(s_t, s_r, 1e-10, "torch vs recurrent state")
+    o_t, s_t = rwkv7(*inputs, backend="parallel")
+    o_r, s_r = rwkv7(*inputs, backend="naive")
+    assert_close(o_t, o_r, 1e-10, "parallel vs naive output")
+    assert_close(s_t, s_r, 1e-10, "parallel vs naive state")
 
 
 def test_invalid_chunk_sizes_raise() -> None:

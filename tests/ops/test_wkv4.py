@@ -176,7 +176,7 @@ def test_low_precision_inputs_compute_in_float32() -> None:
     assert_close(state[0], ref_state[0], 2e-2, "bf16 aa")
 
 
-@pytest.mark.parametrize("backend,fn", [("torch", wkv4_parallel), ("recurrent", wkv4_naive)])
+@pytest.mark.parametrize("backend,fn", [("parallel", wkv4_parallel), ("naive", wkv4_naive)])
 def test_dispatch(backend: str, fn) -> None:
     inp = make_inputs(T=11)
     y, state = run(lambda *a: wkv4(*a, backend=backend), inp)

@@ -8,6 +8,7 @@ import pytest
 
 from skein.train.cli import main
 from skein.train.config import ConfigError, load_config
+from skein.train.strategy import compile_enabled
 from tests.train.helpers import tiny_run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,3 +112,36 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for name in COMMANDS:
         assert f"    {name} " in out, name
+
+
+@pytest.mark.parametrize("old,new", [("torch", "parallel"), ("recurrent", "naive")])
+def test_former_kernel_names_say_the_new_name(tmp_path: Path, old: str, new: str) -> None:
+    cfg = tiny_run(
+        "c",
+        tmp_path,
+        model={"arch": "llama", "vocab_size": 257, "n_layer": 1, "d_model": 32, "n_head": 2, "kernel": old},
+    )
+    with pytest.raises(ConfigError, match=f"model.kernel='{old}' is now called '{new}'"):
+        load_config(write_config(cfg, tmp_path / "run.yaml"))
+
+
+def test_cuda_kernel_name_is_refused(tmp_path: Path) -> None:
+    cfg = tiny_run(
+        "c",
+        tmp_path,
+        model={"arch": "rwkv7", "vocab_size": 257, "n_layer": 1, "d_model": 64, "kernel": "cuda"},
+    )
+    with pytest.raises(ConfigError, match="model.kernel must be one of"):
+        load_config(write_config(cfg, tmp_path / "run.yaml"))
+
+
+def test_trainer_compile_and_fused_loss_keys(tmp_path: Path) -> None:
+    path = write_config(tiny_run("c", tmp_path), tmp_path / "run.yaml")
+    assert load_config(path).trainer.compile == "auto"
+    assert not compile_enabled(load_config(path).trainer)  # auto is off on the CPU
+    cfg = load_config(path, ["trainer.compile=true", "trainer.fused_loss=false"])
+    assert cfg.trainer.compile is True and cfg.trainer.fused_loss is False
+    with pytest.raises(ConfigError, match="trainer.compile"):
+        load_config(path, ["trainer.compile=sometimes"])
+    with pytest.raises(ConfigError, match="loss_chunk_tokens"):
+        load_config(path, ["trainer.loss_chunk_tokens=0"])

@@ -79,6 +79,18 @@ def test_exact_mode_equals_whole_sequence_loss_and_gradient(name: str) -> None:
     _assert_grads_close(_grads(model, seg), want, 2e-5, name)
 
 
+def test_fused_head_loss_inside_segments_equals_plain_logits() -> None:
+    """The chunked head + cross entropy inside each segment gives the loss and gradients of the
+    plain-logits segments (chunks smaller than a segment, so several run per segment)."""
+    model = _model("rwkv7")
+    x, y = _batch(model)
+    plain = segmented_loss(model, x, y, SEG, bptt=0, l2wrap=L2WRAP)
+    want = _grads(model, plain)
+    fused = segmented_loss(model, x, y, SEG, bptt=0, l2wrap=L2WRAP, chunk_tokens=SEG // 2 + 1)
+    assert abs(fused.item() - plain.item()) < 1e-5 * plain.item()
+    _assert_grads_close(_grads(model, fused), want, 2e-5, "fused")
+
+
 @pytest.mark.parametrize("name", RECURRENT)
 def test_detached_and_truncated_modes_equal_hand_references(name: str) -> None:
     model = _model(name)

@@ -1,5 +1,12 @@
 """Pieces shared by the ops: backend names and the dispatch check."""
 
-from skein.rwkv.ops.common.backend import BACKENDS, Backend, resolve_backend
+from skein.rwkv.ops.common.backend import (
+    BACKENDS,
+    RENAMED,
+    Backend,
+    check_backend_name,
+    outside_graph,
+    resolve_backend,
+)
 
-__all__ = ["BACKENDS", "Backend", "resolve_backend"]
+__all__ = ["BACKENDS", "RENAMED", "Backend", "check_backend_name", "outside_graph", "resolve_backend"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from skein.rwkv.ops.common import resolve_backend
+from skein.rwkv.ops.common import outside_graph, resolve_backend
 from skein.rwkv.ops.delta_product.naive import delta_product_naive
 
 GPU_BACKENDS = ("triton",)
@@ -23,15 +23,15 @@ def delta_product(
 ) -> tuple[Tensor, Tensor]:
     """DeltaProduct over a sequence. Shapes and math: see naive.delta_product_naive."""
     be = resolve_backend("delta_product", backend, v.device, GPU_BACKENDS)
-    if be == "recurrent":
+    if be == "naive":
         return delta_product_naive(q, k, v, beta, g, state, scale)
-    if be == "torch":
+    if be == "parallel":
         from skein.rwkv.ops.delta_product.parallel import delta_product_parallel
 
         return delta_product_parallel(q, k, v, beta, g, state, scale)
     from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
 
-    return chunk_delta_product(q, k, v, beta, g, state, scale)
+    return outside_graph(chunk_delta_product)(q, k, v, beta, g, state, scale)
 
 
 __all__ = ["GPU_BACKENDS", "delta_product", "delta_product_naive"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from skein.rwkv.ops.common import resolve_backend
+from skein.rwkv.ops.common import outside_graph, resolve_backend
 from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
 
 GPU_BACKENDS = ("triton",)
@@ -23,15 +23,15 @@ def rwkv7(
 ) -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV over a sequence. Shapes and math: see naive.rwkv7_naive."""
     be = resolve_backend("rwkv7", backend, v.device, GPU_BACKENDS)
-    if be == "recurrent":
+    if be == "naive":
         return rwkv7_naive(r, w, k, v, a, b, state, scale)
-    if be == "torch":
+    if be == "parallel":
         from skein.rwkv.ops.rwkv7.parallel import rwkv7_parallel
 
         return rwkv7_parallel(r, w, k, v, a, b, state, scale)
     from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
 
-    return chunk_rwkv7(r, w, k, v, a, b, state, scale)
+    return outside_graph(chunk_rwkv7)(r, w, k, v, a, b, state, scale)
 
 
 __all__ = ["GPU_BACKENDS", "rwkv7", "rwkv7_naive"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from skein.rwkv.ops.common import resolve_backend
+from skein.rwkv.ops.common import outside_graph, resolve_backend
 from skein.rwkv.ops.wkv4.naive import Wkv4State, wkv4_init_state, wkv4_naive
 
 GPU_BACKENDS = ("triton",)
@@ -15,15 +15,15 @@ def wkv4(
 ) -> tuple[Tensor, Wkv4State]:
     """RWKV-4 WKV over a sequence. Shapes and math: see naive.wkv4_naive."""
     be = resolve_backend("wkv4", backend, k.device, GPU_BACKENDS)
-    if be == "recurrent":
+    if be == "naive":
         return wkv4_naive(w, u, k, v, state)
-    if be == "torch":
+    if be == "parallel":
         from skein.rwkv.ops.wkv4.parallel import wkv4_parallel
 
         return wkv4_parallel(w, u, k, v, state)
     from skein.rwkv.ops.wkv4.fused import fused_wkv4
 
-    return fused_wkv4(w, u, k, v, state)
+    return outside_graph(fused_wkv4)(w, u, k, v, state)
 
 
 __all__ = ["GPU_BACKENDS", "Wkv4State", "wkv4", "wkv4_init_state", "wkv4_naive"]
