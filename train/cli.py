@@ -27,6 +27,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "import": "skein.train.export:import_weights",
     "generate": "skein.train.generate:generate",
     "bench": {"kernels": "skein.rwkv.ops.bench:bench_kernels"},
+    "eval": {s: f"skein.train.eval.{s}:{s}" for s in ("loss", "length", "mqar", "state")},
 }
 
 
