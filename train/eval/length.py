@@ -38,8 +38,8 @@ def loss_by_position(
 
 
 def length(
-    models: list[str],
-    data: list[str],
+    models: str | list[str] | None = None,
+    data: str | list[str] | None = None,
     factor: int = 4,
     ctx_len: int | None = None,
     chunk_len: int | None = None,
@@ -55,7 +55,7 @@ def length(
 
     Args:
         models: run directories, checkpoints or exported weights (one curve each).
-        data: held-out binidx prefixes.
+        data: held-out binidx prefix (or a list of them).
         factor: evaluated length = factor * ctx_len.
         ctx_len: the training context (default: the first model's run config, last stage).
         chunk_len: tokens per forward pass (default: ctx_len).
@@ -67,6 +67,8 @@ def length(
         seed: seed of the held-out sample order.
         progress: show a progress bar.
     """
+    models = [models] if isinstance(models, str) else list(models or [])
+    data = [data] if isinstance(data, str) else list(data or [])
     if not models:
         raise ConfigError("--models: name at least one run directory, checkpoint or weights file")
     if factor < 1:

@@ -17,7 +17,7 @@ from skein.train.typed import ConfigError
 
 def loss(
     model: str,
-    data: list[str],
+    data: str | list[str] | None = None,
     ctx_len: int | None = None,
     samples: int = 256,
     micro_bsz: int = 8,
@@ -31,7 +31,7 @@ def loss(
 
     Args:
         model: run directory, checkpoint, .pth, .safetensors or Hugging Face directory.
-        data: held-out binidx prefixes.
+        data: held-out binidx prefix (or a list of them).
         ctx_len: tokens per sample (default: the run config's last stage).
         samples: number of samples (the first ones of the held-out stream, as in training).
         micro_bsz: samples per forward pass.
@@ -41,6 +41,7 @@ def loss(
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the held-out sample order (the run's seed reproduces its eval numbers).
     """
+    data = [data] if isinstance(data, str) else list(data or [])
     dev = pick_device(device)
     src = load(model, dev)
     ctx_len = ctx_len or run_ctx_len(src)

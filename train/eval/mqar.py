@@ -13,6 +13,8 @@ import math
 import time
 from typing import Any
 
+import torch
+
 from skein.data.mqar import MQARSetting, mqar_splits
 from skein.train.eval.fit import FitConfig, fit
 from skein.train.eval.models import MIXERS, MixerLM, num_params, pick_device
@@ -85,7 +87,7 @@ def mqar(
         mixers = mixers or list(MIXERS)
         d_models, settings = d_models or [32], settings or ["32:4"]
         lrs, vocab_size = lrs or [3e-3, 1e-2], 64
-        num_train, num_test, epochs = min(num_train, 1024), min(num_test, 128), min(epochs, 6)
+        num_train, num_test, epochs = min(num_train, 2048), min(num_test, 128), min(epochs, 8)
         batch_size = batch_size or 64
     mixers = mixers or list(MIXERS)
     unknown = sorted(set(mixers) - set(MIXERS))
@@ -118,6 +120,7 @@ def mqar(
                         continue
                     if data is None:
                         data = mqar_splits(cell, num_train, num_test, seed)
+                    torch.manual_seed(seed)
                     model = MixerLM(MIXERS[mixer](d), vocab_size, n_layer, d)
                     cfg = FitConfig(
                         lr=lr,
