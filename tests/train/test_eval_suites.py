@@ -120,5 +120,5 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     (tmp_path / "done" / "results.json").write_text("{}")
     with pytest.raises(SystemExit) as e:
         main(["eval", "state", "--quick", "true", "--output", str(tmp_path / "done")])
-    assert "already holds results.json" in str(e.value)
+    assert "is not empty" in str(e.value)
     assert (tmp_path / "done" / "results.json").read_text() == "{}"

@@ -5,6 +5,7 @@ linear warmup and cosine decay, bf16 autocast on CUDA, cross entropy over labell
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 IGNORE = -100
+CALIBRATION = (5, 15)
+"""Steps between which the time per step is measured for a time budget (after warm-up)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class FitConfig:
     target_accuracy: float = 1.01
     """Stop after an epoch whose test accuracy reaches this (above 1: never)."""
     eval_batch_size: int = 256
+    max_seconds: float | None = None
+    """Training time budget: after a few timed steps, the planned steps (and the cosine schedule
+    with them) shrink to what fits; the result says how many ran."""
 
 
 def _autocast(device: torch.device):
@@ -92,11 +98,17 @@ def fit(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(seed)
-    result = {"accuracy": 0.0, "best_accuracy": 0.0, "train_loss": float("nan"), "epochs": 0}
+    result = {"accuracy": 0.0, "best_accuracy": 0.0, "train_loss": float("nan"), "epochs": 0,
+              "steps": 0, "planned_steps": total}  # fmt: skip
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    step, started = 0, time.monotonic()
     for epoch in range(cfg.epochs):
+        if step >= total:
+            break
         order = torch.randperm(len(train[0]), generator=gen)
         for i in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
             idx = order[i : i + cfg.batch_size]
             x, y = train[0][idx].to(device), train[1][idx].to(device)
             with _autocast(device):
@@ -108,12 +120,25 @@ def fit(
             opt.step()
             sched.step()
             bar.update()
+            step += 1
+            if cfg.max_seconds is not None and step in (CALIBRATION[0], CALIBRATION[1]):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if step == CALIBRATION[0]:
+                    t0 = time.monotonic()
+                else:
+                    per_step = (time.monotonic() - t0) / (CALIBRATION[1] - CALIBRATION[0])
+                    left = cfg.max_seconds - (time.monotonic() - started)
+                    total = min(total, step + max(0, int(left / per_step)))
+                    bar.total = total
         acc = accuracy(*score(model, *test, cfg.eval_batch_size, device))
         result.update(
             accuracy=acc,
             best_accuracy=max(result["best_accuracy"], acc),
             train_loss=float(loss.detach()),
             epochs=epoch + 1,
+            steps=step,
+            seconds=time.monotonic() - started,
         )
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.3f}")
         if on_epoch is not None:

@@ -61,7 +61,7 @@ def length(
         chunk_len: tokens per forward pass (default: ctx_len).
         samples: number of held-out sequences.
         micro_bsz: sequences per forward pass.
-        output: results directory (must not already hold results).
+        output: results directory (new or empty).
         quick: at most 4 sequences.
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the held-out sample order.

@@ -36,7 +36,7 @@ def loss(
         samples: number of samples (the first ones of the held-out stream, as in training).
         micro_bsz: samples per forward pass.
         tokenizer: tokenizer spec for the byte count (default: the one recorded with the run).
-        output: results directory (must not already hold results).
+        output: results directory (new or empty).
         quick: at most 8 samples.
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the held-out sample order (the run's seed reproduces its eval numbers).

@@ -57,6 +57,7 @@ def mqar(
     target_accuracy: float = 0.99,
     batch_size: int | None = None,
     max_minutes: float | None = None,
+    run_minutes: float | None = None,
     quick: bool = False,
     device: str = "auto",
     seed: int = 0,
@@ -65,7 +66,7 @@ def mqar(
     """Multi-query associative recall sweep: accuracy per mixer, d_model and setting at the best lr.
 
     Args:
-        output: results directory (must not already hold results).
+        output: results directory (new or empty).
         mixers: any of rwkv7, rwkv7_conv4, deltanet, attention (default: all).
         d_models: model widths (default 64 128 256 512).
         settings: SEQ_LEN:KV_PAIRS cells (default 64:4 128:8 256:16 512:64).
@@ -78,6 +79,8 @@ def mqar(
         target_accuracy: stop a run after an epoch reaching this test accuracy.
         batch_size: examples per step (default: Zoology's 512 / 256 / 128 by sequence length).
         max_minutes: skip the cells not started within this many minutes (reported as skipped).
+        run_minutes: training time budget of each run; its step count (and cosine schedule)
+            shrinks to fit after a few timed steps.
         quick: a CPU-sized sweep of minutes (one small cell, two lrs, a small vocabulary).
         device: auto (CUDA when present), cpu, cuda, cuda:1, ...
         seed: seed of the data and of the initialisation.
@@ -103,11 +106,12 @@ def mqar(
         {"mixers": mixers, "d_models": d_models, "settings": [c.__dict__ for c in cells], "lrs": lrs,
          "n_layer": n_layer, "num_train": num_train, "num_test": num_test, "epochs": epochs,
          "target_accuracy": target_accuracy, "batch_size": batch_size, "max_minutes": max_minutes,
+         "run_minutes": run_minutes,
          "device": str(dev), "seed": seed},
     )  # fmt: skip
 
     start, rows, skipped = time.monotonic(), [], []
-    header = ["mixer", "d_model", "seq_len", "kv_pairs", "lr", "accuracy", "best_accuracy", "epochs",
+    header = ["mixer", "d_model", "seq_len", "kv_pairs", "lr", "accuracy", "best_accuracy", "epochs", "steps",
               "state_size", "params"]  # fmt: skip
     for cell in cells:
         data = None
@@ -127,12 +131,15 @@ def mqar(
                         epochs=epochs,
                         batch_size=batch_size or zoology_batch_size(cell.seq_len),
                         target_accuracy=target_accuracy,
+                        max_seconds=None if run_minutes is None else 60 * run_minutes,
                     )
                     r = fit(model, *data, cfg, dev, seed, desc=name, progress=progress)
                     size = state_size(model.config, cell.seq_len)
                     rows.append([mixer, d, cell.seq_len, cell.num_kv_pairs, lr, r["accuracy"],
-                                 r["best_accuracy"], r["epochs"], size, num_params(model)])  # fmt: skip
+                                 r["best_accuracy"], r["epochs"], r["steps"], size, num_params(model)])  # fmt: skip
                     out.csv("cells.csv", header, rows)
+                    print(f"{name}: accuracy {r['accuracy']:.4f} (best {r['best_accuracy']:.4f}), "
+                          f"{r['steps']}/{r['planned_steps']} steps", flush=True)  # fmt: skip
     best = best_per_cell(rows)
     summary = summarise(best)
     out.csv("best.csv", header, best)
@@ -170,7 +177,7 @@ def summarise(best: list[list[Any]]) -> list[list[Any]]:
     for r in best:
         groups.setdefault((r[0], r[1]), []).append(r)
     return [
-        [m, d, max(r[8] for r in rs), len(rs), math.fsum(r[6] for r in rs) / len(rs)]
+        [m, d, max(r[9] for r in rs), len(rs), math.fsum(r[6] for r in rs) / len(rs)]
         for (m, d), rs in groups.items()
     ]
 

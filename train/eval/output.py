@@ -1,6 +1,6 @@
 """The results directory of an evaluation: args.json, <suite>.csv, results.json and plots, each
-written to a temporary name in the directory and renamed once complete. A directory that already
-holds results is refused rather than overwritten."""
+written to a temporary name in the directory and renamed once complete. A directory that is not
+empty is refused, so nothing saved before is overwritten."""
 
 from __future__ import annotations
 
@@ -17,10 +17,8 @@ from skein.train.typed import ConfigError
 class ResultsDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if (self.path / "results.json").exists():
-            raise ConfigError(
-                f"--output {self.path}: already holds results.json; choose another --output or move it away"
-            )
+        if self.path.is_dir() and any(self.path.iterdir()):
+            raise ConfigError(f"--output {self.path}: is not empty; choose another --output or move it away")
         self.path.mkdir(parents=True, exist_ok=True)
 
     def _atomic(self, name: str, write) -> Path:

@@ -43,6 +43,7 @@ def state(
     batch_size: int = 2048,
     epochs: int = 100,
     weight_decay: float = 0.1,
+    run_minutes: float | None = None,
     quick: bool = False,
     device: str = "auto",
     seed: int = 0,
@@ -51,7 +52,7 @@ def state(
     """Word problems on S3, S5, A5, Z60: train at train_len, accuracy per position up to test_len.
 
     Args:
-        output: results directory (must not already hold results).
+        output: results directory (new or empty).
         groups: any of S3, S5, A5, Z60 (default: all four).
         model: model config keys over the default (one DeltaProduct layer, 8 heads, n_h = 2,
             negative eigenvalues); vocab_size is set to the group's order.
@@ -63,6 +64,8 @@ def state(
         batch_size: sequences per step.
         epochs: passes over the training set.
         weight_decay: AdamW weight decay of the matrices.
+        run_minutes: training time budget of each run; its step count (and cosine schedule)
+            shrinks to fit after a few timed steps.
         quick: a CPU-sized run of minutes (S3 and Z60, small data, few epochs).
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the data and of the initialisation.
@@ -87,7 +90,7 @@ def state(
         "args.json",
         {"groups": groups, "model": spec, "train_len": train_len, "test_len": test_len,
          "num_train": num_train, "num_test": num_test, "lr": lr, "batch_size": batch_size,
-         "epochs": epochs, "weight_decay": weight_decay, "device": str(dev), "seed": seed},
+         "epochs": epochs, "weight_decay": weight_decay, "run_minutes": run_minutes, "device": str(dev), "seed": seed},
     )  # fmt: skip
     rows, per_group = [], {}
     for g in groups:
@@ -101,7 +104,13 @@ def state(
         lm = _LogitsOnly(net)
         train = word_problems(tbl, num_train, train_len, seed)
         test = word_problems(tbl, num_test, test_len, seed + 1)
-        fit_cfg = FitConfig(lr=lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay)
+        fit_cfg = FitConfig(
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            weight_decay=weight_decay,
+            max_seconds=None if run_minutes is None else 60 * run_minutes,
+        )
         r = fit(lm, train, test, fit_cfg, dev, seed, desc=g, progress=progress)
         correct, counted = score(lm, *test, fit_cfg.eval_batch_size, dev)
         by_pos = (correct / counted).tolist()
@@ -109,6 +118,10 @@ def state(
         per_group[g] = {
             "order": tbl.shape[0],
             "train_loss": r["train_loss"],
+            "epochs": r["epochs"],
+            "steps": r["steps"],
+            "planned_steps": r["planned_steps"],
+            "accuracy": accuracy(correct, counted),
             "accuracy_within_train_len": accuracy(correct[:train_len], counted[:train_len]),
             "accuracy_beyond_train_len": accuracy(correct[train_len:], counted[train_len:])
             if test_len > train_len
@@ -116,6 +129,10 @@ def state(
             "accuracy_at_test_len": by_pos[-1],
         }
         out.csv("accuracy_by_position.csv", ["group", "position", "accuracy"], rows)
+        print(
+            f"{g}: accuracy {per_group[g]['accuracy']:.4f}, {r['steps']}/{r['planned_steps']} steps",
+            flush=True,
+        )
     out.figure("accuracy_by_position.png", plot(rows, train_len))
     results = {"model": spec, "groups": per_group}
     out.json("results.json", results)
