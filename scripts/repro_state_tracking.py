@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script end to end")
     a = p.parse_args()
 
@@ -60,9 +61,10 @@ def main() -> None:
         sizes = dict(train_len=16, test_len=48, num_train=256, num_test=32, epochs=2, batch_size=64)
         model = {"d_model": 32, "n_head": 2}
     start, results, rows = time.monotonic(), {}, []
-    for i, (name, overrides) in enumerate(VARIANTS.items()):
+    for i, name in enumerate(a.variants):
+        overrides = VARIANTS[name]
         left = 60 * a.minutes - (time.monotonic() - start)
-        budget = left / (len(VARIANTS) - i) / 60
+        budget = left / (len(a.variants) - i) / 60
         print(f"== {name}: {overrides}, {budget:.2f} min", flush=True)
         try:
             r = state(output=str(out / name), groups=["S3"], model={**model, **overrides}, lr=a.lr,
@@ -75,11 +77,19 @@ def main() -> None:
             traceback.print_exc()
             results[name] = {"error": f"{type(e).__name__}: {e}"}
             rows.append([name, "error", "", "", "", "", ""])
-    header = ["variant", "steps", "planned_steps", "epochs", "acc<=128", "acc>128", "acc@512"]
+    header = [
+        "variant",
+        "steps",
+        "planned_steps",
+        "epochs",
+        "acc<=train_len",
+        "acc>train_len",
+        "acc@test_len",
+    ]
     results_dir.csv("summary.csv", header, rows)
     results_dir.figure("accuracy_by_position.png", plot(out))
     results_dir.json("results.json", {"args": vars(a), "variants": results})
-    print(f"\nS3, 1 layer, 8 heads, train 128 / test 512, lr {a.lr}, batch {sizes['batch_size']} "
+    print(f"\nS3, 1 layer, train {sizes['train_len']} / test {sizes['test_len']}, lr {a.lr}, batch {sizes['batch_size']} "
           f"({(time.monotonic() - start) / 60:.1f} min; results in {out})")  # fmt: skip
     print(table(header, rows))
 
