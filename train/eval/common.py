@@ -1,5 +1,5 @@
-"""What the language-model suites share: loading a model onto a device, the held-out data, the
-run config's context length, autocast, and the byte length of every token id."""
+"""What the suites share: the device, autocast, and for the language-model suites loading a model,
+the held-out data, the run config's context length and the byte length of every token id."""
 
 from __future__ import annotations
 
@@ -39,7 +39,18 @@ def held_out(data: list[str], ctx_len: int, seed: int) -> PretrainDataset:
         raise ConfigError(f"--data {data}: {e}") from e
 
 
+def pick_device(device: str) -> torch.device:
+    """ "auto" -> CUDA when present, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device!r}: {e}") from e
+
+
 def autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA, nothing elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-IGNORE = -100
+from skein.data.mqar import IGNORE
+from skein.train.eval.common import autocast
+
 CALIBRATION = (5, 15)
 """Steps between which the time per step is measured for a time budget (after warm-up)."""
 
@@ -28,6 +29,8 @@ class FitConfig:
     epochs: int
     batch_size: int
     weight_decay: float = 0.1
+    """AdamW weight decay of the matrices (vectors get none)."""
+    betas: tuple[float, float] = (0.9, 0.98)
     warmup_fraction: float = 0.05
     """Fraction of the steps with a linear warmup from 0 to lr; cosine decay to 0 after it."""
     target_accuracy: float = 1.01
@@ -36,10 +39,6 @@ class FitConfig:
     max_seconds: float | None = None
     """Training time budget: after a few timed steps, the planned steps (and the cosine schedule
     with them) shrink to what fits; the result says how many ran."""
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 @torch.no_grad()
@@ -53,7 +52,7 @@ def score(
     counted = torch.zeros(inputs.shape[1], dtype=torch.float64)
     for i in range(0, len(inputs), batch_size):
         x, y = inputs[i : i + batch_size].to(device), labels[i : i + batch_size].to(device)
-        with _autocast(device):
+        with autocast(device):
             pred = model(x).argmax(-1)
         mask = y != IGNORE
         correct += ((pred == y) & mask).sum(0).double().cpu()
@@ -85,7 +84,7 @@ def fit(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=cfg.lr,
-        betas=(0.9, 0.98),
+        betas=cfg.betas,
     )
     steps_per_epoch = math.ceil(len(train[0]) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -111,7 +110,7 @@ def fit(
                 break
             idx = order[i : i + cfg.batch_size]
             x, y = train[0][idx].to(device), train[1][idx].to(device)
-            with _autocast(device):
+            with autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)

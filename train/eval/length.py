@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from skein.rwkv.models import CausalLM
-from skein.train.eval.common import autocast, held_out, load, run_ctx_len
-from skein.train.eval.models import pick_device
+from skein.train.eval.common import autocast, held_out, load, pick_device, run_ctx_len
 from skein.train.eval.output import ResultsDir, table
 from skein.train.typed import ConfigError
 

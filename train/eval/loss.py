@@ -8,8 +8,7 @@ import math
 from typing import Any
 
 from skein.data.tokenizer import load_tokenizer
-from skein.train.eval.common import autocast, held_out, load, run_ctx_len, token_bytes
-from skein.train.eval.models import pick_device
+from skein.train.eval.common import autocast, held_out, load, pick_device, run_ctx_len, token_bytes
 from skein.train.eval.output import ResultsDir, table
 from skein.train.evaluation import ValidationLoss
 from skein.train.typed import ConfigError

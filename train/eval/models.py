@@ -8,6 +8,7 @@ A model is named by a `MixerSpec`: the architecture, its config overrides, and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ def head_count(d_model: int, head: int = 64) -> int:
     return max(1, d_model // head)
 
 
-MIXERS: dict[str, Any] = {
+MIXERS: dict[str, Callable[[int], MixerSpec]] = {
     "rwkv7": lambda d: MixerSpec("rwkv7", {"head_size": min(64, d)}),
     "rwkv7_conv4": lambda d: MixerSpec("rwkv7", {"head_size": min(64, d)}, short_conv=4),
     "deltanet": lambda d: MixerSpec(
@@ -104,6 +105,7 @@ class MixerLM(nn.Module):
 
 
 def num_params(model: nn.Module) -> int:
+    """Parameter count of a model."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from skein.data.mqar import MQARSetting, mqar_splits
+from skein.train.eval.common import pick_device
 from skein.train.eval.fit import FitConfig, fit
-from skein.train.eval.models import MIXERS, MixerLM, num_params, pick_device
+from skein.train.eval.models import MIXERS, MixerLM, num_params
 from skein.train.eval.output import ResultsDir, table
 from skein.train.eval.state_size import state_size
 from skein.train.typed import ConfigError

@@ -14,8 +14,8 @@ import torch
 
 from skein.data.groups import GROUPS, group_table, word_problems
 from skein.rwkv.models import build_model, model_config_from_dict
+from skein.train.eval.common import pick_device
 from skein.train.eval.fit import FitConfig, accuracy, fit, score
-from skein.train.eval.models import pick_device
 from skein.train.eval.output import ResultsDir, table
 from skein.train.typed import ConfigError
 
