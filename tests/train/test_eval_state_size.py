@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from skein.rwkv import build_model
-from skein.train.eval.models import MIXERS, MixerLM
+from skein.train.eval.models import MixerLM, mixer_spec
 from skein.train.eval.state_size import state_size
 
 B, T = 2, 12
@@ -50,5 +50,20 @@ def test_attention_is_the_kv_cache(n_kv_head: int) -> None:
 def test_mqar_mixers_reach_8k_and_16k(d_model: int, expected: int) -> None:
     """RWKV-7 and DeltaNet with 64-wide heads: d_model 128 is an 8k state per layer, 256 a 16k one."""
     for name in ("rwkv7", "rwkv7_conv4", "deltanet"):
-        model = MixerLM(MIXERS[name](d_model), 64, 2, d_model)
+        model = MixerLM(mixer_spec(name, d_model), 64, 2, d_model)
         assert state_size(model.config, 512) == expected, name
+
+
+def test_shared_short_conv_for_any_mixer() -> None:
+    """`<mixer>_conv4` adds the same depthwise convolution before the mixer, leaving the state alone."""
+    plain, conv = (MixerLM(mixer_spec(n, 64), 64, 2, 64) for n in ("attention", "attention_conv4"))
+    assert plain.convs is None and [c.weight.shape for c in conv.convs] == [(64, 1, 4)] * 2
+    extra = sum(p.numel() for p in conv.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 2 * 64 * 4
+    x = torch.randint(0, 64, (2, 10))
+    y = conv(x)
+    x2 = x.clone()
+    x2[:, 6:] = (x2[:, 6:] + 1) % 64
+    assert torch.allclose(conv(x2)[:, :6], y[:, :6], atol=1e-5)  # still causal
+    with pytest.raises(ValueError, match="unknown mixer 'mamba'"):
+        mixer_spec("mamba", 64)

@@ -38,7 +38,6 @@ def head_count(d_model: int, head: int = 64) -> int:
 
 MIXERS: dict[str, Callable[[int], MixerSpec]] = {
     "rwkv7": lambda d: MixerSpec("rwkv7", {"head_size": min(64, d)}),
-    "rwkv7_conv4": lambda d: MixerSpec("rwkv7", {"head_size": min(64, d)}, short_conv=4),
     "deltanet": lambda d: MixerSpec(
         "deltaproduct",
         {
@@ -55,6 +54,16 @@ MIXERS: dict[str, Callable[[int], MixerSpec]] = {
 }
 """MQAR mixer name -> d_model -> spec. State per layer at d_model d: d * 64 for rwkv7 and deltanet
 (d >= 64); RWKV-7's token shift and DeltaNet's q/k/v convolutions are part of those mixers."""
+
+
+def mixer_spec(name: str, d_model: int) -> MixerSpec:
+    """The spec of a mixer name: a MIXERS key, optionally with `_conv<k>` for the shared short
+    convolution of size k (rwkv7_conv4, attention_conv4, ...)."""
+    base, _, conv = name.partition("_conv")
+    if base not in MIXERS or (conv and not (conv.isdigit() and int(conv) >= 2)):
+        raise ValueError(f"unknown mixer {name!r}: one of {sorted(MIXERS)}, optionally with _conv<k>, k >= 2")
+    spec = MIXERS[base](d_model)
+    return MixerSpec(spec.arch, spec.overrides, int(conv) if conv else 0)
 
 
 class MixerLM(nn.Module):

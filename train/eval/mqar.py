@@ -18,7 +18,7 @@ import torch
 from skein.data.mqar import MQARSetting, mqar_splits
 from skein.train.eval.common import pick_device
 from skein.train.eval.fit import FitConfig, fit
-from skein.train.eval.models import MIXERS, MixerLM, num_params
+from skein.train.eval.models import MixerLM, mixer_spec, num_params
 from skein.train.eval.output import ResultsDir, table
 from skein.train.eval.state_size import state_size
 from skein.train.typed import ConfigError
@@ -68,7 +68,8 @@ def mqar(
 
     Args:
         output: results directory (new or empty).
-        mixers: any of rwkv7, rwkv7_conv4, deltanet, attention (default: all).
+        mixers: rwkv7, deltanet or attention, each optionally with the shared short convolution
+            as `_conv4` (default: rwkv7 rwkv7_conv4 deltanet attention).
         d_models: model widths (default 64 128 256 512).
         settings: SEQ_LEN:KV_PAIRS cells (default 64:4 128:8 256:16 512:64).
         lrs: learning rates (default logspace(-4, -2, 4)).
@@ -88,15 +89,17 @@ def mqar(
         progress: show a progress bar.
     """
     if quick:
-        mixers = mixers or list(MIXERS)
+        mixers = mixers or ["rwkv7", "rwkv7_conv4", "deltanet", "attention"]
         d_models, settings = d_models or [32], settings or ["32:4"]
         lrs, vocab_size = lrs or [3e-3, 1e-2], 64
         num_train, num_test, epochs = min(num_train, 2048), min(num_test, 128), min(epochs, 8)
         batch_size = batch_size or 64
-    mixers = mixers or list(MIXERS)
-    unknown = sorted(set(mixers) - set(MIXERS))
-    if unknown:
-        raise ConfigError(f"--mixers: unknown {unknown}; choose from {sorted(MIXERS)}")
+    mixers = mixers or ["rwkv7", "rwkv7_conv4", "deltanet", "attention"]
+    for m in mixers:
+        try:
+            mixer_spec(m, 64)
+        except ValueError as e:
+            raise ConfigError(f"--mixers: {e}") from e
     d_models = d_models or [64, 128, 256, 512]
     lrs = lrs or [10 ** (-4 + 2 * i / 3) for i in range(4)]
     cells = parse_settings(settings or ZOOLOGY_SETTINGS, vocab_size)
@@ -126,7 +129,7 @@ def mqar(
                     if data is None:
                         data = mqar_splits(cell, num_train, num_test, seed)
                     torch.manual_seed(seed)
-                    model = MixerLM(MIXERS[mixer](d), vocab_size, n_layer, d)
+                    model = MixerLM(mixer_spec(mixer, d), vocab_size, n_layer, d)
                     cfg = FitConfig(
                         lr=lr,
                         epochs=epochs,
