@@ -37,8 +37,9 @@ class FitConfig:
     """Stop after an epoch whose test accuracy reaches this (above 1: never)."""
     eval_batch_size: int = 256
     max_seconds: float | None = None
-    """Training time budget: after a few timed steps, the planned steps (and the cosine schedule
-    with them) shrink to what fits; the result says how many ran."""
+    """Training time budget, counted from the end of the first step (after kernel compilation):
+    after a few timed steps the planned steps (and the cosine schedule with them) shrink to what
+    fits; the result says how many ran."""
 
 
 @torch.no_grad()
@@ -120,6 +121,10 @@ def fit(
             sched.step()
             bar.update()
             step += 1
+            if step == 1:  # the budget starts after the first step's one-time kernel compilation
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                started = time.monotonic()
             if cfg.max_seconds is not None and step in (CALIBRATION[0], CALIBRATION[1]):
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
