@@ -55,7 +55,8 @@ def state(
         output: results directory (new or empty).
         groups: any of S3, S5, A5, Z60 (default: all four).
         model: model config keys over the default (one DeltaProduct layer, 8 heads, n_h = 2,
-            negative eigenvalues); vocab_size is set to the group's order.
+            negative eigenvalues); with another `arch`, only n_layer and d_model are kept from it.
+            vocab_size is set to the group's order.
         train_len: length of the training sequences.
         test_len: length of the test sequences.
         num_train: training sequences per group.
@@ -71,19 +72,24 @@ def state(
         seed: seed of the data and of the initialisation.
         progress: show a progress bar.
     """
+    model = dict(model or {})
+    arch = model.get("arch", "deltaproduct")
     if quick:
         groups = groups or ["S3", "Z60"]
         train_len, test_len = min(train_len, 16), min(test_len, 64)
         num_train, num_test = min(num_train, 512), min(num_test, 64)
         batch_size, epochs = min(batch_size, 64), min(epochs, 3)
-        model = {"d_model": 32, "n_head": 2, **(model or {})}
+        model = {"d_model": 32, **({"n_head": 2} if arch == "deltaproduct" else {}), **model}
     groups = groups or list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise ConfigError(f"--groups: unknown {unknown}; choose from {sorted(GROUPS)}")
     if not 0 < train_len <= test_len:
         raise ConfigError(f"--train_len {train_len} must be positive and at most --test_len {test_len}")
-    spec = {**DELTAPRODUCT_S3, **(model or {})}
+    if arch == "deltaproduct":
+        spec = {**DELTAPRODUCT_S3, **model}
+    else:  # another architecture keeps only the size of the default
+        spec = {"n_layer": DELTAPRODUCT_S3["n_layer"], "d_model": DELTAPRODUCT_S3["d_model"], **model}
     out = ResultsDir(output)
     dev = pick_device(device)
     out.json(
