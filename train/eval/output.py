@@ -15,6 +15,8 @@ from skein.train.typed import ConfigError
 
 
 class ResultsDir:
+    """A new or empty results directory; json/csv/figure write one named file each, atomically."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if self.path.is_dir() and any(self.path.iterdir()):
