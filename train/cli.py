@@ -29,6 +29,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "bench": {"kernels": "skein.rwkv.ops.bench:bench_kernels", "train": "skein.train.bench:bench_train"},
     "submit": "skein.train.submit:submit",
     "status": "skein.train.status:status",
+    "eval": {s: f"skein.train.eval.{s}:{s}" for s in ("loss", "length", "mqar", "state")},
 }
 
 

@@ -32,20 +32,26 @@ class ValidationLoss:
 
     @torch.no_grad()
     def __call__(self, model: CausalLM, trainer: L.Trainer) -> dict[str, float]:
-        device = next(model.parameters()).device
-        mine = list(range(trainer.global_rank, self.samples, trainer.world_size))
-        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, sample count
         with trainer.strategy.precision_plugin.forward_context():
-            for i in range(0, len(mine), self.micro_bsz):
-                batch = [self.dataset[n] for n in mine[i : i + self.micro_bsz]]
-                x = torch.stack([b[0] for b in batch]).to(device)
-                y = torch.stack([b[1] for b in batch]).to(device)
-                logits, _ = model(x)
-                total[0] += lm_loss(logits, y).double() * len(batch)
-                total[1] += len(batch)
+            total = self.sums(model, trainer.global_rank, trainer.world_size)
         if trainer.world_size > 1:
             total = trainer.strategy.reduce(total, reduce_op="sum")
         return {"val_loss": float(total[0] / total[1])}
+
+    @torch.no_grad()
+    def sums(self, model: CausalLM, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """[loss sum, sample count] (float64) over this rank's share of the samples."""
+        device = next(model.parameters()).device
+        mine = list(range(rank, self.samples, world_size))
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        for i in range(0, len(mine), self.micro_bsz):
+            batch = [self.dataset[n] for n in mine[i : i + self.micro_bsz]]
+            x = torch.stack([b[0] for b in batch]).to(device)
+            y = torch.stack([b[1] for b in batch]).to(device)
+            logits, _ = model(x)
+            total[0] += lm_loss(logits, y).double() * len(batch)
+            total[1] += len(batch)
+        return total
 
 
 class PeriodicEval(L.Callback):
