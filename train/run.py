@@ -17,7 +17,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from skein.rwkv.models import CausalLM
+from skein.rwkv.convert.common import load_strict
+from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
+from skein.rwkv.models import CausalLM, build_model
 from skein.train.callbacks import (
     CheckpointCallback,
     MetricsCallback,
@@ -42,6 +44,7 @@ from skein.train.resume_check import check_resume_config, write_run_config
 from skein.train.slurm import cluster_plugins, global_rank, requeue_if_stopped
 from skein.train.strategy import (
     apply_compile,
+    apply_grad_checkpointing,
     build_strategy,
     compile_enabled,
     is_deepspeed,
@@ -96,7 +99,15 @@ def build_training_model(
 ) -> CausalLM:
     """The model as a stage trains it: seeded initialisation (or `weights`, a state dict and where it
     came from), then gradient checkpointing and torch.compile as the trainer section asks."""
-    model = build_training_model(cfg, weights)
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
+    model = build_model(cfg.model_config())
+    if weights is not None:
+        sd, source = weights
+        load_strict(model, fit_layout(sd, model), source)
+    if cfg.checkpoint.snapshot_every_steps and model.config.arch in ("rwkv4", "rwkv7"):
+        check_format_config(model.config)  # snapshots are RWKV-LM .pth files: refuse now, not mid-run
+    if cfg.trainer.grad_checkpointing:
+        apply_grad_checkpointing(model)
     if compile_enabled(cfg.trainer):
         apply_compile(model)
     return model

@@ -124,8 +124,8 @@ def test_resume_refuses_a_damaged_model_ckpt_and_falls_back(corpus: str, tmp_pat
 
 
 class _Poison(L.Callback):
-    """Makes the loss of one step non-finite: by NaN weights (`weights`), or by NaN logits in the
-    first micro-batch of that step only (the weights stay finite)."""
+    """Makes the loss of one step non-finite: by NaN weights (`weights`), or by NaN final hidden states
+    (so NaN logits) in the first micro-batch of that step only (the weights stay finite)."""
 
     def __init__(self, step: int, weights: bool) -> None:
         self.step, self.weights, self.hook = step, weights, None
@@ -141,7 +141,8 @@ class _Poison(L.Callback):
                 for p in module.model.parameters():
                     p.view(-1)[0] = float("nan")
         else:
-            self.hook = module.model.register_forward_hook(lambda m, i, out: (out[0] * math.nan, out[1]))
+            # the final norm feeds the head in both loss forms (logits, or the fused chunked head)
+            self.hook = module.model.ln_out.register_forward_hook(lambda m, i, out: out * math.nan)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.hook is not None:
