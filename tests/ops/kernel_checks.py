@@ -167,11 +167,14 @@ def cast(inputs: dict, dtype: torch.dtype, keep: tuple[str, ...]) -> dict:
 # kernel and float reference as fn(**inputs); kernel modules are imported on first use
 
 
-def rwkv7_pair(block_v: int | None = None, scale: float = 0.8) -> tuple[Callable, Callable]:
-    from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
+def rwkv7_pair(block_v: int | None = None, scale: float = 0.8, **launch) -> tuple[Callable, Callable]:
+    """launch: fields of skein.rwkv.ops.rwkv7.chunk.Rwkv7Launch (chunk, bwd_block_v, ...)."""
+    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
+
+    variant = Rwkv7Launch(**launch) if launch else None
 
     def kernel(r, w, k, v, a, b, state):
-        return chunk_rwkv7(r, w, k, v, a, b, state, scale, block_v=block_v)
+        return chunk_rwkv7(r, w, k, v, a, b, state, scale, block_v=block_v, launch=variant)
 
     def reference(r, w, k, v, a, b, state):
         return rwkv7_naive(r, w, k, v, a, b, state, scale)

@@ -92,8 +92,15 @@ COMPILE_CASES = {
         "skein.rwkv.ops.rwkv7.chunk",
         "_rwkv7_bwd_kernel",
         ("dsT", "states", "ds0"),
-        {"K": 64, "V": 64, "C": 16, "LOG2_C": 4, "HAS_DST": True, "WANT_DS0": True},
+        {"K": 64, "V": 64, "BV": 64, "C": 16, "LOG2_C": 4, "HAS_DST": True, "WANT_DS0": True, "MODE": 0},
         8,
+    ),
+    "rwkv7_bwd_c32_atomic": (
+        "skein.rwkv.ops.rwkv7.chunk",
+        "_rwkv7_bwd_kernel",
+        ("dsT", "states", "ds0", "dr", "dw", "dk", "da", "db"),
+        {"K": 64, "V": 64, "BV": 32, "C": 32, "LOG2_C": 5, "HAS_DST": True, "WANT_DS0": True, "MODE": 2},
+        4,
     ),
     "wkv4_fwd": (
         "skein.rwkv.ops.wkv4.fused",
@@ -143,7 +150,7 @@ COMPILE_CASES = {
         8,
     ),
 }
-SCALARS = {"scale": "fp32", "T": "i32", "H": "i32", "NH": "i32", "C": "i32", "B": "i32"}
+SCALARS = {"scale": "fp32", "T": "i32", "H": "i32", "PART": "i32", "NH": "i32", "C": "i32", "B": "i32"}
 
 
 @pytest.mark.slow

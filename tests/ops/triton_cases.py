@@ -75,6 +75,71 @@ def rwkv7_dispatch() -> None:
     assert_close(o1, rwkv7_naive(**inputs)[0], FP32_TOL, "dispatched output")
 
 
+RWKV7_VARIANTS = {
+    "c32_vsplit": {"chunk": 32, "bwd_block_v": 16},
+    "c64_atomic": {"chunk": 64, "bwd_block_v": 16, "bwd_reduce": "atomic"},
+    "c16_vsplit_atomic": {"chunk": 16, "block_v": 16, "bwd_block_v": 16, "bwd_reduce": "atomic"},
+}
+
+
+def rwkv7_variant(name: str, T: int) -> Callable[[], None]:
+    """A launch variant (chunk size, V split of the backward and its reduction) against float64,
+    K != V so the V split covers two backward programs."""
+
+    def case() -> None:
+        inputs = rwkv7_inputs(1, T, 2, 16, 32, seed=T + 40)
+        check_vs_reference(*rwkv7_pair(**RWKV7_VARIANTS[name]), inputs, FP32_TOL)
+
+    return case
+
+
+def rwkv7_variant_bf16() -> None:
+    inputs = cast(rwkv7_inputs(1, 37, 2, 16, 32, seed=41), torch.bfloat16, keep=("state", "w"))
+    check_vs_reference(*rwkv7_pair(**RWKV7_VARIANTS["c32_vsplit"]), inputs, BF16_TOL)
+
+
+def _compile_matches_eager(fn: Callable, args: list[torch.Tensor]) -> None:
+    """torch.compile(fullgraph=True) of fn traces the custom ops without a graph break and gives
+    eager's loss and gradients."""
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    loss = fn(*args)
+    grads = torch.autograd.grad(loss, args)
+    loss_c = compiled(*args)
+    grads_c = torch.autograd.grad(loss_c, args)
+    assert_close(loss_c, loss, 1e-6, "compiled loss")
+    for i, (g, gc) in enumerate(zip(grads, grads_c)):
+        assert g.abs().sum() > 0, f"gradient {i} is zero"
+        assert_close(gc, g, 1e-6, f"compiled gradient {i}")
+
+
+def _opcheck(op: object, args: tuple) -> None:
+    result = torch.library.opcheck(op, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def rwkv7_custom_op() -> None:
+    """opcheck of both ops (schema, fake tensors, autograd registration, AOT dispatch) and a
+    fullgraph compile of a loss through chunk_rwkv7 with a V-split backward."""
+    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
+
+    x = rwkv7_inputs(1, 5, 1, 16, 32, seed=42)
+    args = [x[n].requires_grad_() for n in (*"rwkvab", "state")]
+    _opcheck(torch.ops.skein.rwkv7_fwd.default, (*args, 0.8, 16, 16, 4, True, 16, False, 4, 0))
+    states = torch.randn(1, 1, 16, 32)
+    do, dsT = torch.randn_like(x["v"]), torch.randn_like(x["state"])
+    _opcheck(
+        torch.ops.skein.rwkv7_bwd.default,
+        (*(t.detach() for t in args[:6]), do, dsT, states, 0.8, 16, 16, False, 4, 0, True),
+    )
+    launch = Rwkv7Launch(bwd_block_v=16)
+
+    def loss(r, w, k, v, a, b, s):
+        o, sT = chunk_rwkv7(r, w, k, v, a, b, s, 0.8, launch=launch)
+        return (o * o).sum() + sT.sin().sum()
+
+    _compile_matches_eager(loss, args)
+
+
 def wkv4_fp32(T: int, spread: float = 3.0) -> Callable[[], None]:
     def case() -> None:
         kernel, reference = wkv4_pair(block_c=16)
@@ -178,6 +243,11 @@ def refusals() -> None:
     _raises(chunk_rwkv7, **{**x, "state": x["state"][:, :, :8]}, match="state has shape")
     _raises(chunk_rwkv7, **{n: t if n == "state" else t[:, :0] for n, t in x.items()}, match="T = 0")
     _raises(chunk_rwkv7, **x, block_v=48, match="block_v")
+    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch
+
+    _raises(chunk_rwkv7, **x, launch=Rwkv7Launch(chunk=24), match="chunk = 24")
+    _raises(chunk_rwkv7, **x, launch=Rwkv7Launch(bwd_block_v=32), match="bwd_block_v = 32")
+    _raises(chunk_rwkv7, **x, launch=Rwkv7Launch(bwd_reduce="mean"), match="bwd_reduce")
     y = wkv4_inputs(1, 4, 24)
     _raises(fused_wkv4, **{**y, "k": y["k"].double(), "v": y["v"].double()}, match="float64")
     _raises(fused_wkv4, **{**y, "u": y["u"][:5]}, match="u has shape")
@@ -212,6 +282,9 @@ CASES: dict[str, Callable[[], None]] = {
     "rwkv7_bf16": rwkv7_bf16,
     "rwkv7_segments": rwkv7_segments,
     "rwkv7_dispatch": rwkv7_dispatch,
+    **{f"rwkv7_{name}_T{T}": rwkv7_variant(name, T) for name in RWKV7_VARIANTS for T in (37, 100)},
+    "rwkv7_variant_bf16": rwkv7_variant_bf16,
+    "rwkv7_custom_op": rwkv7_custom_op,
     **{f"wkv4_fp32_T{T}": wkv4_fp32(T) for T in (1, 7, 33)},
     "wkv4_large_k": wkv4_fp32(20, spread=30.0),
     "wkv4_empty_state": wkv4_empty_state,
