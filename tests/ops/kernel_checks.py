@@ -209,11 +209,14 @@ def split_state(kernel: Callable) -> Callable:
     return fn
 
 
-def delta_product_pair(block_v: int | None = None, scale: float = 0.3) -> tuple[Callable, Callable]:
-    from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
+def delta_product_pair(block_v: int | None = None, scale: float = 0.3, **launch) -> tuple[Callable, Callable]:
+    """launch: fields of skein.rwkv.ops.delta_product.chunk.DeltaProductLaunch."""
+    from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch, chunk_delta_product
+
+    variant = DeltaProductLaunch(**launch) if launch else None
 
     def kernel(q, k, v, beta, g, state):
-        return chunk_delta_product(q, k, v, beta, g, state, scale, block_v=block_v)
+        return chunk_delta_product(q, k, v, beta, g, state, scale, block_v=block_v, launch=variant)
 
     def reference(q, k, v, beta, g, state):
         return delta_product_naive(q, k, v, beta, g, state, scale)

@@ -136,21 +136,32 @@ COMPILE_CASES = {
     "delta_product_bwd": (
         "skein.rwkv.ops.delta_product.chunk",
         "_dp_bwd_kernel",
-        ("dsT", "states", "ds0"),
+        ("dsT", "states", "ds0", "dq", "dk", "dbeta", "dg"),
         {
             "K": 64,
             "V": 64,
-            "CS": 16,
-            "LOG2_CS": 4,
+            "BV": 32,
+            "CS": 32,
+            "LOG2_CS": 5,
             "NHP": 2,
             "HAS_G": True,
             "HAS_DST": True,
             "WANT_DS0": True,
+            "MODE": 1,
         },
         8,
     ),
 }
-SCALARS = {"scale": "fp32", "T": "i32", "H": "i32", "PART": "i32", "NH": "i32", "C": "i32", "B": "i32"}
+SCALARS = {
+    "scale": "fp32",
+    "T": "i32",
+    "H": "i32",
+    "PART": "i32",
+    **{f"PART_{x}": "i32" for x in "QKBG"},
+    "NH": "i32",
+    "C": "i32",
+    "B": "i32",
+}
 
 
 @pytest.mark.slow

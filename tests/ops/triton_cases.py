@@ -190,6 +190,45 @@ def delta_product_fp32(T: int, nh: int, gate: bool) -> Callable[[], None]:
     return case
 
 
+DELTA_PRODUCT_VARIANTS = {
+    "c32_vsplit": {"chunk": 32, "bwd_block_v": 16},
+    "c64_atomic": {"chunk": 64, "bwd_block_v": 16, "bwd_reduce": "atomic"},
+}
+
+
+def delta_product_variant(name: str, T: int, nh: int, gate: bool) -> Callable[[], None]:
+    """A launch variant against float64, K != V so the V split covers two backward programs."""
+
+    def case() -> None:
+        inputs = delta_product_inputs(1, T, nh, 2, 16, 32, gate, seed=T + nh + 50)
+        check_vs_reference(*delta_product_pair(**DELTA_PRODUCT_VARIANTS[name]), inputs, FP32_TOL)
+
+    return case
+
+
+def delta_product_custom_op() -> None:
+    """opcheck of both ops and a fullgraph compile of a loss through chunk_delta_product."""
+    from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch, chunk_delta_product
+
+    x = delta_product_inputs(1, 5, 2, 1, 16, 32, gate=True, seed=51)
+    names = ("q", "k", "v", "beta", "g", "state")
+    args = [x[n].requires_grad_() for n in names]
+    _opcheck(torch.ops.skein.delta_product_fwd.default, (*args, 0.3, 16, 16, 4, True, 16, False, 4))
+    do, dsT = torch.randn(1, 5, 1, 32), torch.randn_like(x["state"])
+    states = torch.randn(1, 1, 16, 32)
+    _opcheck(
+        torch.ops.skein.delta_product_bwd.default,
+        (*(t.detach() for t in args[:5]), do, dsT, states, 0.3, 16, 16, True, 4, True),
+    )
+    launch = DeltaProductLaunch(bwd_block_v=16)
+
+    def loss(q, k, v, beta, g, s):
+        o, sT = chunk_delta_product(q, k, v, beta, g, s, 0.3, launch=launch)
+        return (o * o).sum() + sT.sin().sum()
+
+    _compile_matches_eager(loss, args)
+
+
 def delta_product_vblocks() -> None:
     inputs = delta_product_inputs(1, 11, 2, 1, 16, 32, gate=True, seed=9)
     inputs["state"] = None
@@ -255,6 +294,10 @@ def refusals() -> None:
     _raises(chunk_delta_product, **z, match="n_h = 17")
     z = delta_product_inputs(1, 4, 1, 1, 16, 12, gate=False)
     _raises(chunk_delta_product, **z, match="V = 12")
+    from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch
+
+    z = delta_product_inputs(1, 4, 2, 1, 16, 16, gate=True)
+    _raises(chunk_delta_product, **z, launch=DeltaProductLaunch(chunk=8), match="chunk = 8")
 
 
 def realistic(op: str) -> Callable[[], None]:
@@ -300,6 +343,10 @@ CASES: dict[str, Callable[[], None]] = {
     "delta_product_bf16": delta_product_bf16,
     "delta_product_segments": delta_product_segments,
     "delta_product_dispatch": delta_product_dispatch,
+    "delta_product_c32_vsplit_T37": delta_product_variant("c32_vsplit", 37, 2, True),
+    "delta_product_c32_vsplit_T100_nh1": delta_product_variant("c32_vsplit", 100, 1, False),
+    "delta_product_c64_atomic_T37_nh3": delta_product_variant("c64_atomic", 37, 3, True),
+    "delta_product_custom_op": delta_product_custom_op,
     "refusals": refusals,
 }
 SLOW_CASES: dict[str, Callable[[], None]] = {

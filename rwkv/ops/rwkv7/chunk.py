@@ -25,7 +25,15 @@ from skein.rwkv.ops.common.kernel_checks import (
     check_shape,
     dot_precision,
 )
-from skein.rwkv.ops.common.triton_utils import block_v_for, is_interpreted, tri_inverse
+from skein.rwkv.ops.common.triton_utils import (
+    block_v_for,
+    grad_parts,
+    is_interpreted,
+    reduce_mode,
+    store_part,
+    sum_parts,
+    tri_inverse,
+)
 
 CHUNK = 16
 """Default tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w
@@ -158,18 +166,6 @@ def _rwkv7_fwd_kernel(
 
 
 @triton.jit
-def _store_kgrad(ptr, pk, x, mask, part, MODE: tl.constexpr):
-    """Store one [C, K] gradient tile: MODE 0 in the output dtype, 1 into this V block's fp32
-    part (`part` elements further on), 2 as fp32 atomic adds."""
-    if MODE == 0:
-        tl.store(ptr + pk, x.to(ptr.dtype.element_ty), mask=mask)
-    elif MODE == 1:
-        tl.store(ptr + part + pk, x, mask=mask)
-    else:
-        tl.atomic_add(ptr + pk, x, mask=mask)
-
-
-@triton.jit
 def _rwkv7_bwd_kernel(
     r, w, k, v, a, b, do, dsT, states, dr, dw, dk, dv, da, db, ds0, scale, T, H, PART,
     K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
@@ -261,11 +257,11 @@ def _rwkv7_bwd_kernel(
         tot = d_g + d_gp
         dw_c = tl.sum(tot, axis=0)[None, :] - tl.cumsum(tot, axis=0) + tot - d_gp + d_gC[None, :]
         mk = mt & (ik < K)[None, :]
-        _store_kgrad(dr, pk, dr_c, mk, part, MODE)
-        _store_kgrad(dw, pk, dw_c, mk, part, MODE)
-        _store_kgrad(dk, pk, dk_c, mk, part, MODE)
-        _store_kgrad(da, pk, da_c, mk, part, MODE)
-        _store_kgrad(db, pk, db_c, mk, part, MODE)
+        store_part(dr, pk, dr_c, mk, part, MODE)
+        store_part(dw, pk, dw_c, mk, part, MODE)
+        store_part(dk, pk, dk_c, mk, part, MODE)
+        store_part(da, pk, da_c, mk, part, MODE)
+        store_part(db, pk, db_c, mk, part, MODE)
     if WANT_DS0:
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
@@ -333,14 +329,9 @@ def rwkv7_bwd(
     V = v.shape[-1]
     bv = block_v or V
     nv = V // bv
-    mode = 0 if nv == 1 else (2 if atomic else 1)
+    mode = reduce_mode(nv, atomic)
     kin = (r, w, k, a, b)
-    if mode == 0:
-        kgrads = [torch.empty_like(x) for x in kin]
-    elif mode == 1:
-        kgrads = [r.new_empty((nv, B, T, H, K), dtype=torch.float32) for _ in kin]
-    else:
-        kgrads = [r.new_zeros((B, T, H, K), dtype=torch.float32) for _ in kin]
+    kgrads = [grad_parts(x, nv, mode) for x in kin]
     dv = torch.empty_like(v)
     ds0 = v.new_empty((B, H, K, V) if want_ds0 else (0,), dtype=torch.float32)
     opts = {"num_warps": num_warps}
@@ -352,9 +343,7 @@ def rwkv7_bwd(
         scale, T, H, B * T * H * K, K=K, V=V, BV=bv, C=chunk, LOG2_C=chunk.bit_length() - 1,
         HAS_DST=dsT is not None, WANT_DS0=want_ds0, PREC=dot_precision(v.dtype), MODE=mode, **opts,
     )  # fmt: skip
-    if mode == 1:
-        kgrads = [g.sum(0) for g in kgrads]
-    dr, dw, dk, da, db = (g.to(x.dtype) for g, x in zip(kgrads, kin))
+    dr, dw, dk, da, db = (sum_parts(g, x, mode) for g, x in zip(kgrads, kin))
     return dr, dw, dk, dv, da, db, ds0
 
 
