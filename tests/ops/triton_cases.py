@@ -182,6 +182,25 @@ def wkv4_dispatch() -> None:
     assert_close(y, wkv4_naive(**inputs)[0], FP32_TOL, "dispatched output")
 
 
+def wkv4_custom_op() -> None:
+    """opcheck of both ops and a fullgraph compile of a loss through fused_wkv4 with a state."""
+    from skein.rwkv.ops.wkv4.fused import fused_wkv4
+
+    x = wkv4_leaves(wkv4_inputs(1, 11, 24, spread=5.0, seed=52))
+    names = ("w", "u", "k", "v", "aa", "bb", "pp")
+    args = [x[n].requires_grad_() for n in names]
+    _opcheck(torch.ops.skein.wkv4_fwd.default, (*args, 16, True))
+    ckpt = torch.ops.skein.wkv4_fwd(*(t.detach() for t in args), 16, True)[4]
+    dy, dst = torch.randn_like(x["k"]), [torch.randn_like(x["aa"]) for _ in range(3)]
+    _opcheck(torch.ops.skein.wkv4_bwd.default, (*(t.detach() for t in args[:4]), dy, ckpt, *dst, 16, True))
+
+    def loss(w, u, k, v, aa, bb, pp):
+        y, (aa, bb, pp) = fused_wkv4(w, u, k, v, (aa, bb, pp), block_c=16)
+        return (y * y).sum() + aa.sin().sum() + bb.cos().sum() + pp.sin().sum()
+
+    _compile_matches_eager(loss, args)
+
+
 def delta_product_fp32(T: int, nh: int, gate: bool) -> Callable[[], None]:
     def case() -> None:
         inputs = delta_product_inputs(2, T, nh, 2, 16, 16, gate, seed=T + nh)
@@ -334,6 +353,8 @@ CASES: dict[str, Callable[[], None]] = {
     "wkv4_bf16": wkv4_bf16,
     "wkv4_segments": wkv4_segments,
     "wkv4_dispatch": wkv4_dispatch,
+    "wkv4_T100": wkv4_fp32(100, spread=10.0),
+    "wkv4_custom_op": wkv4_custom_op,
     "delta_product_nh1_T33_gated": delta_product_fp32(33, 1, True),
     "delta_product_nh1_T7": delta_product_fp32(7, 1, False),
     "delta_product_nh2_T1_gated": delta_product_fp32(1, 2, True),

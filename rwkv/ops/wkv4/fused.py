@@ -1,4 +1,6 @@
-"""RWKV-4 WKV as fused recurrent Triton kernels (forward and backward), fp32 compute.
+"""RWKV-4 WKV as fused recurrent Triton kernels (forward and backward), fp32 compute, registered
+as the custom ops skein::wkv4_fwd and skein::wkv4_bwd (fake and autograd implementations
+included, so torch.compile traces through them).
 
 One program owns a block of channels of one sequence and walks time; the running-max state
 (aa, bb, pp) of naive.wkv4_naive stays in registers. Time is read in tiles of TB steps (one
@@ -12,7 +14,8 @@ Backward (exact gradient of the (aa, bb, pp) representation). One step, with x =
 Given (ga, gb, gp) = dL/d(aa1, bb1, pp1): the total through pp1 is gp - ga aa1 - gb bb1 and goes
 to whichever of x, k won the max; ga0 = f ga + e1 gy / den, gb0 = f gb - e1 gy y / den,
 gp0 = dL/dx + e1 (gy / den)(aa0 - y bb0) (y depends on the state only through aa e^pp).
-Every exponent above is <= 0, so nothing overflows.
+Every exponent above is <= 0, so nothing overflows. Of each pair e^{x - max}, e^{y - max} one is
+exactly 1: a step costs one exponential per pair (_exp_pair).
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ registers; 8 x 32 channels per warp compiles for sm_90 without spills)."""
 def _pick(tile, sel):
     """Row `sel` of a [TB, BC] tile as a [BC] vector."""
     return tl.sum(tl.where(sel, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _exp_pair(x, y):
+    """(e^{x - m}, e^{y - m}, m) with m = max(x, y): one of the two factors is exactly 1, so one
+    exponential per pair instead of two (ties give 1, 1 as before)."""
+    d = tl.exp(-tl.abs(x - y))
+    x_big = x >= y
+    return tl.where(x_big, 1.0, d), tl.where(x_big, d, 1.0), tl.maximum(x, y)
 
 
 @triton.jit
@@ -80,14 +92,10 @@ def _wkv4_fwd_kernel(
             ki = _pick(kt, sel)
             vi = _pick(vt, sel)
             ww = u_ + ki
-            p = tl.maximum(pp, ww)
-            e1 = tl.exp(pp - p)
-            e2 = tl.exp(ww - p)
+            e1, e2, p = _exp_pair(pp, ww)
             yt = tl.where(sel, ((e1 * aa + e2 * vi) / (e1 * bb + e2))[None, :], yt)
             ww = w_ + pp
-            p = tl.maximum(ww, ki)
-            e1 = tl.exp(ww - p)
-            e2 = tl.exp(ki - p)
+            e1, e2, p = _exp_pair(ww, ki)
             live = n * TB + i < T
             aa = tl.where(live, e1 * aa + e2 * vi, aa)
             bb = tl.where(live, e1 * bb + e2, bb)
@@ -157,9 +165,7 @@ def _wkv4_bwd_kernel(
             ki = _pick(kt, sel)
             vi = _pick(vt, sel)
             x = w_ + pp
-            p = tl.maximum(x, ki)
-            f = tl.exp(x - p)
-            e = tl.exp(ki - p)
+            f, e, p = _exp_pair(x, ki)
             live = n * TB + i < T
             aa = tl.where(live, f * aa + e * vi, aa)
             bb = tl.where(live, f * bb + e, bb)
@@ -177,9 +183,7 @@ def _wkv4_bwd_kernel(
             p0 = _pick(p_t, sel)
             # state update (module docstring)
             x = w_ + p0
-            p1 = tl.maximum(x, ki)
-            f = tl.exp(x - p1)
-            e = tl.exp(ki - p1)
+            f, e, _ = _exp_pair(x, ki)
             g_p1 = gp - ga * (f * a0 + e * vi) - gb * (f * b0 + e)
             x_won = x >= ki
             gx = (ga * a0 + gb * b0) * f + tl.where(x_won, g_p1, 0.0)
@@ -187,9 +191,7 @@ def _wkv4_bwd_kernel(
             gv = ga * e
             # output y_t
             wu = u_ + ki
-            p = tl.maximum(p0, wu)
-            e1 = tl.exp(p0 - p)
-            e2 = tl.exp(wu - p)
+            e1, e2, p = _exp_pair(p0, wu)
             den = e1 * b0 + e2
             g_num = gyi / den
             g_den = -g_num * (e1 * a0 + e2 * vi) / den
@@ -228,46 +230,86 @@ def _block_c(B: int, C: int, device: torch.device) -> int:
     return bc
 
 
-class _FusedWkv4(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w, u, k, v, aa, bb, pp, block_c, save):
-        B, T, C = k.shape
-        bc = block_c or _block_c(B, C, k.device)
-        NB = triton.cdiv(T, TIME_TILE)
-        y = torch.empty_like(k)
-        out = [torch.empty(B, C, device=k.device, dtype=torch.float32) for _ in range(3)]
-        ckpt = torch.empty(3, B, NB, C, device=k.device, dtype=torch.float32) if save else None
-        _wkv4_fwd_kernel[(triton.cdiv(C, bc), B)](
-            w, u, k, v, aa, bb, pp, y, *out, ckpt, T, C, B,
-            BC=bc, TB=TIME_TILE, HAS_STATE=aa is not None, SAVE=save, num_warps=max(1, bc // 32),
-        )  # fmt: skip
-        ctx.save_for_backward(w, u, k, v, ckpt)
-        ctx.has_state, ctx.bc = aa is not None, bc
-        ctx.set_materialize_grads(False)
-        return (y, *out)
+_FWD_SCHEMA = (
+    "(Tensor w, Tensor u, Tensor k, Tensor v, Tensor? aa, Tensor? bb, Tensor? pp, int block_c, bool save) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor w, Tensor u, Tensor k, Tensor v, Tensor dy, Tensor ckpt, Tensor? daa, Tensor? dbb, "
+    "Tensor? dpp, int block_c, bool want_ds0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
 
-    @staticmethod
-    def backward(ctx, dy, daa, dbb, dpp):
-        w, u, k, v, ckpt = ctx.saved_tensors
-        B, T, C = k.shape
-        dy = torch.zeros_like(k) if dy is None else dy.contiguous()
-        has_dst = any(g is not None for g in (daa, dbb, dpp))
-        dst = [
-            (torch.zeros(B, C, device=k.device) if g is None else g.float().contiguous()) if has_dst else None
+
+@torch.library.custom_op("skein::wkv4_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def wkv4_fwd(w, u, k, v, aa, bb, pp, block_c, save):
+    """y [B, T, C], the final (aa, bb, pp) (fp32 [B, C] each) and, when `save`, the state at every
+    time-tile start [3, B, NB, C] (fp32; else an empty tensor)."""
+    B, T, C = k.shape
+    NB = triton.cdiv(T, TIME_TILE)
+    y = torch.empty_like(k)
+    out = [k.new_empty(B, C, dtype=torch.float32) for _ in range(3)]
+    ckpt = k.new_empty((3, B, NB, C) if save else (0,), dtype=torch.float32)
+    _wkv4_fwd_kernel[(triton.cdiv(C, block_c), B)](
+        w, u, k, v, aa, bb, pp, y, *out, ckpt if save else None, T, C, B,
+        BC=block_c, TB=TIME_TILE, HAS_STATE=aa is not None, SAVE=save, num_warps=max(1, block_c // 32),
+    )  # fmt: skip
+    return (y, *out, ckpt)
+
+
+@wkv4_fwd.register_fake
+def _(w, u, k, v, aa, bb, pp, block_c, save):
+    B, T, C = k.shape
+    NB = (T + TIME_TILE - 1) // TIME_TILE
+    ckpt = k.new_empty((3, B, NB, C) if save else (0,), dtype=torch.float32)
+    return (torch.empty_like(k), *(k.new_empty(B, C, dtype=torch.float32) for _ in range(3)), ckpt)
+
+
+@torch.library.custom_op("skein::wkv4_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def wkv4_bwd(w, u, k, v, dy, ckpt, daa, dbb, dpp, block_c, want_ds0):
+    """Gradients of w, u ([C], fp32), k, v (their dtypes) and of the initial (aa, bb, pp) (fp32
+    [B, C] each, or empty tensors unless `want_ds0`). daa, dbb, dpp are all given or all None."""
+    B, T, C = k.shape
+    ds0 = [k.new_empty((B, C) if want_ds0 else (0,), dtype=torch.float32) for _ in range(3)]
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dw = k.new_empty(B, C, dtype=torch.float32)
+    du = torch.empty_like(dw)
+    _wkv4_bwd_kernel[(triton.cdiv(C, block_c), B)](
+        w, u, k, v, dy, ckpt, daa, dbb, dpp, dk, dv, dw, du, *(d if want_ds0 else None for d in ds0), T, C, B,
+        BC=block_c, TB=TIME_TILE, HAS_DST=daa is not None, WANT_DS0=want_ds0, num_warps=max(1, block_c // 32),
+    )  # fmt: skip
+    return dw.sum(0), du.sum(0), dk, dv, *ds0
+
+
+@wkv4_bwd.register_fake
+def _(w, u, k, v, dy, ckpt, daa, dbb, dpp, block_c, want_ds0):
+    B, T, C = k.shape
+    ds0 = [k.new_empty((B, C) if want_ds0 else (0,), dtype=torch.float32) for _ in range(3)]
+    return (torch.empty_like(w), torch.empty_like(u), torch.empty_like(k), torch.empty_like(v), *ds0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    w, u, k, v, aa, _, _, block_c, _ = inputs
+    ctx.save_for_backward(w, u, k, v, output[4])
+    ctx.has_state, ctx.block_c = aa is not None, block_c
+
+
+def _backward(ctx, dy, daa, dbb, dpp, _dckpt):
+    w, u, k, v, ckpt = ctx.saved_tensors
+    B, _, C = k.shape
+    dy = torch.zeros_like(k) if dy is None else dy.contiguous()
+    if all(g is None for g in (daa, dbb, dpp)):
+        dst = (None, None, None)
+    else:
+        dst = tuple(
+            k.new_zeros(B, C, dtype=torch.float32) if g is None else g.float().contiguous()
             for g in (daa, dbb, dpp)
-        ]
-        want_ds0 = ctx.has_state and any(ctx.needs_input_grad[4:7])
-        ds0 = [
-            torch.empty(B, C, device=k.device, dtype=torch.float32) if want_ds0 else None for _ in range(3)
-        ]
-        dk, dv = torch.empty_like(k), torch.empty_like(v)
-        dw = torch.empty(B, C, device=k.device, dtype=torch.float32)
-        du = torch.empty_like(dw)
-        _wkv4_bwd_kernel[(triton.cdiv(C, ctx.bc), B)](
-            w, u, k, v, dy, ckpt, *dst, dk, dv, dw, du, *ds0, T, C, B,
-            BC=ctx.bc, TB=TIME_TILE, HAS_DST=has_dst, WANT_DS0=want_ds0, num_warps=max(1, ctx.bc // 32),
-        )  # fmt: skip
-        return dw.sum(0), du.sum(0), dk, dv, *ds0, None, None
+        )
+    want_ds0 = ctx.has_state and any(ctx.needs_input_grad[4:7])
+    dw, du, dk, dv, *ds0 = torch.ops.skein.wkv4_bwd(w, u, k, v, dy, ckpt, *dst, ctx.block_c, want_ds0)
+    return (dw, du, dk, dv, *(d if want_ds0 else None for d in ds0), None, None)
+
+
+wkv4_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_wkv4(
@@ -309,7 +351,7 @@ def fused_wkv4(
     save = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (w, u, k, v, aa, bb, pp)
     )
-    y, aa, bb, pp = _FusedWkv4.apply(w, u, k, v, aa, bb, pp, block_c, save)
+    y, aa, bb, pp, _ = wkv4_fwd(w, u, k, v, aa, bb, pp, block_c or _block_c(B, C, k.device), save)
     return y, (aa, bb, pp)
 
 
