@@ -26,7 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "export": "skein.train.export:export",
     "import": "skein.train.export:import_weights",
     "generate": "skein.train.generate:generate",
-    "bench": {"kernels": "skein.rwkv.ops.bench:bench_kernels"},
+    "bench": {"kernels": "skein.train.bench_kernels:bench_kernels"},
 }
 
 
