@@ -6,6 +6,9 @@ rwkv7_clampw_v3, fla) beside them. Rows print as they complete; one table prints
 
     python scripts/gpu_kernel_sweep.py [--rwkv_lm /path/to/RWKV-LM] [--ops rwkv7,delta_product,wkv4]
 
+Each variant is a separate Triton compile (tens of seconds the first time); --ops splits the
+sweep over several calls, and Triton's cache makes a repeated call fast.
+
 The reference runs the float64 token loop (naive.py of each op) on GPU over the full length T,
 on a slice of the batch (B = 1) and of the heads (4) or channels (256) of the benchmark-shape
 run; those rows and columns of the kernel's outputs and gradients do not depend on the others.
@@ -41,20 +44,19 @@ from skein.train.bench_kernels import (
 )
 
 RWKV7_VARIANTS = {
-    "c16 (bwd per head)": Rwkv7Launch(chunk=16),
+    "c16 bwd per head": Rwkv7Launch(chunk=16),
+    "c16 fwd_bv32 bwd per head": Rwkv7Launch(chunk=16, block_v=32),
     "c16 bwd_bv32 sum": Rwkv7Launch(chunk=16, bwd_block_v=32),
     "c16 bwd_bv32 atomic": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_reduce="atomic"),
-    "c16 bwd_bv16 atomic": Rwkv7Launch(chunk=16, bwd_block_v=16, bwd_reduce="atomic", bwd_warps=4),
+    "c16 bwd_bv32 sum 1-stage": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_stages=1),
     "c32 bwd_bv32 sum": Rwkv7Launch(chunk=32, bwd_block_v=32),
-    "c32 (bwd per head)": Rwkv7Launch(chunk=32),
-    "c64 bwd_bv32 sum": Rwkv7Launch(chunk=64, bwd_block_v=32, bwd_warps=8),
+    "c64 bwd_bv32 sum 8 warps": Rwkv7Launch(chunk=64, bwd_block_v=32, bwd_warps=8),
 }
+"""Forward: V in one program (64 columns) unless fwd_bv says otherwise."""
 DELTA_PRODUCT_VARIANTS = {
-    "c16 (bwd per head)": DeltaProductLaunch(chunk=16),
+    "c16 bwd per head": DeltaProductLaunch(chunk=16),
     "c16 bwd_bv32 sum": DeltaProductLaunch(chunk=16, bwd_block_v=32),
     "c32 bwd_bv32 sum": DeltaProductLaunch(chunk=32, bwd_block_v=32),
-    "c32 bwd_bv32 atomic": DeltaProductLaunch(chunk=32, bwd_block_v=32, bwd_reduce="atomic"),
-    "c64 bwd_bv32 sum": DeltaProductLaunch(chunk=64, bwd_block_v=32, bwd_warps=8),
 }
 WKV4_VARIANTS = {"block_c 32": 32, "block_c 16": 16}
 BF16_BUDGET, FP32_BUDGET = 3e-3, 2e-6

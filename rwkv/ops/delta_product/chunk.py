@@ -57,7 +57,7 @@ class DeltaProductLaunch:
     chunk: int = CHUNK
     """Steps per chunk (n_h steps per token, padded to a power of two): 16, 32 or 64."""
     block_v: int = 0
-    """V columns per forward program (power of two, 16..V); 0 splits until about two programs per SM."""
+    """V columns per forward program (power of two, 16..V); 0 means min(V, 64)."""
     bwd_block_v: int = 0
     """V columns per backward program; 0 means all of V (one program per batch and head)."""
     bwd_reduce: str = "sum"
@@ -277,7 +277,7 @@ def delta_product_fwd(q, k, v, beta, g, state, scale, chunk, block_v, num_warps,
     o = v.new_empty(B, T, H, V)
     sT = v.new_empty(B, H, K, V, dtype=torch.float32)
     states = v.new_empty((B * H, NT, K, V) if save else (0,), dtype=torch.float32)
-    bv = block_v or block_v_for(B * H, V, v.device)
+    bv = block_v or block_v_for(V)
     _dp_fwd_kernel[(V // bv, B * H)](
         q, k, v, beta, g, state, o, sT, states if save else None, scale, T, H, NH,
         K=K, V=V, BV=bv, CS=chunk, LOG2_CS=chunk.bit_length() - 1, NHP=_steps(NH), HAS_G=g is not None,

@@ -51,7 +51,7 @@ class Rwkv7Launch:
     chunk: int = CHUNK
     """Tokens per chunk: 16, 32 or 64."""
     block_v: int = 0
-    """V columns per forward program (power of two, 16..V); 0 splits until about two programs per SM."""
+    """V columns per forward program (power of two, 16..V); 0 means min(V, 64)."""
     bwd_block_v: int = 0
     """V columns per backward program; 0 means all of V (one program per batch and head)."""
     bwd_reduce: str = "sum"
@@ -301,7 +301,7 @@ def rwkv7_fwd(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, *
     o = torch.empty_like(v)
     sT = v.new_empty(B, H, K, V, dtype=torch.float32)
     states = v.new_empty((B * H, NT, K, V) if save else (0,), dtype=torch.float32)
-    bv = block_v or block_v_for(B * H, V, v.device)
+    bv = block_v or block_v_for(V)
     _rwkv7_fwd_kernel[(V // bv, B * H)](
         r, w, k, v, a, b, state, o, sT, states if save else None, scale, T, H,
         K=K, V=V, BV=bv, C=chunk, LOG2_C=chunk.bit_length() - 1,
