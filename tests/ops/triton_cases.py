@@ -79,6 +79,8 @@ RWKV7_VARIANTS = {
     "c32_vsplit": {"chunk": 32, "bwd_block_v": 16},
     "c64_atomic": {"chunk": 64, "bwd_block_v": 16, "bwd_reduce": "atomic"},
     "c16_vsplit_atomic": {"chunk": 16, "block_v": 16, "bwd_block_v": 16, "bwd_reduce": "atomic"},
+    "c16_two_pass": {"chunk": 16, "bwd_two_pass": True},
+    "c32_two_pass_vsplit": {"chunk": 32, "bwd_block_v": 16, "bwd_two_pass": True},
 }
 
 
@@ -124,14 +126,14 @@ def rwkv7_custom_op() -> None:
 
     x = rwkv7_inputs(1, 5, 1, 16, 32, seed=42)
     args = [x[n].requires_grad_() for n in (*"rwkvab", "state")]
-    _opcheck(torch.ops.skein.rwkv7_fwd.default, (*args, 0.8, 16, 16, 4, True, 16, False, 4, 0))
+    _opcheck(torch.ops.skein.rwkv7_fwd.default, (*args, 0.8, 16, 16, 4, True, 16, False, True, 4, 0))
     states = torch.randn(1, 1, 16, 32)
     do, dsT = torch.randn_like(x["v"]), torch.randn_like(x["state"])
     _opcheck(
         torch.ops.skein.rwkv7_bwd.default,
-        (*(t.detach() for t in args[:6]), do, dsT, states, 0.8, 16, 16, False, 4, 0, True),
+        (*(t.detach() for t in args[:6]), do, dsT, states, 0.8, 16, 16, False, True, 4, 0, True),
     )
-    launch = Rwkv7Launch(bwd_block_v=16)
+    launch = Rwkv7Launch(bwd_block_v=16, bwd_two_pass=True)
 
     def loss(r, w, k, v, a, b, s):
         o, sT = chunk_rwkv7(r, w, k, v, a, b, s, 0.8, launch=launch)
@@ -212,6 +214,8 @@ def delta_product_fp32(T: int, nh: int, gate: bool) -> Callable[[], None]:
 DELTA_PRODUCT_VARIANTS = {
     "c32_vsplit": {"chunk": 32, "bwd_block_v": 16},
     "c64_atomic": {"chunk": 64, "bwd_block_v": 16, "bwd_reduce": "atomic"},
+    "c16_two_pass": {"chunk": 16, "bwd_two_pass": True},
+    "c32_two_pass_vsplit": {"chunk": 32, "bwd_block_v": 16, "bwd_two_pass": True},
 }
 
 
@@ -232,14 +236,14 @@ def delta_product_custom_op() -> None:
     x = delta_product_inputs(1, 5, 2, 1, 16, 32, gate=True, seed=51)
     names = ("q", "k", "v", "beta", "g", "state")
     args = [x[n].requires_grad_() for n in names]
-    _opcheck(torch.ops.skein.delta_product_fwd.default, (*args, 0.3, 16, 16, 4, True, 16, False, 4))
+    _opcheck(torch.ops.skein.delta_product_fwd.default, (*args, 0.3, 16, 16, 4, True, 16, False, True, 4))
     do, dsT = torch.randn(1, 5, 1, 32), torch.randn_like(x["state"])
     states = torch.randn(1, 1, 16, 32)
     _opcheck(
         torch.ops.skein.delta_product_bwd.default,
-        (*(t.detach() for t in args[:5]), do, dsT, states, 0.3, 16, 16, True, 4, True),
+        (*(t.detach() for t in args[:5]), do, dsT, states, 0.3, 16, 16, True, True, 4, True),
     )
-    launch = DeltaProductLaunch(bwd_block_v=16)
+    launch = DeltaProductLaunch(bwd_block_v=16, bwd_two_pass=True)
 
     def loss(q, k, v, beta, g, s):
         o, sT = chunk_delta_product(q, k, v, beta, g, s, 0.3, launch=launch)
@@ -367,6 +371,8 @@ CASES: dict[str, Callable[[], None]] = {
     "delta_product_c32_vsplit_T37": delta_product_variant("c32_vsplit", 37, 2, True),
     "delta_product_c32_vsplit_T100_nh1": delta_product_variant("c32_vsplit", 100, 1, False),
     "delta_product_c64_atomic_T37_nh3": delta_product_variant("c64_atomic", 37, 3, True),
+    "delta_product_c16_two_pass_T100": delta_product_variant("c16_two_pass", 100, 2, True),
+    "delta_product_c32_two_pass_vsplit_T37_nh3": delta_product_variant("c32_two_pass_vsplit", 37, 3, False),
     "delta_product_custom_op": delta_product_custom_op,
     "refusals": refusals,
 }

@@ -63,6 +63,10 @@ class DeltaProductLaunch:
     bwd_reduce: str = "sum"
     """How the parts of dq, dk, dbeta, dg from the V blocks are added: "sum" (fp32 parts summed
     after the kernel) or "atomic" (fp32 atomic adds)."""
+    bwd_two_pass: bool = False
+    """Backward in two passes: a serial one that runs only the reverse state recurrence and
+    stores each chunk's dS' (fp32, as large as the saved states), then one program per
+    (chunk, V block, batch * head) for every gradient."""
     fwd_warps: int = 4
     bwd_warps: int = 0
     """Warps per backward program; 0 picks from the tile size."""
@@ -166,11 +170,14 @@ def _dp_fwd_kernel(
 
 @triton.jit
 def _dp_bwd_kernel(
-    q, k, v, beta, g, do, dsT, states, dq, dk, dv, dbeta, dg, ds0, scale, T, H, NH, PART_Q, PART_K,
-    PART_B, PART_G, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, CS: tl.constexpr,
+    q, k, v, beta, g, do, dsT, states, dstates, dq, dk, dv, dbeta, dg, ds0, scale, T, H, NH, PART_Q,
+    PART_K, PART_B, PART_G, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, CS: tl.constexpr,
     LOG2_CS: tl.constexpr, NHP: tl.constexpr, HAS_G: tl.constexpr, HAS_DST: tl.constexpr,
-    WANT_DS0: tl.constexpr, PREC: tl.constexpr, MODE: tl.constexpr,
+    WANT_DS0: tl.constexpr, PREC: tl.constexpr, MODE: tl.constexpr, CHUNK_PARALLEL: tl.constexpr,
 ):  # fmt: skip
+    """All gradients, walking the chunks in reverse with dS in registers; or, with
+    CHUNK_PARALLEL, one chunk per program (axis 2) with its dS' read from `dstates`, which
+    _dp_bwd_state_kernel wrote."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
@@ -184,11 +191,17 @@ def _dp_bwd_kernel(
     blk = i_v.to(tl.int64)
     s_offs = ik[:, None] * V + iv[None, :]
     bh = i_bh.to(tl.int64)
-    if HAS_DST:
+    if HAS_DST and not CHUNK_PARALLEL:
         dS = tl.load(dsT + bh * K * V + s_offs)
     else:
         dS = tl.zeros([K, BV], dtype=tl.float32)
-    for i in range(NT):
+    if CHUNK_PARALLEL:
+        i_lo = NT - 1 - tl.program_id(2)
+        i_hi = i_lo + 1
+    else:
+        i_lo = 0
+        i_hi = NT
+    for i in range(i_lo, i_hi):
         n = NT - 1 - i
         q_c, k_c, v_c, b_c, g_c, row_t, row_s, real, out, first = _load_chunk(
             q, k, v, beta, g, scale, i_b, i_h, n, T, H, NH, K, V, iv, CS, NHP, HAS_G
@@ -196,6 +209,8 @@ def _dp_bwd_kernel(
         p_out = row_t[:, None] * V + iv[None, :]
         do_c = tl.load(do + p_out, mask=out[:, None], other=0.0).to(tl.float32)
         S = tl.load(states + (bh * NT + n) * K * V + s_offs)
+        if CHUNK_PARALLEL:
+            dS = tl.load(dstates + (bh * NT + n) * K * V + s_offs)
         G, D, KK, T_inv = _chunk_terms(k_c, b_c, g_c, CS, LOG2_CS, PREC)
         eG = tl.exp(G)
         GC = tl.sum(g_c, axis=0)
@@ -221,8 +236,9 @@ def _dp_bwd_kernel(
         dQe = tl.dot(do_c, tl.trans(S), input_precision=PREC)
         dKb = tl.dot(Dl, tl.trans(dS), input_precision=PREC)
         d_GC = tl.sum(tl.sum(dKb * Kb, axis=1), axis=0) + tl.sum(tl.sum(S * dS, axis=1), axis=0) * eGC
-        dS = eGC * dS + tl.dot(tl.trans(Qe), do_c, input_precision=PREC)
-        dS -= tl.dot(tl.trans(W), dDl, input_precision=PREC)
+        if not CHUNK_PARALLEL:
+            dS = eGC * dS + tl.dot(tl.trans(Qe), do_c, input_precision=PREC)
+            dS -= tl.dot(tl.trans(W), dDl, input_precision=PREC)
         dMD = dM * D
         dAb = dA * D * b_c[:, None]
         dq_c = dQe * eG[:, None] + tl.dot(dMD, k_c, input_precision=PREC)
@@ -246,18 +262,60 @@ def _dp_bwd_kernel(
         store_part(dbeta, row_s, db_c, real, blk * PART_B, MODE)
         if HAS_G:
             store_part(dg, row_t, dg_c, first, blk * PART_G, MODE)
+    if WANT_DS0 and not CHUNK_PARALLEL:
+        tl.store(ds0 + bh * K * V + s_offs, dS)
+
+
+@triton.jit
+def _dp_bwd_state_kernel(
+    q, k, v, beta, g, do, dsT, dstates, ds0, scale, T, H, NH,
+    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, CS: tl.constexpr, LOG2_CS: tl.constexpr,
+    NHP: tl.constexpr, HAS_G: tl.constexpr, HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """The serial half of the two-pass backward: only dS = e^{GC} dS' + Qe^T dO - W^T dDelta with
+    dDelta = M^T dO + Kb dS' (no S, no Delta), storing each chunk's incoming dS' (fp32)."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T * NHP, CS)
+    ik = tl.arange(0, K)
+    iv = i_v * BV + tl.arange(0, BV)
+    s_offs = ik[:, None] * V + iv[None, :]
+    bh = i_bh.to(tl.int64)
+    if HAS_DST:
+        dS = tl.load(dsT + bh * K * V + s_offs)
+    else:
+        dS = tl.zeros([K, BV], dtype=tl.float32)
+    for i in range(NT):
+        n = NT - 1 - i
+        q_c, k_c, v_c, b_c, g_c, row_t, row_s, real, out, first = _load_chunk(
+            q, k, v, beta, g, scale, i_b, i_h, n, T, H, NH, K, V, iv, CS, NHP, HAS_G
+        )
+        do_c = tl.load(do + row_t[:, None] * V + iv[None, :], mask=out[:, None], other=0.0).to(tl.float32)
+        tl.store(dstates + (bh * NT + n) * K * V + s_offs, dS)
+        G, D, KK, T_inv = _chunk_terms(k_c, b_c, g_c, CS, LOG2_CS, PREC)
+        eG = tl.exp(G)
+        GC = tl.sum(g_c, axis=0)
+        W = tl.dot(T_inv, (b_c * eG)[:, None] * k_c, input_precision=PREC)
+        M = tl.dot(q_c, tl.trans(k_c), input_precision=PREC) * D
+        Kb = tl.exp(GC - G)[:, None] * k_c
+        dDl = tl.dot(tl.trans(M), do_c, input_precision=PREC) + tl.dot(Kb, dS, input_precision=PREC)
+        dS = tl.exp(GC) * dS + tl.dot(tl.trans(eG[:, None] * q_c), do_c, input_precision=PREC)
+        dS -= tl.dot(tl.trans(W), dDl, input_precision=PREC)
     if WANT_DS0:
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
 
 _FWD_SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor? state, float scale, int chunk, "
-    "int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, int bwd_warps) "
+    "int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, bool bwd_two_pass, int bwd_warps) "
     "-> (Tensor, Tensor, Tensor)"
 )
 _BWD_SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor do, Tensor? dsT, Tensor states, "
-    "float scale, int chunk, int block_v, bool atomic, int num_warps, bool want_ds0) "
+    "float scale, int chunk, int block_v, bool atomic, bool two_pass, int num_warps, bool want_ds0) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
@@ -296,7 +354,9 @@ def _(q, k, v, beta, g, state, scale, chunk, block_v, num_warps, save, *bwd_laun
 
 
 @torch.library.custom_op("skein::delta_product_bwd", mutates_args=(), schema=_BWD_SCHEMA)
-def delta_product_bwd(q, k, v, beta, g, do, dsT, states, scale, chunk, block_v, atomic, num_warps, want_ds0):
+def delta_product_bwd(
+    q, k, v, beta, g, do, dsT, states, scale, chunk, block_v, atomic, two_pass, num_warps, want_ds0
+):
     """Gradients of q, k, v, beta, g (each in its input's dtype; an empty tensor for g = None)
     and of the initial state (fp32 [B, H, K, V], or an empty tensor unless `want_ds0`)."""
     B, T, NH, H, K = k.shape
@@ -308,12 +368,22 @@ def delta_product_bwd(q, k, v, beta, g, do, dsT, states, scale, chunk, block_v, 
     dg = grad_parts(g, nv, mode) if g is not None else None
     dv = torch.empty_like(v)
     ds0 = v.new_empty((B, H, K, V) if want_ds0 else (0,), dtype=torch.float32)
-    _dp_bwd_kernel[(nv, B * H)](
-        q, k, v, beta, g, do, dsT, states, parts[0], parts[1], dv, parts[2], dg, ds0 if want_ds0 else None,
-        scale, T, H, NH, q.numel(), k.numel(), beta.numel(), 0 if g is None else g.numel(),
-        K=K, V=V, BV=bv, CS=chunk, LOG2_CS=chunk.bit_length() - 1, NHP=_steps(NH), HAS_G=g is not None,
-        HAS_DST=dsT is not None, WANT_DS0=want_ds0, PREC=dot_precision(v.dtype), MODE=mode,
-        num_warps=num_warps,
+    NT = triton.cdiv(T * _steps(NH), chunk)
+    consts = {
+        "K": K, "V": V, "BV": bv, "CS": chunk, "LOG2_CS": chunk.bit_length() - 1, "NHP": _steps(NH),
+        "HAS_G": g is not None, "HAS_DST": dsT is not None, "WANT_DS0": want_ds0,
+        "PREC": dot_precision(v.dtype), "num_warps": num_warps,
+    }  # fmt: skip
+    dstates = None
+    if two_pass:
+        dstates = torch.empty_like(states)
+        _dp_bwd_state_kernel[(nv, B * H)](
+            q, k, v, beta, g, do, dsT, dstates, ds0 if want_ds0 else None, scale, T, H, NH, **consts
+        )
+    _dp_bwd_kernel[(nv, B * H, NT if two_pass else 1)](
+        q, k, v, beta, g, do, dsT, states, dstates, parts[0], parts[1], dv, parts[2], dg,
+        ds0 if want_ds0 else None, scale, T, H, NH, q.numel(), k.numel(), beta.numel(),
+        0 if g is None else g.numel(), MODE=mode, CHUNK_PARALLEL=two_pass, **consts,
     )  # fmt: skip
     dq, dk, dbeta = (sum_parts(p, x, mode) for p, x in zip(parts, (q, k, beta)))
     dg = sum_parts(dg, g, mode) if g is not None else v.new_empty(0)
@@ -321,7 +391,7 @@ def delta_product_bwd(q, k, v, beta, g, do, dsT, states, scale, chunk, block_v, 
 
 
 @delta_product_bwd.register_fake
-def _(q, k, v, beta, g, do, dsT, states, scale, chunk, block_v, atomic, num_warps, want_ds0):
+def _(q, k, v, beta, g, do, dsT, states, scale, chunk, block_v, atomic, two_pass, num_warps, want_ds0):
     B, _, _, H, K = k.shape
     V = v.shape[-1]
     dg = torch.empty_like(g) if g is not None else v.new_empty(0)
@@ -338,15 +408,15 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, do, dsT, _dstates):
     q, k, v, beta, g, states = ctx.saved_tensors
-    bv, atomic, warps = ctx.bwd_launch
+    bv, atomic, two_pass, warps = ctx.bwd_launch
     want_ds0 = ctx.has_state and ctx.needs_input_grad[5]
     B, T, _, H, _ = k.shape
     do = v.new_zeros(B, T, H, v.shape[-1]) if do is None else do.contiguous()
     dsT = None if dsT is None else dsT.contiguous()
     dq, dk, dv, dbeta, dg, ds0 = torch.ops.skein.delta_product_bwd(
-        q, k, v, beta, g, do, dsT, states, ctx.scale, ctx.chunk, bv, atomic, warps, want_ds0
+        q, k, v, beta, g, do, dsT, states, ctx.scale, ctx.chunk, bv, atomic, two_pass, warps, want_ds0
     )
-    return (dq, dk, dv, dbeta, dg if ctx.has_g else None, ds0 if want_ds0 else None, *([None] * 8))
+    return (dq, dk, dv, dbeta, dg if ctx.has_g else None, ds0 if want_ds0 else None, *([None] * 9))
 
 
 delta_product_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -417,7 +487,7 @@ def chunk_delta_product(
     warps = launch.bwd_warps or (4 if K * bv <= 32 * 32 else 8)
     o, sT, _ = delta_product_fwd(
         q, k, v, beta, g, state, scale, launch.chunk, launch.block_v, launch.fwd_warps, save,
-        bv, launch.bwd_reduce == "atomic", warps,
+        bv, launch.bwd_reduce == "atomic", launch.bwd_two_pass, warps,
     )  # fmt: skip
     return o, sT
 

@@ -58,6 +58,10 @@ class Rwkv7Launch:
     """How the backward adds the per-V-block parts of dr, dw, dk, da, db when bwd_block_v < V:
     "sum" (fp32 parts per block, summed after the kernel; deterministic) or "atomic"
     (fp32 atomic adds into one buffer)."""
+    bwd_two_pass: bool = False
+    """Backward in two passes: a serial one that runs only the reverse state recurrence and
+    stores each chunk's dS' (fp32, as large as the saved states), then one program per
+    (chunk, V block, batch * head) for every gradient."""
     fwd_warps: int = 4
     bwd_warps: int = 0
     """Warps per backward program; 0 picks from the tile size."""
@@ -167,10 +171,14 @@ def _rwkv7_fwd_kernel(
 
 @triton.jit
 def _rwkv7_bwd_kernel(
-    r, w, k, v, a, b, do, dsT, states, dr, dw, dk, dv, da, db, ds0, scale, T, H, PART,
+    r, w, k, v, a, b, do, dsT, states, dstates, dr, dw, dk, dv, da, db, ds0, scale, T, H, PART,
     K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
     HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr, PREC: tl.constexpr, MODE: tl.constexpr,
+    CHUNK_PARALLEL: tl.constexpr,
 ):  # fmt: skip
+    """All gradients, walking the chunks in reverse with dS in registers; or, with
+    CHUNK_PARALLEL, one chunk per program (axis 2) with its dS' read from `dstates`, which
+    _rwkv7_bwd_state_kernel wrote."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
@@ -184,11 +192,17 @@ def _rwkv7_bwd_kernel(
     incl = tc[:, None] >= tc[None, :]
     s_offs = ik[:, None] * V + iv[None, :]
     bh = i_bh.to(tl.int64)
-    if HAS_DST:
+    if HAS_DST and not CHUNK_PARALLEL:
         dS = tl.load(dsT + bh * K * V + s_offs)
     else:
         dS = tl.zeros([K, BV], dtype=tl.float32)
-    for i in range(NT):
+    if CHUNK_PARALLEL:
+        i_lo = NT - 1 - tl.program_id(2)
+        i_hi = i_lo + 1
+    else:
+        i_lo = 0
+        i_hi = NT
+    for i in range(i_lo, i_hi):
         n = NT - 1 - i
         t = n * C + tc
         mt = (t < T)[:, None]
@@ -198,6 +212,8 @@ def _rwkv7_bwd_kernel(
         r_c, w_c, k_c, a_c, b_c, v_c = _load_chunk(r, w, k, a, b, v, pk, pv, mt)
         do_c = tl.load(do + pv, mask=mt, other=0.0).to(tl.float32)
         S = tl.load(states + (bh * NT + n) * K * V + s_offs)
+        if CHUNK_PARALLEL:
+            dS = tl.load(dstates + (bh * NT + n) * K * V + s_offs)
         g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
         dec = tl.exp(gC)
         M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
@@ -225,8 +241,9 @@ def _rwkv7_bwd_kernel(
         dX = tl.dot(tl.trans(P_inv), dU, input_precision=PREC)
         dV += tl.dot(tl.trans(M_ak), dX, input_precision=PREC)
         tl.store(dv + pv, dV.to(dv.dtype.element_ty), mask=mt)
-        dS = dec[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
-        dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
+        if not CHUNK_PARALLEL:
+            dS = dec[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
+            dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
         dR0 = tl.dot(do_c, tl.trans(S), input_precision=PREC)
         dA0 = tl.dot(dX, tl.trans(S), input_precision=PREC)
         dr_c = dR0 * tl.exp(g)
@@ -262,6 +279,57 @@ def _rwkv7_bwd_kernel(
         store_part(dk, pk, dk_c, mk, part, MODE)
         store_part(da, pk, da_c, mk, part, MODE)
         store_part(db, pk, db_c, mk, part, MODE)
+    if WANT_DS0 and not CHUNK_PARALLEL:
+        tl.store(ds0 + bh * K * V + s_offs, dS)
+
+
+@triton.jit
+def _rwkv7_bwd_state_kernel(
+    r, w, k, a, b, do, dsT, dstates, ds0, scale, T, H,
+    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
+    HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """The serial half of the two-pass backward: only the reverse state recurrence
+    dS = e^{gC} dS' + R0^T dO + A0^T (I - M_ab)^{-T} (M_rb^T dO + Bb dS'), storing each chunk's
+    incoming dS' (fp32) for the chunk-parallel pass. It needs neither S nor v: U does not enter."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, C)
+    tc = tl.arange(0, C)
+    ik = tl.arange(0, K)
+    iv = i_v * BV + tl.arange(0, BV)
+    strict = tc[:, None] > tc[None, :]
+    incl = tc[:, None] >= tc[None, :]
+    s_offs = ik[:, None] * V + iv[None, :]
+    bh = i_bh.to(tl.int64)
+    if HAS_DST:
+        dS = tl.load(dsT + bh * K * V + s_offs)
+    else:
+        dS = tl.zeros([K, BV], dtype=tl.float32)
+    for i in range(NT):
+        n = NT - 1 - i
+        t = n * C + tc
+        mt = (t < T)[:, None]
+        row = (i_b * T + t).to(tl.int64) * H + i_h
+        pk = row[:, None] * K + ik[None, :]
+        pv = row[:, None] * V + iv[None, :]
+        r_c = tl.load(r + pk, mask=mt, other=0.0).to(tl.float32)
+        w_c = tl.load(w + pk, mask=mt, other=0.0).to(tl.float32)
+        k_c = tl.load(k + pk, mask=mt, other=0.0).to(tl.float32)
+        a_c = tl.load(a + pk, mask=mt, other=0.0).to(tl.float32)
+        b_c = tl.load(b + pk, mask=mt, other=0.0).to(tl.float32)
+        do_c = tl.load(do + pv, mask=mt, other=0.0).to(tl.float32)
+        tl.store(dstates + (bh * NT + n) * K * V + s_offs, dS)
+        g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
+        M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
+        M_rb = tl.where(incl, tl.dot(Rt, tl.trans(Bh), input_precision=PREC), 0.0)
+        P_inv = tri_inverse(M_ab, C, LOG2_C)
+        dU = tl.dot(tl.trans(M_rb), do_c, input_precision=PREC) + tl.dot(Bb, dS, input_precision=PREC)
+        dX = tl.dot(tl.trans(P_inv), dU, input_precision=PREC)
+        dS = tl.exp(gC)[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
+        dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
     if WANT_DS0:
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
@@ -280,12 +348,12 @@ def bwd_launch_options(K: int, BV: int, dtype: torch.dtype, launch: Rwkv7Launch)
 
 _FWD_SCHEMA = (
     "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor? state, float scale, "
-    "int chunk, int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, int bwd_warps, "
-    "int bwd_stages) -> (Tensor, Tensor, Tensor)"
+    "int chunk, int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, bool bwd_two_pass, "
+    "int bwd_warps, int bwd_stages) -> (Tensor, Tensor, Tensor)"
 )
 _BWD_SCHEMA = (
     "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor do, Tensor? dsT, Tensor states, "
-    "float scale, int chunk, int block_v, bool atomic, int num_warps, int num_stages, bool want_ds0) "
+    "float scale, int chunk, int block_v, bool atomic, bool two_pass, int num_warps, int num_stages, bool want_ds0) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
@@ -321,7 +389,23 @@ def _(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, *bwd_laun
 
 @torch.library.custom_op("skein::rwkv7_bwd", mutates_args=(), schema=_BWD_SCHEMA)
 def rwkv7_bwd(
-    r, w, k, v, a, b, do, dsT, states, scale, chunk, block_v, atomic, num_warps, num_stages, want_ds0
+    r,
+    w,
+    k,
+    v,
+    a,
+    b,
+    do,
+    dsT,
+    states,
+    scale,
+    chunk,
+    block_v,
+    atomic,
+    two_pass,
+    num_warps,
+    num_stages,
+    want_ds0,
 ):
     """Gradients of r, w, k, v, a, b (each in its input's dtype) and of the initial state (fp32
     [B, H, K, V], or an empty tensor unless `want_ds0`)."""
@@ -338,17 +422,51 @@ def rwkv7_bwd(
     if num_stages:
         opts["num_stages"] = num_stages
     dr, dw, dk, da, db = kgrads
-    _rwkv7_bwd_kernel[(nv, B * H)](
-        r, w, k, v, a, b, do, dsT, states, dr, dw, dk, dv, da, db, ds0 if want_ds0 else None,
-        scale, T, H, B * T * H * K, K=K, V=V, BV=bv, C=chunk, LOG2_C=chunk.bit_length() - 1,
-        HAS_DST=dsT is not None, WANT_DS0=want_ds0, PREC=dot_precision(v.dtype), MODE=mode, **opts,
+    NT = triton.cdiv(T, chunk)
+    consts = {
+        "K": K,
+        "V": V,
+        "BV": bv,
+        "C": chunk,
+        "LOG2_C": chunk.bit_length() - 1,
+        "PREC": dot_precision(v.dtype),
+    }
+    dstates = None
+    if two_pass:
+        dstates = torch.empty_like(states)
+        _rwkv7_bwd_state_kernel[(nv, B * H)](
+            r, w, k, a, b, do, dsT, dstates, ds0 if want_ds0 else None, scale, T, H,
+            HAS_DST=dsT is not None, WANT_DS0=want_ds0, **consts, **opts,
+        )  # fmt: skip
+    _rwkv7_bwd_kernel[(nv, B * H, NT if two_pass else 1)](
+        r, w, k, v, a, b, do, dsT, states, dstates, dr, dw, dk, dv, da, db, ds0 if want_ds0 else None,
+        scale, T, H, B * T * H * K, HAS_DST=dsT is not None, WANT_DS0=want_ds0, MODE=mode,
+        CHUNK_PARALLEL=two_pass, **consts, **opts,
     )  # fmt: skip
     dr, dw, dk, da, db = (sum_parts(g, x, mode) for g, x in zip(kgrads, kin))
     return dr, dw, dk, dv, da, db, ds0
 
 
 @rwkv7_bwd.register_fake
-def _(r, w, k, v, a, b, do, dsT, states, scale, chunk, block_v, atomic, num_warps, num_stages, want_ds0):
+def _(
+    r,
+    w,
+    k,
+    v,
+    a,
+    b,
+    do,
+    dsT,
+    states,
+    scale,
+    chunk,
+    block_v,
+    atomic,
+    two_pass,
+    num_warps,
+    num_stages,
+    want_ds0,
+):
     B, _, H, K = r.shape
     V = v.shape[-1]
     ds0 = v.new_empty((B, H, K, V) if want_ds0 else (0,), dtype=torch.float32)
@@ -363,14 +481,14 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, do, dsT, _dstates):
     r, w, k, v, a, b, states = ctx.saved_tensors
-    bv, atomic, warps, stages = ctx.bwd_launch
+    bv, atomic, two_pass, warps, stages = ctx.bwd_launch
     want_ds0 = ctx.has_state and ctx.needs_input_grad[6]
     do = torch.zeros_like(v) if do is None else do.contiguous()
     dsT = None if dsT is None else dsT.contiguous()
     *grads, ds0 = torch.ops.skein.rwkv7_bwd(
-        r, w, k, v, a, b, do, dsT, states, ctx.scale, ctx.chunk, bv, atomic, warps, stages, want_ds0,
+        r, w, k, v, a, b, do, dsT, states, ctx.scale, ctx.chunk, bv, atomic, two_pass, warps, stages, want_ds0,
     )  # fmt: skip
-    return (*grads, ds0 if want_ds0 else None, *([None] * 10))
+    return (*grads, ds0 if want_ds0 else None, *([None] * 11))
 
 
 rwkv7_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -437,7 +555,7 @@ def chunk_rwkv7(
     opts = bwd_launch_options(K, bv, v.dtype, launch)
     o, sT, _ = rwkv7_fwd(
         r, w, k, v, a, b, state, float(scale), launch.chunk, launch.block_v, launch.fwd_warps, save,
-        bv, launch.bwd_reduce == "atomic", opts["num_warps"], opts.get("num_stages", 0),
+        bv, launch.bwd_reduce == "atomic", launch.bwd_two_pass, opts["num_warps"], opts.get("num_stages", 0),
     )  # fmt: skip
     return o, sT
 
