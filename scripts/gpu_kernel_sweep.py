@@ -45,23 +45,25 @@ from skein.train.bench_kernels import (
 
 RWKV7_VARIANTS = {
     "c16 bwd per head": Rwkv7Launch(chunk=16),
-    "c16 fwd_bv32 bwd per head": Rwkv7Launch(chunk=16, block_v=32),
+    "c16 two-pass bwd_bv32 sum": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_two_pass=True),
+    "c16 fwd_w8 two-pass bwd_bv32 atomic": Rwkv7Launch(
+        chunk=16, fwd_warps=8, bwd_block_v=32, bwd_reduce="atomic", bwd_two_pass=True
+    ),
+    "c16 two-pass": Rwkv7Launch(chunk=16, bwd_two_pass=True),
     "c16 bwd_bv32 sum": Rwkv7Launch(chunk=16, bwd_block_v=32),
     "c16 bwd_bv32 atomic": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_reduce="atomic"),
-    "c16 bwd_bv32 sum 1-stage": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_stages=1),
-    "c16 two-pass": Rwkv7Launch(chunk=16, bwd_two_pass=True),
-    "c16 two-pass bwd_bv32 sum": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_two_pass=True),
-    "c32 two-pass": Rwkv7Launch(chunk=32, bwd_two_pass=True),
+    "c16 fwd_bv32 (old fwd) bwd per head": Rwkv7Launch(chunk=16, block_v=32),
+    "c32 two-pass bwd_bv32 sum": Rwkv7Launch(chunk=32, bwd_block_v=32, bwd_two_pass=True),
     "c32 bwd_bv32 sum": Rwkv7Launch(chunk=32, bwd_block_v=32),
-    "c64 bwd_bv32 sum 8 warps": Rwkv7Launch(chunk=64, bwd_block_v=32, bwd_warps=8),
+    "c64 bwd_bv32 sum": Rwkv7Launch(chunk=64, bwd_block_v=32),
 }
 """Forward: V in one program (64 columns) unless fwd_bv says otherwise."""
 DELTA_PRODUCT_VARIANTS = {
     "c16 bwd per head": DeltaProductLaunch(chunk=16),
+    "c16 two-pass bwd_bv32 sum": DeltaProductLaunch(chunk=16, bwd_block_v=32, bwd_two_pass=True),
     "c16 bwd_bv32 sum": DeltaProductLaunch(chunk=16, bwd_block_v=32),
-    "c32 bwd_bv32 sum": DeltaProductLaunch(chunk=32, bwd_block_v=32),
     "c16 two-pass": DeltaProductLaunch(chunk=16, bwd_two_pass=True),
-    "c32 two-pass": DeltaProductLaunch(chunk=32, bwd_two_pass=True),
+    "c32 two-pass bwd_bv32 sum": DeltaProductLaunch(chunk=32, bwd_block_v=32, bwd_two_pass=True),
 }
 WKV4_VARIANTS = {"block_c 32": 32, "block_c 16": 16}
 BF16_BUDGET, FP32_BUDGET = 3e-3, 2e-6
