@@ -328,7 +328,7 @@ def _steps(NH: int) -> int:
 def delta_product_fwd(q, k, v, beta, g, state, scale, chunk, block_v, num_warps, save, *bwd_launch):
     """o [B, T, H, V], the final state [B, H, K, V] (fp32) and, when `save`, the chunk-start
     states [B * H, NT, K, V] (fp32; else an empty tensor). `bwd_launch` (V block, atomic
-    reduction, warps) is kept for the backward."""
+    reduction, two passes, warps) is kept for the backward."""
     B, T, NH, H, K = k.shape
     V = v.shape[-1]
     NT = triton.cdiv(T * _steps(NH), chunk)

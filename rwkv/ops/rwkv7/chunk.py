@@ -362,7 +362,7 @@ _BWD_SCHEMA = (
 def rwkv7_fwd(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, *bwd_launch):
     """o [B, T, H, V], the final state [B, H, K, V] (fp32) and, when `save`, the chunk-start
     states [B * H, NT, K, V] (fp32; else an empty tensor). `bwd_launch` (V block, atomic
-    reduction, warps, stages) is kept for the backward."""
+    reduction, two passes, warps, stages) is kept for the backward."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, chunk)
