@@ -65,7 +65,13 @@ DELTA_PRODUCT_VARIANTS = {
     "c16 two-pass": DeltaProductLaunch(chunk=16, bwd_two_pass=True),
     "c32 two-pass bwd_bv32 sum": DeltaProductLaunch(chunk=32, bwd_block_v=32, bwd_two_pass=True),
 }
-WKV4_VARIANTS = {"block_c 32": 32, "block_c 16": 16}
+WKV4_VARIANTS = {
+    "block_c 32": (32, 1),
+    "block_c 32 time_split 8": (32, 8),
+    "block_c 32 time_split 32": (32, 32),
+    "block_c 16": (16, 1),
+}
+"""(channels per program, forward time segments)."""
 BF16_BUDGET, FP32_BUDGET = 3e-3, 2e-6
 """Relative RMS error budgets against float64 (bf16 inputs / fp32 inputs). A row is flagged
 when its error exceeds both the budget and 1.5x the rounding floor of its output dtype."""
@@ -283,11 +289,11 @@ def sweep_wkv4(rows: list[Row], s: BenchShape) -> None:
     inputs["bb"] = torch.rand(s.B, C, device=s.device) + 0.5
     inputs["pp"] = torch.randn(s.B, C, device=s.device)
     check = Checker(reference, inputs, cut_in, cut_out)
-    for name, bc in WKV4_VARIANTS.items():
+    for name, (bc, ts) in WKV4_VARIANTS.items():
 
-        def run(row: Row, bc: int = bc) -> None:
+        def run(row: Row, bc: int = bc, ts: int = ts) -> None:
             def kernel(w, u, k, v, aa, bb, pp) -> list[Tensor]:
-                y, st = fused_wkv4(w, u, k, v, (aa, bb, pp), block_c=bc)
+                y, st = fused_wkv4(w, u, k, v, (aa, bb, pp), block_c=bc, time_split=ts)
                 return [y, *st]
 
             err, what, floor = check(kernel)
@@ -296,7 +302,7 @@ def sweep_wkv4(rows: list[Row], s: BenchShape) -> None:
             if err > max(FP32_BUDGET, 1.5 * floor):
                 row.note += f"; OVER BUDGET {FP32_BUDGET:.0e}"
             row.fwd_ms, row.fwd_bwd_ms, row.gbps = _time(
-                autograd_runner(lambda: fused_wkv4(*x, block_c=bc)[:1], x)
+                autograd_runner(lambda: fused_wkv4(*x, block_c=bc, time_split=ts)[:1], x)
             )
 
         _guarded(rows, Row("wkv4 (fp32)", f"B{s.B} T{s.T} C{C}", f"skein {name}"), run)

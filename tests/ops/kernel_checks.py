@@ -182,11 +182,11 @@ def rwkv7_pair(block_v: int | None = None, scale: float = 0.8, **launch) -> tupl
     return kernel, reference
 
 
-def wkv4_pair(block_c: int | None = None) -> tuple[Callable, Callable]:
+def wkv4_pair(block_c: int | None = None, time_split: int = 1) -> tuple[Callable, Callable]:
     from skein.rwkv.ops.wkv4.fused import fused_wkv4
 
     def kernel(w, u, k, v, state):
-        return fused_wkv4(w, u, k, v, state, block_c=block_c)
+        return fused_wkv4(w, u, k, v, state, block_c=block_c, time_split=time_split)
 
     def reference(w, u, k, v, state):
         return wkv4_naive(w, u, k, v, state)

@@ -151,6 +151,21 @@ def wkv4_fp32(T: int, spread: float = 3.0) -> Callable[[], None]:
     return case
 
 
+def wkv4_time_split(T: int, segments: int, state: bool = True) -> Callable[[], None]:
+    """The three-pass forward over `segments` time segments (the last one shorter)."""
+
+    def case() -> None:
+        kernel, reference = wkv4_pair(block_c=16, time_split=segments)
+        inputs = wkv4_inputs(2, T, 40, spread=10.0, seed=T + segments)
+        if state:
+            check_vs_reference(split_state(kernel), split_state(reference), wkv4_leaves(inputs), FP32_TOL)
+        else:
+            inputs["state"] = None
+            check_vs_reference(kernel, reference, inputs, FP32_TOL)
+
+    return case
+
+
 def wkv4_empty_state() -> None:
     kernel, reference = wkv4_pair(block_c=16)
     inputs = wkv4_inputs(1, 19, 24, seed=5)
@@ -191,13 +206,13 @@ def wkv4_custom_op() -> None:
     x = wkv4_leaves(wkv4_inputs(1, 11, 24, spread=5.0, seed=52))
     names = ("w", "u", "k", "v", "aa", "bb", "pp")
     args = [x[n].requires_grad_() for n in names]
-    _opcheck(torch.ops.skein.wkv4_fwd.default, (*args, 16, True))
-    ckpt = torch.ops.skein.wkv4_fwd(*(t.detach() for t in args), 16, True)[4]
+    _opcheck(torch.ops.skein.wkv4_fwd.default, (*args, 16, True, 2))
+    ckpt = torch.ops.skein.wkv4_fwd(*(t.detach() for t in args), 16, True, 2)[4]
     dy, dst = torch.randn_like(x["k"]), [torch.randn_like(x["aa"]) for _ in range(3)]
     _opcheck(torch.ops.skein.wkv4_bwd.default, (*(t.detach() for t in args[:4]), dy, ckpt, *dst, 16, True))
 
     def loss(w, u, k, v, aa, bb, pp):
-        y, (aa, bb, pp) = fused_wkv4(w, u, k, v, (aa, bb, pp), block_c=16)
+        y, (aa, bb, pp) = fused_wkv4(w, u, k, v, (aa, bb, pp), block_c=16, time_split=2)
         return (y * y).sum() + aa.sin().sum() + bb.cos().sum() + pp.sin().sum()
 
     _compile_matches_eager(loss, args)
@@ -313,6 +328,7 @@ def refusals() -> None:
     y = wkv4_inputs(1, 4, 24)
     _raises(fused_wkv4, **{**y, "k": y["k"].double(), "v": y["v"].double()}, match="float64")
     _raises(fused_wkv4, **{**y, "u": y["u"][:5]}, match="u has shape")
+    _raises(fused_wkv4, **y, time_split=0, match="time_split = 0")
     z = delta_product_inputs(1, 4, 17, 1, 16, 16, gate=True)
     _raises(chunk_delta_product, **z, match="n_h = 17")
     z = delta_product_inputs(1, 4, 1, 1, 16, 12, gate=False)
@@ -359,6 +375,8 @@ CASES: dict[str, Callable[[], None]] = {
     "wkv4_dispatch": wkv4_dispatch,
     "wkv4_T100": wkv4_fp32(100, spread=10.0),
     "wkv4_custom_op": wkv4_custom_op,
+    "wkv4_time_split_T37": wkv4_time_split(37, 3),
+    "wkv4_time_split_T100_no_state": wkv4_time_split(100, 4, state=False),
     "delta_product_nh1_T33_gated": delta_product_fp32(33, 1, True),
     "delta_product_nh1_T7": delta_product_fp32(7, 1, False),
     "delta_product_nh2_T1_gated": delta_product_fp32(1, 2, True),

@@ -34,6 +34,10 @@ TIME_TILE = 8
 registers; 8 x 32 channels per warp compiles for sm_90 without spills)."""
 
 
+TIME_SPLIT = 1
+"""Default forward time segments (fused_wkv4's time_split)."""
+
+
 @triton.jit
 def _pick(tile, sel):
     """Row `sel` of a [TB, BC] tile as a [BC] vector."""
@@ -51,18 +55,31 @@ def _exp_pair(x, y):
 
 @triton.jit
 def _wkv4_fwd_kernel(
-    w, u, k, v, aa0, bb0, pp0, y, aaT, bbT, ppT, ckpt, T, C, B,
-    BC: tl.constexpr, TB: tl.constexpr, HAS_STATE: tl.constexpr, SAVE: tl.constexpr,
+    w, u, k, v, aa0, bb0, pp0, y, aaT, bbT, ppT, ckpt, seg_state, T, C, B, SEG,
+    BC: tl.constexpr, TB: tl.constexpr, HAS_STATE: tl.constexpr, SAVE: tl.constexpr, PHASE: tl.constexpr,
 ):  # fmt: skip
+    """PHASE 0: the whole sequence from the initial state. With time split into segments of SEG
+    tiles (program axis 2): PHASE 1 runs each segment from the empty state and stores its end
+    state in seg_state [3, B, NS, C]; PHASE 2 runs each segment from the start state that
+    _wkv4_seg_combine_kernel wrote there, storing y, the checkpoints and (last segment) the
+    final state."""
     i_c = tl.program_id(0)
     i_b = tl.program_id(1)
+    i_s = tl.program_id(2)
+    NS = tl.num_programs(2)
     c = i_c * BC + tl.arange(0, BC)
     mc = c < C
     tt = tl.arange(0, TB)
     w_ = tl.load(w + c, mask=mc, other=0.0)
     u_ = tl.load(u + c, mask=mc, other=0.0)
     sc = i_b.to(tl.int64) * C + c
-    if HAS_STATE:
+    seg_plane = (B * NS).to(tl.int64) * C  # seg_state is [3, B, NS, C]
+    seg_offs = (i_b * NS + i_s).to(tl.int64) * C + c
+    if PHASE == 2:
+        aa = tl.load(seg_state + seg_offs, mask=mc, other=0.0)
+        bb = tl.load(seg_state + seg_plane + seg_offs, mask=mc, other=0.0)
+        pp = tl.load(seg_state + 2 * seg_plane + seg_offs, mask=mc, other=-1e38)
+    elif HAS_STATE and PHASE == 0:
         aa = tl.load(aa0 + sc, mask=mc, other=0.0)
         bb = tl.load(bb0 + sc, mask=mc, other=0.0)
         pp = tl.load(pp0 + sc, mask=mc, other=-1e38)
@@ -71,17 +88,19 @@ def _wkv4_fwd_kernel(
         bb = tl.zeros([BC], dtype=tl.float32)
         pp = tl.full([BC], -1e38, dtype=tl.float32)
     NB = tl.cdiv(T, TB)
+    n0 = i_s * SEG
+    n1 = tl.minimum(n0 + SEG, NB)
     plane = (B * NB).to(tl.int64) * C  # ckpt is [3, B, NB, C]
-    offs = (i_b * T + tt).to(tl.int64)[:, None] * C + c[None, :]
-    m = (tt < T)[:, None] & mc[None, :]
+    offs = (i_b * T + n0 * TB + tt).to(tl.int64)[:, None] * C + c[None, :]
+    m = (n0 * TB + tt < T)[:, None] & mc[None, :]
     kt = tl.load(k + offs, mask=m, other=0.0).to(tl.float32)
     vt = tl.load(v + offs, mask=m, other=0.0).to(tl.float32)
-    for n in range(NB):
+    for n in range(n0, n1):
         offs_n = (i_b * T + (n + 1) * TB + tt).to(tl.int64)[:, None] * C + c[None, :]
         mn = ((n + 1) * TB + tt < T)[:, None] & mc[None, :]
         kn = tl.load(k + offs_n, mask=mn, other=0.0).to(tl.float32)
         vn = tl.load(v + offs_n, mask=mn, other=0.0).to(tl.float32)
-        if SAVE:
+        if SAVE and PHASE != 1:
             ck = (i_b * NB + n).to(tl.int64) * C + c
             tl.store(ckpt + ck, aa, mask=mc)
             tl.store(ckpt + plane + ck, bb, mask=mc)
@@ -91,23 +110,68 @@ def _wkv4_fwd_kernel(
             sel = (tt == i)[:, None]
             ki = _pick(kt, sel)
             vi = _pick(vt, sel)
-            ww = u_ + ki
-            e1, e2, p = _exp_pair(pp, ww)
-            yt = tl.where(sel, ((e1 * aa + e2 * vi) / (e1 * bb + e2))[None, :], yt)
+            if PHASE != 1:
+                ww = u_ + ki
+                e1, e2, p = _exp_pair(pp, ww)
+                yt = tl.where(sel, ((e1 * aa + e2 * vi) / (e1 * bb + e2))[None, :], yt)
             ww = w_ + pp
             e1, e2, p = _exp_pair(ww, ki)
             live = n * TB + i < T
             aa = tl.where(live, e1 * aa + e2 * vi, aa)
             bb = tl.where(live, e1 * bb + e2, bb)
             pp = tl.where(live, p, pp)
-        tl.store(y + offs, yt.to(y.dtype.element_ty), mask=m)
+        if PHASE != 1:
+            tl.store(y + offs, yt.to(y.dtype.element_ty), mask=m)
         offs = offs_n
         m = mn
         kt = kn
         vt = vn
-    tl.store(aaT + sc, aa, mask=mc)
-    tl.store(bbT + sc, bb, mask=mc)
-    tl.store(ppT + sc, pp, mask=mc)
+    if PHASE == 1:
+        tl.store(seg_state + seg_offs, aa, mask=mc)
+        tl.store(seg_state + seg_plane + seg_offs, bb, mask=mc)
+        tl.store(seg_state + 2 * seg_plane + seg_offs, pp, mask=mc)
+    else:
+        last = mc & (tl.full([BC], i_s, tl.int32) == NS - 1)
+        tl.store(aaT + sc, aa, mask=last)
+        tl.store(bbT + sc, bb, mask=last)
+        tl.store(ppT + sc, pp, mask=last)
+
+
+@triton.jit
+def _wkv4_seg_combine_kernel(
+    w, aa0, bb0, pp0, seg_state, T, C, B, NS, SEG_LEN, BC: tl.constexpr, HAS_STATE: tl.constexpr
+):  # fmt: skip
+    """Middle pass of the time-split forward: walks the NS segments in order, replacing each
+    segment's local end state in seg_state by its true start state. The true sums are linear,
+    A_end = e^{L w} A_start + A_local (L steps in the segment), which in the running-max form is
+    one _exp_pair per segment."""
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    c = i_c * BC + tl.arange(0, BC)
+    mc = c < C
+    w_ = tl.load(w + c, mask=mc, other=0.0)
+    sc = i_b.to(tl.int64) * C + c
+    if HAS_STATE:
+        aa = tl.load(aa0 + sc, mask=mc, other=0.0)
+        bb = tl.load(bb0 + sc, mask=mc, other=0.0)
+        pp = tl.load(pp0 + sc, mask=mc, other=-1e38)
+    else:
+        aa = tl.zeros([BC], dtype=tl.float32)
+        bb = tl.zeros([BC], dtype=tl.float32)
+        pp = tl.full([BC], -1e38, dtype=tl.float32)
+    seg_plane = (B * NS).to(tl.int64) * C
+    for s in range(NS):
+        o = (i_b * NS + s).to(tl.int64) * C + c
+        a_loc = tl.load(seg_state + o, mask=mc, other=0.0)
+        b_loc = tl.load(seg_state + seg_plane + o, mask=mc, other=0.0)
+        p_loc = tl.load(seg_state + 2 * seg_plane + o, mask=mc, other=-1e38)
+        tl.store(seg_state + o, aa, mask=mc)
+        tl.store(seg_state + seg_plane + o, bb, mask=mc)
+        tl.store(seg_state + 2 * seg_plane + o, pp, mask=mc)
+        steps = tl.minimum(SEG_LEN, T - s * SEG_LEN)
+        e1, e2, pp = _exp_pair(pp + steps * w_, p_loc)
+        aa = e1 * aa + e2 * a_loc
+        bb = e1 * bb + e2 * b_loc
 
 
 @triton.jit
@@ -231,7 +295,8 @@ def _block_c(B: int, C: int, device: torch.device) -> int:
 
 
 _FWD_SCHEMA = (
-    "(Tensor w, Tensor u, Tensor k, Tensor v, Tensor? aa, Tensor? bb, Tensor? pp, int block_c, bool save) "
+    "(Tensor w, Tensor u, Tensor k, Tensor v, Tensor? aa, Tensor? bb, Tensor? pp, int block_c, bool save, "
+    "int time_split) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 _BWD_SCHEMA = (
@@ -241,23 +306,35 @@ _BWD_SCHEMA = (
 
 
 @torch.library.custom_op("skein::wkv4_fwd", mutates_args=(), schema=_FWD_SCHEMA)
-def wkv4_fwd(w, u, k, v, aa, bb, pp, block_c, save):
+def wkv4_fwd(w, u, k, v, aa, bb, pp, block_c, save, time_split):
     """y [B, T, C], the final (aa, bb, pp) (fp32 [B, C] each) and, when `save`, the state at every
-    time-tile start [3, B, NB, C] (fp32; else an empty tensor)."""
+    time-tile start [3, B, NB, C] (fp32; else an empty tensor). time_split > 1 runs the three-pass
+    forward over that many time segments."""
     B, T, C = k.shape
     NB = triton.cdiv(T, TIME_TILE)
     y = torch.empty_like(k)
     out = [k.new_empty(B, C, dtype=torch.float32) for _ in range(3)]
     ckpt = k.new_empty((3, B, NB, C) if save else (0,), dtype=torch.float32)
-    _wkv4_fwd_kernel[(triton.cdiv(C, block_c), B)](
-        w, u, k, v, aa, bb, pp, y, *out, ckpt if save else None, T, C, B,
-        BC=block_c, TB=TIME_TILE, HAS_STATE=aa is not None, SAVE=save, num_warps=max(1, block_c // 32),
+    seg = triton.cdiv(NB, max(1, time_split))
+    ns = triton.cdiv(NB, seg)
+    grid = (triton.cdiv(C, block_c), B, ns)
+    opts = {"BC": block_c, "TB": TIME_TILE, "HAS_STATE": aa is not None, "num_warps": max(1, block_c // 32)}
+    args = (w, u, k, v, aa, bb, pp, y, *out, ckpt if save else None)
+    if ns == 1:
+        _wkv4_fwd_kernel[grid](*args, None, T, C, B, NB, SAVE=save, PHASE=0, **opts)
+        return (y, *out, ckpt)
+    seg_state = k.new_empty(3, B, ns, C, dtype=torch.float32)
+    _wkv4_fwd_kernel[grid](*args, seg_state, T, C, B, seg, SAVE=False, PHASE=1, **opts)
+    _wkv4_seg_combine_kernel[grid[:2]](
+        w, aa, bb, pp, seg_state, T, C, B, ns, seg * TIME_TILE, BC=block_c, HAS_STATE=aa is not None,
+        num_warps=opts["num_warps"],
     )  # fmt: skip
+    _wkv4_fwd_kernel[grid](*args, seg_state, T, C, B, seg, SAVE=save, PHASE=2, **opts)
     return (y, *out, ckpt)
 
 
 @wkv4_fwd.register_fake
-def _(w, u, k, v, aa, bb, pp, block_c, save):
+def _(w, u, k, v, aa, bb, pp, block_c, save, time_split):
     B, T, C = k.shape
     NB = (T + TIME_TILE - 1) // TIME_TILE
     ckpt = k.new_empty((3, B, NB, C) if save else (0,), dtype=torch.float32)
@@ -288,7 +365,7 @@ def _(w, u, k, v, dy, ckpt, daa, dbb, dpp, block_c, want_ds0):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    w, u, k, v, aa, _, _, block_c, _ = inputs
+    w, u, k, v, aa, _, _, block_c, _, _ = inputs
     ctx.save_for_backward(w, u, k, v, output[4])
     ctx.has_state, ctx.block_c = aa is not None, block_c
 
@@ -306,14 +383,21 @@ def _backward(ctx, dy, daa, dbb, dpp, _dckpt):
         )
     want_ds0 = ctx.has_state and any(ctx.needs_input_grad[4:7])
     dw, du, dk, dv, *ds0 = torch.ops.skein.wkv4_bwd(w, u, k, v, dy, ckpt, *dst, ctx.block_c, want_ds0)
-    return (dw, du, dk, dv, *(d if want_ds0 else None for d in ds0), None, None)
+    return (dw, du, dk, dv, *(d if want_ds0 else None for d in ds0), None, None, None)
 
 
 wkv4_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_wkv4(
-    w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: Wkv4State | None = None, *, block_c: int | None = None
+    w: Tensor,
+    u: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Wkv4State | None = None,
+    *,
+    block_c: int | None = None,
+    time_split: int = TIME_SPLIT,
 ) -> tuple[Tensor, Wkv4State]:
     """RWKV-4 WKV with the fused recurrent Triton kernels; same math and conventions as wkv4_naive.
 
@@ -323,6 +407,9 @@ def fused_wkv4(
         k, v: [B, T, C], each bf16, fp16 or fp32.
         state: (aa, bb, pp), each [B, C] (cast to fp32); None for the empty state.
         block_c: channels per program (power of two >= 16); None picks one.
+        time_split: forward time segments: 1 walks the whole sequence per program; n > 1 runs
+            three passes (each segment from the empty state, the segment states combined in
+            order, each segment again from its true start state), n times the programs.
     Returns:
         y: [B, T, C] in k's dtype, and the final state (aa, bb, pp) in fp32; differentiable in
         w, u, k, v and the initial state.
@@ -351,7 +438,9 @@ def fused_wkv4(
     save = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (w, u, k, v, aa, bb, pp)
     )
-    y, aa, bb, pp, _ = wkv4_fwd(w, u, k, v, aa, bb, pp, block_c or _block_c(B, C, k.device), save)
+    if time_split < 1:
+        raise ValueError(f"{op}: time_split = {time_split} must be at least 1")
+    y, aa, bb, pp, _ = wkv4_fwd(w, u, k, v, aa, bb, pp, block_c or _block_c(B, C, k.device), save, time_split)
     return y, (aa, bb, pp)
 
 
