@@ -111,7 +111,8 @@ def test_delta_product_launch_variants(variant: str, dtype: str) -> None:
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("time_split", [4, 37])
 def test_wkv4_time_split(time_split: int, dtype: str) -> None:
-    """The three-pass forward over time segments (37 does not divide the 125 time tiles)."""
+    """The three-pass forward and backward over time segments (37 does not divide the 125 time
+    tiles)."""
     torch_dtype, tol = DTYPES[dtype]
     inputs = wkv4_leaves(wkv4_inputs(2, 1000, 512, seed=9, device="cuda"))
     inputs["k"], inputs["v"] = inputs["k"].to(torch_dtype), inputs["v"].to(torch_dtype)

@@ -177,8 +177,29 @@ COMPILE_CASES = {
     "wkv4_bwd": (
         "skein.rwkv.ops.wkv4.fused",
         "_wkv4_bwd_kernel",
-        ("w", "u", "ckpt", "daaT", "dbbT", "dppT", "dw", "du", "daa0", "dbb0", "dpp0"),
-        {"BC": 32, "TB": 8, "HAS_DST": True, "WANT_DS0": True},
+        ("w", "u", "ckpt", "daaT", "dbbT", "dppT", "dw", "du", "daa0", "dbb0", "dpp0", "seg"),
+        {"BC": 32, "TB": 8, "HAS_DST": True, "WANT_DS0": True, "PHASE": 0},
+        1,
+    ),
+    "wkv4_bwd_segment_local": (
+        "skein.rwkv.ops.wkv4.fused",
+        "_wkv4_bwd_kernel",
+        ("w", "u", "ckpt", "daaT", "dbbT", "dppT", "dw", "du", "daa0", "dbb0", "dpp0", "seg"),
+        {"BC": 32, "TB": 8, "HAS_DST": True, "WANT_DS0": False, "PHASE": 1},
+        1,
+    ),
+    "wkv4_bwd_segment_rerun": (
+        "skein.rwkv.ops.wkv4.fused",
+        "_wkv4_bwd_kernel",
+        ("w", "u", "ckpt", "daaT", "dbbT", "dppT", "dw", "du", "daa0", "dbb0", "dpp0", "seg"),
+        {"BC": 32, "TB": 8, "HAS_DST": True, "WANT_DS0": False, "PHASE": 2},
+        1,
+    ),
+    "wkv4_bwd_seg_combine": (
+        "skein.rwkv.ops.wkv4.fused",
+        "_wkv4_bwd_seg_combine_kernel",
+        ("daaT", "dbbT", "dppT", "daa0", "dbb0", "dpp0", "seg"),
+        {"BC": 32, "HAS_DST": True, "WANT_DS0": True},
         1,
     ),
     "delta_product_fwd": (

@@ -152,7 +152,7 @@ def wkv4_fp32(T: int, spread: float = 3.0) -> Callable[[], None]:
 
 
 def wkv4_time_split(T: int, segments: int, state: bool = True) -> Callable[[], None]:
-    """The three-pass forward over `segments` time segments (the last one shorter)."""
+    """The three-pass forward and backward over `segments` time segments (the last one shorter)."""
 
     def case() -> None:
         kernel, reference = wkv4_pair(block_c=16, time_split=segments)
@@ -209,7 +209,7 @@ def wkv4_custom_op() -> None:
     _opcheck(torch.ops.skein.wkv4_fwd.default, (*args, 16, True, 2))
     ckpt = torch.ops.skein.wkv4_fwd(*(t.detach() for t in args), 16, True, 2)[4]
     dy, dst = torch.randn_like(x["k"]), [torch.randn_like(x["aa"]) for _ in range(3)]
-    _opcheck(torch.ops.skein.wkv4_bwd.default, (*(t.detach() for t in args[:4]), dy, ckpt, *dst, 16, True))
+    _opcheck(torch.ops.skein.wkv4_bwd.default, (*(t.detach() for t in args[:4]), dy, ckpt, *dst, 16, True, 2))
 
     def loss(w, u, k, v, aa, bb, pp):
         y, (aa, bb, pp) = fused_wkv4(w, u, k, v, (aa, bb, pp), block_c=16, time_split=2)

@@ -14,7 +14,12 @@ Backward (exact gradient of the (aa, bb, pp) representation). One step, with x =
 Given (ga, gb, gp) = dL/d(aa1, bb1, pp1): the total through pp1 is gp - ga aa1 - gb bb1 and goes
 to whichever of x, k won the max; ga0 = f ga + e1 gy / den, gb0 = f gb - e1 gy y / den,
 gp0 = dL/dx + e1 (gy / den)(aa0 - y bb0) (y depends on the state only through aa e^pp).
-Every exponent above is <= 0, so nothing overflows. Of each pair e^{x - max}, e^{y - max} one is
+Per step the adjoint map is affine, (ga0, gb0, gp0) = J (ga, gb, gp) + const, with
+J = [[f, 0, 0], [0, f, 0], [alpha, beta, chi]], chi = [x won the max], alpha = f aa0 - chi (f aa0 + e v),
+beta = f bb0 - chi (f bb0 + e); products of such matrices keep that shape, so a time segment's
+map is four numbers (F, Pa, Pb, Wn): the time-split backward runs each segment from a zero
+adjoint (its constant part and map), chains the segments from the last, then reruns each from
+its true end adjoint. Every exponent above is <= 0, so nothing overflows. Of each pair e^{x - max}, e^{y - max} one is
 exactly 1: a step costs one exponential per pair (_exp_pair).
 """
 
@@ -35,7 +40,7 @@ registers; 8 x 32 channels per warp compiles for sm_90 without spills)."""
 
 
 TIME_SPLIT = 1
-"""Default forward time segments (fused_wkv4's time_split)."""
+"""Default time segments of the forward and backward (fused_wkv4's time_split)."""
 
 
 @triton.jit
@@ -176,18 +181,32 @@ def _wkv4_seg_combine_kernel(
 
 @triton.jit
 def _wkv4_bwd_kernel(
-    w, u, k, v, dy, ckpt, daaT, dbbT, dppT, dk, dv, dw, du, daa0, dbb0, dpp0, T, C, B,
-    BC: tl.constexpr, TB: tl.constexpr, HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr,
+    w, u, k, v, dy, ckpt, daaT, dbbT, dppT, dk, dv, dw, du, daa0, dbb0, dpp0, seg, T, C, B, SEG,
+    BC: tl.constexpr, TB: tl.constexpr, HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr, PHASE: tl.constexpr,
 ):  # fmt: skip
+    """PHASE 0: the whole reverse recurrence. With time split into segments of SEG tiles
+    (program axis 2), seg is [7, B, NS, C]: PHASE 1 runs each segment from a zero adjoint and
+    stores the adjoint it reaches (planes 0-2) and the segment's linear map (planes 3-6, module
+    docstring); _wkv4_bwd_seg_combine_kernel turns planes 0-2 into each segment's true end
+    adjoint; PHASE 2 runs each segment from it, storing dk, dv and the segment's parts of dw, du
+    (dw, du are [NS * B, C])."""
     i_c = tl.program_id(0)
     i_b = tl.program_id(1)
+    i_s = tl.program_id(2)
+    NS = tl.num_programs(2)
     c = i_c * BC + tl.arange(0, BC)
     mc = c < C
     tt = tl.arange(0, TB)
     w_ = tl.load(w + c, mask=mc, other=0.0)
     u_ = tl.load(u + c, mask=mc, other=0.0)
     sc = i_b.to(tl.int64) * C + c
-    if HAS_DST:
+    seg_plane = (B * NS).to(tl.int64) * C
+    seg_offs = (i_b * NS + i_s).to(tl.int64) * C + c
+    if PHASE == 2:
+        ga = tl.load(seg + seg_offs, mask=mc, other=0.0)
+        gb = tl.load(seg + seg_plane + seg_offs, mask=mc, other=0.0)
+        gp = tl.load(seg + 2 * seg_plane + seg_offs, mask=mc, other=0.0)
+    elif HAS_DST and PHASE == 0:
         ga = tl.load(daaT + sc, mask=mc, other=0.0)
         gb = tl.load(dbbT + sc, mask=mc, other=0.0)
         gp = tl.load(dppT + sc, mask=mc, other=0.0)
@@ -197,16 +216,23 @@ def _wkv4_bwd_kernel(
         gp = tl.zeros([BC], dtype=tl.float32)
     gw = tl.zeros([BC], dtype=tl.float32)
     gu = tl.zeros([BC], dtype=tl.float32)
+    # the segment's map from end to start adjoint: ga, gb scale by F; gp = Pa ga + Pb gb + Wn gp
+    F = tl.full([BC], 1.0, dtype=tl.float32)
+    Pa = tl.zeros([BC], dtype=tl.float32)
+    Pb = tl.zeros([BC], dtype=tl.float32)
+    Wn = tl.full([BC], 1.0, dtype=tl.float32)
     NB = tl.cdiv(T, TB)
+    n0 = i_s * SEG
+    n1 = tl.minimum(n0 + SEG, NB)
     plane = (B * NB).to(tl.int64) * C  # ckpt is [3, B, NB, C]
-    t_last = (NB - 1) * TB + tt
+    t_last = (n1 - 1) * TB + tt
     offs = (i_b * T + t_last).to(tl.int64)[:, None] * C + c[None, :]
     m = (t_last < T)[:, None] & mc[None, :]
     kt = tl.load(k + offs, mask=m, other=0.0).to(tl.float32)
     vt = tl.load(v + offs, mask=m, other=0.0).to(tl.float32)
     gyt = tl.load(dy + offs, mask=m, other=0.0).to(tl.float32)
-    for j in range(NB):
-        n = NB - 1 - j
+    for j in range(n0, n1):
+        n = n1 - 1 - (j - n0)
         t_prev = (n - 1) * TB + tt
         offs_n = (i_b * T + t_prev).to(tl.int64)[:, None] * C + c[None, :]
         mn = (t_prev >= 0)[:, None] & mc[None, :]
@@ -261,6 +287,14 @@ def _wkv4_bwd_kernel(
             g_den = -g_num * (e1 * a0 + e2 * vi) / den
             g_wu = e2 * (g_num * vi + g_den)
             live = n * TB + i < T
+            if PHASE == 1:
+                chi = tl.where(x_won, 1.0, 0.0)
+                alpha = a0 * f - chi * (f * a0 + e * vi)
+                beta = b0 * f - chi * (f * b0 + e)
+                Pa = tl.where(live, alpha * F + chi * Pa, Pa)
+                Pb = tl.where(live, beta * F + chi * Pb, Pb)
+                Wn = tl.where(live, chi * Wn, Wn)
+                F = tl.where(live, f * F, F)
             ga = tl.where(live, f * ga + e1 * g_num, ga)
             gb = tl.where(live, f * gb + e1 * g_den, gb)
             gp = tl.where(live, gx + e1 * (g_num * a0 + g_den * b0), gp)
@@ -268,15 +302,69 @@ def _wkv4_bwd_kernel(
             gu += tl.where(live, g_wu, 0.0)
             dkt = tl.where(sel, (gk + g_wu)[None, :], dkt)
             dvt = tl.where(sel, (gv + e2 * g_num)[None, :], dvt)
-        tl.store(dk + offs, dkt.to(dk.dtype.element_ty), mask=m)
-        tl.store(dv + offs, dvt.to(dv.dtype.element_ty), mask=m)
+        if PHASE != 1:
+            tl.store(dk + offs, dkt.to(dk.dtype.element_ty), mask=m)
+            tl.store(dv + offs, dvt.to(dv.dtype.element_ty), mask=m)
         offs = offs_n
         m = mn
         kt = kn
         vt = vn
         gyt = gyn
-    tl.store(dw + sc, gw, mask=mc)
-    tl.store(du + sc, gu, mask=mc)
+    if PHASE == 1:
+        tl.store(seg + seg_offs, ga, mask=mc)
+        tl.store(seg + seg_plane + seg_offs, gb, mask=mc)
+        tl.store(seg + 2 * seg_plane + seg_offs, gp, mask=mc)
+        tl.store(seg + 3 * seg_plane + seg_offs, F, mask=mc)
+        tl.store(seg + 4 * seg_plane + seg_offs, Pa, mask=mc)
+        tl.store(seg + 5 * seg_plane + seg_offs, Pb, mask=mc)
+        tl.store(seg + 6 * seg_plane + seg_offs, Wn, mask=mc)
+    else:
+        part = (i_s * B + i_b).to(tl.int64) * C + c
+        tl.store(dw + part, gw, mask=mc)
+        tl.store(du + part, gu, mask=mc)
+    if WANT_DS0 and PHASE == 0:
+        tl.store(daa0 + sc, ga, mask=mc)
+        tl.store(dbb0 + sc, gb, mask=mc)
+        tl.store(dpp0 + sc, gp, mask=mc)
+
+
+@triton.jit
+def _wkv4_bwd_seg_combine_kernel(
+    daaT, dbbT, dppT, daa0, dbb0, dpp0, seg, C, B, NS,
+    BC: tl.constexpr, HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr,
+):  # fmt: skip
+    """Middle pass of the time-split backward: walks the segments from the last, replacing each
+    segment's local start adjoint (planes 0-2 of seg) by its true end adjoint and applying the
+    segment's map; what is left at the start is the initial state's gradient."""
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    c = i_c * BC + tl.arange(0, BC)
+    mc = c < C
+    sc = i_b.to(tl.int64) * C + c
+    if HAS_DST:
+        ga = tl.load(daaT + sc, mask=mc, other=0.0)
+        gb = tl.load(dbbT + sc, mask=mc, other=0.0)
+        gp = tl.load(dppT + sc, mask=mc, other=0.0)
+    else:
+        ga = tl.zeros([BC], dtype=tl.float32)
+        gb = tl.zeros([BC], dtype=tl.float32)
+        gp = tl.zeros([BC], dtype=tl.float32)
+    seg_plane = (B * NS).to(tl.int64) * C
+    for j in range(NS):
+        o = (i_b * NS + NS - 1 - j).to(tl.int64) * C + c
+        ca = tl.load(seg + o, mask=mc, other=0.0)
+        cb = tl.load(seg + seg_plane + o, mask=mc, other=0.0)
+        cp = tl.load(seg + 2 * seg_plane + o, mask=mc, other=0.0)
+        F = tl.load(seg + 3 * seg_plane + o, mask=mc, other=0.0)
+        Pa = tl.load(seg + 4 * seg_plane + o, mask=mc, other=0.0)
+        Pb = tl.load(seg + 5 * seg_plane + o, mask=mc, other=0.0)
+        Wn = tl.load(seg + 6 * seg_plane + o, mask=mc, other=0.0)
+        tl.store(seg + o, ga, mask=mc)
+        tl.store(seg + seg_plane + o, gb, mask=mc)
+        tl.store(seg + 2 * seg_plane + o, gp, mask=mc)
+        gp = Pa * ga + Pb * gb + Wn * gp + cp
+        ga = F * ga + ca
+        gb = F * gb + cb
     if WANT_DS0:
         tl.store(daa0 + sc, ga, mask=mc)
         tl.store(dbb0 + sc, gb, mask=mc)
@@ -301,7 +389,8 @@ _FWD_SCHEMA = (
 )
 _BWD_SCHEMA = (
     "(Tensor w, Tensor u, Tensor k, Tensor v, Tensor dy, Tensor ckpt, Tensor? daa, Tensor? dbb, "
-    "Tensor? dpp, int block_c, bool want_ds0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "Tensor? dpp, int block_c, bool want_ds0, int time_split) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 
@@ -342,32 +431,45 @@ def _(w, u, k, v, aa, bb, pp, block_c, save, time_split):
 
 
 @torch.library.custom_op("skein::wkv4_bwd", mutates_args=(), schema=_BWD_SCHEMA)
-def wkv4_bwd(w, u, k, v, dy, ckpt, daa, dbb, dpp, block_c, want_ds0):
+def wkv4_bwd(w, u, k, v, dy, ckpt, daa, dbb, dpp, block_c, want_ds0, time_split):
     """Gradients of w, u ([C], fp32), k, v (their dtypes) and of the initial (aa, bb, pp) (fp32
-    [B, C] each, or empty tensors unless `want_ds0`). daa, dbb, dpp are all given or all None."""
+    [B, C] each, or empty tensors unless `want_ds0`). daa, dbb, dpp are all given or all None.
+    time_split > 1 runs the three-pass backward over that many time segments."""
     B, T, C = k.shape
+    NB = triton.cdiv(T, TIME_TILE)
+    seg_tiles = triton.cdiv(NB, max(1, time_split))
+    ns = triton.cdiv(NB, seg_tiles)
     ds0 = [k.new_empty((B, C) if want_ds0 else (0,), dtype=torch.float32) for _ in range(3)]
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    dw = k.new_empty(B, C, dtype=torch.float32)
+    dw = k.new_empty(ns * B, C, dtype=torch.float32)
     du = torch.empty_like(dw)
-    _wkv4_bwd_kernel[(triton.cdiv(C, block_c), B)](
-        w, u, k, v, dy, ckpt, daa, dbb, dpp, dk, dv, dw, du, *(d if want_ds0 else None for d in ds0), T, C, B,
-        BC=block_c, TB=TIME_TILE, HAS_DST=daa is not None, WANT_DS0=want_ds0, num_warps=max(1, block_c // 32),
+    grid = (triton.cdiv(C, block_c), B, ns)
+    opts = {"BC": block_c, "TB": TIME_TILE, "HAS_DST": daa is not None, "num_warps": max(1, block_c // 32)}
+    args = (w, u, k, v, dy, ckpt, daa, dbb, dpp, dk, dv, dw, du, *(d if want_ds0 else None for d in ds0))
+    if ns == 1:
+        _wkv4_bwd_kernel[grid](*args, None, T, C, B, NB, WANT_DS0=want_ds0, PHASE=0, **opts)
+        return dw.sum(0), du.sum(0), dk, dv, *ds0
+    seg = k.new_empty(7, B, ns, C, dtype=torch.float32)
+    _wkv4_bwd_kernel[grid](*args, seg, T, C, B, seg_tiles, WANT_DS0=False, PHASE=1, **opts)
+    _wkv4_bwd_seg_combine_kernel[grid[:2]](
+        daa, dbb, dpp, *(d if want_ds0 else None for d in ds0), seg, C, B, ns,
+        BC=block_c, HAS_DST=daa is not None, WANT_DS0=want_ds0, num_warps=opts["num_warps"],
     )  # fmt: skip
+    _wkv4_bwd_kernel[grid](*args, seg, T, C, B, seg_tiles, WANT_DS0=False, PHASE=2, **opts)
     return dw.sum(0), du.sum(0), dk, dv, *ds0
 
 
 @wkv4_bwd.register_fake
-def _(w, u, k, v, dy, ckpt, daa, dbb, dpp, block_c, want_ds0):
+def _(w, u, k, v, dy, ckpt, daa, dbb, dpp, block_c, want_ds0, time_split):
     B, T, C = k.shape
     ds0 = [k.new_empty((B, C) if want_ds0 else (0,), dtype=torch.float32) for _ in range(3)]
     return (torch.empty_like(w), torch.empty_like(u), torch.empty_like(k), torch.empty_like(v), *ds0)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    w, u, k, v, aa, _, _, block_c, _, _ = inputs
+    w, u, k, v, aa, _, _, block_c, _, time_split = inputs
     ctx.save_for_backward(w, u, k, v, output[4])
-    ctx.has_state, ctx.block_c = aa is not None, block_c
+    ctx.has_state, ctx.block_c, ctx.time_split = aa is not None, block_c, time_split
 
 
 def _backward(ctx, dy, daa, dbb, dpp, _dckpt):
@@ -382,7 +484,9 @@ def _backward(ctx, dy, daa, dbb, dpp, _dckpt):
             for g in (daa, dbb, dpp)
         )
     want_ds0 = ctx.has_state and any(ctx.needs_input_grad[4:7])
-    dw, du, dk, dv, *ds0 = torch.ops.skein.wkv4_bwd(w, u, k, v, dy, ckpt, *dst, ctx.block_c, want_ds0)
+    dw, du, dk, dv, *ds0 = torch.ops.skein.wkv4_bwd(
+        w, u, k, v, dy, ckpt, *dst, ctx.block_c, want_ds0, ctx.time_split
+    )
     return (dw, du, dk, dv, *(d if want_ds0 else None for d in ds0), None, None, None)
 
 
@@ -407,9 +511,10 @@ def fused_wkv4(
         k, v: [B, T, C], each bf16, fp16 or fp32.
         state: (aa, bb, pp), each [B, C] (cast to fp32); None for the empty state.
         block_c: channels per program (power of two >= 16); None picks one.
-        time_split: forward time segments: 1 walks the whole sequence per program; n > 1 runs
-            three passes (each segment from the empty state, the segment states combined in
-            order, each segment again from its true start state), n times the programs.
+        time_split: time segments of the forward and the backward: 1 walks the whole sequence
+            per program; n > 1 runs each pass in three (each segment from the empty state or a
+            zero adjoint, the segments combined in order, each segment again from its true
+            start), n times the programs.
     Returns:
         y: [B, T, C] in k's dtype, and the final state (aa, bb, pp) in fp32; differentiable in
         w, u, k, v and the initial state.
