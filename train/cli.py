@@ -26,7 +26,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "export": "skein.train.export:export",
     "import": "skein.train.export:import_weights",
     "generate": "skein.train.generate:generate",
-    "bench": {"kernels": "skein.rwkv.ops.bench:bench_kernels", "train": "skein.train.bench:bench_train"},
+    "bench": {"kernels": "skein.train.bench_kernels:bench_kernels", "train": "skein.train.bench:bench_train"},
     "submit": "skein.train.submit:submit",
     "status": "skein.train.status:status",
     "eval": {s: f"skein.train.eval.{s}:{s}" for s in ("loss", "length", "mqar", "state")},

@@ -31,6 +31,8 @@ from tests.ops.kernel_checks import (
 
 pytest.importorskip("triton")
 
+from tests.ops.triton_cases import DELTA_PRODUCT_VARIANTS, RWKV7_VARIANTS  # noqa: E402
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
@@ -41,7 +43,7 @@ pytestmark = [
 
 DTYPES = {"bf16": (torch.bfloat16, BF16_TOL), "fp32": (torch.float32, FP32_TOL)}
 
-# (B, T, H, K, V); chunks are 16 tokens
+# (B, T, H, K, V); chunks are 16 tokens by default
 RWKV7_SHAPES = [(2, 1000, 4, 64, 64), (1, 1, 1, 64, 64), (1, 257, 1, 128, 128), (3, 100, 2, 32, 64)]
 # (B, T, C)
 WKV4_SHAPES = [(2, 1000, 512), (1, 1, 64), (1, 333, 100)]
@@ -83,6 +85,39 @@ def test_delta_product(shape: tuple, dtype: str) -> None:
     torch_dtype, tol = DTYPES[dtype]
     inputs = delta_product_inputs(*shape, seed=sum(shape), device="cuda")
     check_vs_reference(*delta_product_pair(), cast(inputs, torch_dtype, keep=("state",)), tol)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("variant", list(RWKV7_VARIANTS))
+def test_rwkv7_launch_variants(variant: str, dtype: str) -> None:
+    """Each launch variant (chunk size, V-split backward and its reduction) at a realistic shape."""
+    torch_dtype, tol = DTYPES[dtype]
+    inputs = cast(rwkv7_inputs(2, 1000, 4, 64, 64, seed=7, device="cuda"), torch_dtype, keep=("state",))
+    check_vs_reference(*rwkv7_pair(**RWKV7_VARIANTS[variant]), inputs, tol)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("variant", list(DELTA_PRODUCT_VARIANTS))
+def test_delta_product_launch_variants(variant: str, dtype: str) -> None:
+    torch_dtype, tol = DTYPES[dtype]
+    inputs = delta_product_inputs(2, 500, 2, 4, 64, 64, True, seed=8, device="cuda")
+    check_vs_reference(
+        *delta_product_pair(**DELTA_PRODUCT_VARIANTS[variant]),
+        cast(inputs, torch_dtype, keep=("state",)),
+        tol,
+    )
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("time_split", [4, 37])
+def test_wkv4_time_split(time_split: int, dtype: str) -> None:
+    """The three-pass forward and backward over time segments (37 does not divide the 125 time
+    tiles)."""
+    torch_dtype, tol = DTYPES[dtype]
+    inputs = wkv4_leaves(wkv4_inputs(2, 1000, 512, seed=9, device="cuda"))
+    inputs["k"], inputs["v"] = inputs["k"].to(torch_dtype), inputs["v"].to(torch_dtype)
+    kernel, reference = wkv4_pair(time_split=time_split)
+    check_vs_reference(split_state(kernel), split_state(reference), inputs, tol)
 
 
 def test_segments() -> None:

@@ -167,11 +167,14 @@ def cast(inputs: dict, dtype: torch.dtype, keep: tuple[str, ...]) -> dict:
 # kernel and float reference as fn(**inputs); kernel modules are imported on first use
 
 
-def rwkv7_pair(block_v: int | None = None, scale: float = 0.8) -> tuple[Callable, Callable]:
-    from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
+def rwkv7_pair(block_v: int | None = None, scale: float = 0.8, **launch) -> tuple[Callable, Callable]:
+    """launch: fields of skein.rwkv.ops.rwkv7.chunk.Rwkv7Launch (chunk, bwd_block_v, ...)."""
+    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
+
+    variant = Rwkv7Launch(**launch) if launch else None
 
     def kernel(r, w, k, v, a, b, state):
-        return chunk_rwkv7(r, w, k, v, a, b, state, scale, block_v=block_v)
+        return chunk_rwkv7(r, w, k, v, a, b, state, scale, block_v=block_v, launch=variant)
 
     def reference(r, w, k, v, a, b, state):
         return rwkv7_naive(r, w, k, v, a, b, state, scale)
@@ -179,11 +182,11 @@ def rwkv7_pair(block_v: int | None = None, scale: float = 0.8) -> tuple[Callable
     return kernel, reference
 
 
-def wkv4_pair(block_c: int | None = None) -> tuple[Callable, Callable]:
+def wkv4_pair(block_c: int | None = None, time_split: int = 1) -> tuple[Callable, Callable]:
     from skein.rwkv.ops.wkv4.fused import fused_wkv4
 
     def kernel(w, u, k, v, state):
-        return fused_wkv4(w, u, k, v, state, block_c=block_c)
+        return fused_wkv4(w, u, k, v, state, block_c=block_c, time_split=time_split)
 
     def reference(w, u, k, v, state):
         return wkv4_naive(w, u, k, v, state)
@@ -206,11 +209,14 @@ def split_state(kernel: Callable) -> Callable:
     return fn
 
 
-def delta_product_pair(block_v: int | None = None, scale: float = 0.3) -> tuple[Callable, Callable]:
-    from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
+def delta_product_pair(block_v: int | None = None, scale: float = 0.3, **launch) -> tuple[Callable, Callable]:
+    """launch: fields of skein.rwkv.ops.delta_product.chunk.DeltaProductLaunch."""
+    from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch, chunk_delta_product
+
+    variant = DeltaProductLaunch(**launch) if launch else None
 
     def kernel(q, k, v, beta, g, state):
-        return chunk_delta_product(q, k, v, beta, g, state, scale, block_v=block_v)
+        return chunk_delta_product(q, k, v, beta, g, state, scale, block_v=block_v, launch=variant)
 
     def reference(q, k, v, beta, g, state):
         return delta_product_naive(q, k, v, beta, g, state, scale)

@@ -75,11 +75,93 @@ def rwkv7_dispatch() -> None:
     assert_close(o1, rwkv7_naive(**inputs)[0], FP32_TOL, "dispatched output")
 
 
+RWKV7_VARIANTS = {
+    "c32_vsplit": {"chunk": 32, "bwd_block_v": 16},
+    "c64_atomic": {"chunk": 64, "bwd_block_v": 16, "bwd_reduce": "atomic"},
+    "c16_vsplit_atomic": {"chunk": 16, "block_v": 16, "bwd_block_v": 16, "bwd_reduce": "atomic"},
+    "c16_two_pass": {"chunk": 16, "bwd_two_pass": True},
+    "c32_two_pass_vsplit": {"chunk": 32, "bwd_block_v": 16, "bwd_two_pass": True},
+}
+
+
+def rwkv7_variant(name: str, T: int) -> Callable[[], None]:
+    """A launch variant (chunk size, V split of the backward and its reduction) against float64,
+    K != V so the V split covers two backward programs."""
+
+    def case() -> None:
+        inputs = rwkv7_inputs(1, T, 2, 16, 32, seed=T + 40)
+        check_vs_reference(*rwkv7_pair(**RWKV7_VARIANTS[name]), inputs, FP32_TOL)
+
+    return case
+
+
+def rwkv7_variant_bf16() -> None:
+    inputs = cast(rwkv7_inputs(1, 37, 2, 16, 32, seed=41), torch.bfloat16, keep=("state", "w"))
+    check_vs_reference(*rwkv7_pair(**RWKV7_VARIANTS["c32_vsplit"]), inputs, BF16_TOL)
+
+
+def _compile_matches_eager(fn: Callable, args: list[torch.Tensor]) -> None:
+    """torch.compile(fullgraph=True) of fn traces the custom ops without a graph break and gives
+    eager's loss and gradients."""
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    loss = fn(*args)
+    grads = torch.autograd.grad(loss, args)
+    loss_c = compiled(*args)
+    grads_c = torch.autograd.grad(loss_c, args)
+    assert_close(loss_c, loss, 1e-6, "compiled loss")
+    for i, (g, gc) in enumerate(zip(grads, grads_c)):
+        assert g.abs().sum() > 0, f"gradient {i} is zero"
+        assert_close(gc, g, 1e-6, f"compiled gradient {i}")
+
+
+def _opcheck(op: object, args: tuple) -> None:
+    result = torch.library.opcheck(op, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def rwkv7_custom_op() -> None:
+    """opcheck of both ops (schema, fake tensors, autograd registration, AOT dispatch) and a
+    fullgraph compile of a loss through chunk_rwkv7 with a V-split backward."""
+    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
+
+    x = rwkv7_inputs(1, 5, 1, 16, 32, seed=42)
+    args = [x[n].requires_grad_() for n in (*"rwkvab", "state")]
+    _opcheck(torch.ops.skein.rwkv7_fwd.default, (*args, 0.8, 16, 16, 4, True, 16, False, True, 4, 0))
+    states = torch.randn(1, 1, 16, 32)
+    do, dsT = torch.randn_like(x["v"]), torch.randn_like(x["state"])
+    _opcheck(
+        torch.ops.skein.rwkv7_bwd.default,
+        (*(t.detach() for t in args[:6]), do, dsT, states, 0.8, 16, 16, False, True, 4, 0, True),
+    )
+    launch = Rwkv7Launch(bwd_block_v=16, bwd_two_pass=True)
+
+    def loss(r, w, k, v, a, b, s):
+        o, sT = chunk_rwkv7(r, w, k, v, a, b, s, 0.8, launch=launch)
+        return (o * o).sum() + sT.sin().sum()
+
+    _compile_matches_eager(loss, args)
+
+
 def wkv4_fp32(T: int, spread: float = 3.0) -> Callable[[], None]:
     def case() -> None:
         kernel, reference = wkv4_pair(block_c=16)
         inputs = wkv4_leaves(wkv4_inputs(2, T, 40, spread, seed=T))
         check_vs_reference(split_state(kernel), split_state(reference), inputs, FP32_TOL)
+
+    return case
+
+
+def wkv4_time_split(T: int, segments: int, state: bool = True) -> Callable[[], None]:
+    """The three-pass forward and backward over `segments` time segments (the last one shorter)."""
+
+    def case() -> None:
+        kernel, reference = wkv4_pair(block_c=16, time_split=segments)
+        inputs = wkv4_inputs(2, T, 40, spread=10.0, seed=T + segments)
+        if state:
+            check_vs_reference(split_state(kernel), split_state(reference), wkv4_leaves(inputs), FP32_TOL)
+        else:
+            inputs["state"] = None
+            check_vs_reference(kernel, reference, inputs, FP32_TOL)
 
     return case
 
@@ -117,12 +199,72 @@ def wkv4_dispatch() -> None:
     assert_close(y, wkv4_naive(**inputs)[0], FP32_TOL, "dispatched output")
 
 
+def wkv4_custom_op() -> None:
+    """opcheck of both ops and a fullgraph compile of a loss through fused_wkv4 with a state."""
+    from skein.rwkv.ops.wkv4.fused import fused_wkv4
+
+    x = wkv4_leaves(wkv4_inputs(1, 11, 24, spread=5.0, seed=52))
+    names = ("w", "u", "k", "v", "aa", "bb", "pp")
+    args = [x[n].requires_grad_() for n in names]
+    _opcheck(torch.ops.skein.wkv4_fwd.default, (*args, 16, True, 2))
+    ckpt = torch.ops.skein.wkv4_fwd(*(t.detach() for t in args), 16, True, 2)[4]
+    dy, dst = torch.randn_like(x["k"]), [torch.randn_like(x["aa"]) for _ in range(3)]
+    _opcheck(torch.ops.skein.wkv4_bwd.default, (*(t.detach() for t in args[:4]), dy, ckpt, *dst, 16, True, 2))
+
+    def loss(w, u, k, v, aa, bb, pp):
+        y, (aa, bb, pp) = fused_wkv4(w, u, k, v, (aa, bb, pp), block_c=16, time_split=2)
+        return (y * y).sum() + aa.sin().sum() + bb.cos().sum() + pp.sin().sum()
+
+    _compile_matches_eager(loss, args)
+
+
 def delta_product_fp32(T: int, nh: int, gate: bool) -> Callable[[], None]:
     def case() -> None:
         inputs = delta_product_inputs(2, T, nh, 2, 16, 16, gate, seed=T + nh)
         check_vs_reference(*delta_product_pair(), inputs, FP32_TOL)
 
     return case
+
+
+DELTA_PRODUCT_VARIANTS = {
+    "c32_vsplit": {"chunk": 32, "bwd_block_v": 16},
+    "c64_atomic": {"chunk": 64, "bwd_block_v": 16, "bwd_reduce": "atomic"},
+    "c16_two_pass": {"chunk": 16, "bwd_two_pass": True},
+    "c32_two_pass_vsplit": {"chunk": 32, "bwd_block_v": 16, "bwd_two_pass": True},
+}
+
+
+def delta_product_variant(name: str, T: int, nh: int, gate: bool) -> Callable[[], None]:
+    """A launch variant against float64, K != V so the V split covers two backward programs."""
+
+    def case() -> None:
+        inputs = delta_product_inputs(1, T, nh, 2, 16, 32, gate, seed=T + nh + 50)
+        check_vs_reference(*delta_product_pair(**DELTA_PRODUCT_VARIANTS[name]), inputs, FP32_TOL)
+
+    return case
+
+
+def delta_product_custom_op() -> None:
+    """opcheck of both ops and a fullgraph compile of a loss through chunk_delta_product."""
+    from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch, chunk_delta_product
+
+    x = delta_product_inputs(1, 5, 2, 1, 16, 32, gate=True, seed=51)
+    names = ("q", "k", "v", "beta", "g", "state")
+    args = [x[n].requires_grad_() for n in names]
+    _opcheck(torch.ops.skein.delta_product_fwd.default, (*args, 0.3, 16, 16, 4, True, 16, False, True, 4))
+    do, dsT = torch.randn(1, 5, 1, 32), torch.randn_like(x["state"])
+    states = torch.randn(1, 1, 16, 32)
+    _opcheck(
+        torch.ops.skein.delta_product_bwd.default,
+        (*(t.detach() for t in args[:5]), do, dsT, states, 0.3, 16, 16, True, True, 4, True),
+    )
+    launch = DeltaProductLaunch(bwd_block_v=16, bwd_two_pass=True)
+
+    def loss(q, k, v, beta, g, s):
+        o, sT = chunk_delta_product(q, k, v, beta, g, s, 0.3, launch=launch)
+        return (o * o).sum() + sT.sin().sum()
+
+    _compile_matches_eager(loss, args)
 
 
 def delta_product_vblocks() -> None:
@@ -178,13 +320,23 @@ def refusals() -> None:
     _raises(chunk_rwkv7, **{**x, "state": x["state"][:, :, :8]}, match="state has shape")
     _raises(chunk_rwkv7, **{n: t if n == "state" else t[:, :0] for n, t in x.items()}, match="T = 0")
     _raises(chunk_rwkv7, **x, block_v=48, match="block_v")
+    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch
+
+    _raises(chunk_rwkv7, **x, launch=Rwkv7Launch(chunk=24), match="chunk = 24")
+    _raises(chunk_rwkv7, **x, launch=Rwkv7Launch(bwd_block_v=32), match="bwd_block_v = 32")
+    _raises(chunk_rwkv7, **x, launch=Rwkv7Launch(bwd_reduce="mean"), match="bwd_reduce")
     y = wkv4_inputs(1, 4, 24)
     _raises(fused_wkv4, **{**y, "k": y["k"].double(), "v": y["v"].double()}, match="float64")
     _raises(fused_wkv4, **{**y, "u": y["u"][:5]}, match="u has shape")
+    _raises(fused_wkv4, **y, time_split=0, match="time_split = 0")
     z = delta_product_inputs(1, 4, 17, 1, 16, 16, gate=True)
     _raises(chunk_delta_product, **z, match="n_h = 17")
     z = delta_product_inputs(1, 4, 1, 1, 16, 12, gate=False)
     _raises(chunk_delta_product, **z, match="V = 12")
+    from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch
+
+    z = delta_product_inputs(1, 4, 2, 1, 16, 16, gate=True)
+    _raises(chunk_delta_product, **z, launch=DeltaProductLaunch(chunk=8), match="chunk = 8")
 
 
 def realistic(op: str) -> Callable[[], None]:
@@ -212,12 +364,19 @@ CASES: dict[str, Callable[[], None]] = {
     "rwkv7_bf16": rwkv7_bf16,
     "rwkv7_segments": rwkv7_segments,
     "rwkv7_dispatch": rwkv7_dispatch,
+    **{f"rwkv7_{name}_T{T}": rwkv7_variant(name, T) for name in RWKV7_VARIANTS for T in (37, 100)},
+    "rwkv7_variant_bf16": rwkv7_variant_bf16,
+    "rwkv7_custom_op": rwkv7_custom_op,
     **{f"wkv4_fp32_T{T}": wkv4_fp32(T) for T in (1, 7, 33)},
     "wkv4_large_k": wkv4_fp32(20, spread=30.0),
     "wkv4_empty_state": wkv4_empty_state,
     "wkv4_bf16": wkv4_bf16,
     "wkv4_segments": wkv4_segments,
     "wkv4_dispatch": wkv4_dispatch,
+    "wkv4_T100": wkv4_fp32(100, spread=10.0),
+    "wkv4_custom_op": wkv4_custom_op,
+    "wkv4_time_split_T37": wkv4_time_split(37, 3),
+    "wkv4_time_split_T100_no_state": wkv4_time_split(100, 4, state=False),
     "delta_product_nh1_T33_gated": delta_product_fp32(33, 1, True),
     "delta_product_nh1_T7": delta_product_fp32(7, 1, False),
     "delta_product_nh2_T1_gated": delta_product_fp32(1, 2, True),
@@ -227,6 +386,12 @@ CASES: dict[str, Callable[[], None]] = {
     "delta_product_bf16": delta_product_bf16,
     "delta_product_segments": delta_product_segments,
     "delta_product_dispatch": delta_product_dispatch,
+    "delta_product_c32_vsplit_T37": delta_product_variant("c32_vsplit", 37, 2, True),
+    "delta_product_c32_vsplit_T100_nh1": delta_product_variant("c32_vsplit", 100, 1, False),
+    "delta_product_c64_atomic_T37_nh3": delta_product_variant("c64_atomic", 37, 3, True),
+    "delta_product_c16_two_pass_T100": delta_product_variant("c16_two_pass", 100, 2, True),
+    "delta_product_c32_two_pass_vsplit_T37_nh3": delta_product_variant("c32_two_pass_vsplit", 37, 3, False),
+    "delta_product_custom_op": delta_product_custom_op,
     "refusals": refusals,
 }
 SLOW_CASES: dict[str, Callable[[], None]] = {

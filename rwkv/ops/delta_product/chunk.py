@@ -1,13 +1,18 @@
-"""DeltaProduct (Gated DeltaNet for n_h = 1) as chunked Triton kernels behind one autograd Function.
+"""DeltaProduct (Gated DeltaNet for n_h = 1) as chunked Triton kernels, registered as the custom
+ops skein::delta_product_fwd and skein::delta_product_bwd (fake and autograd implementations
+included, so torch.compile traces through them).
 
 Math and design: README.md beside this file. The n_h Householder steps of each token are laid out
 as consecutive steps of one sequence (padded to NHP = next power of two steps per token with
 identity steps beta = 0, k = 0); that sequence is cut into chunks of CHUNK steps and each chunk is
 solved in the WY/UT form of the gated delta rule, (I + A)^-1, on tensor cores. The [K, V] state
 stays in registers across chunks and is written once per chunk (fp32) for the backward pass.
+Both passes may split V across programs; the backward's reductions over V are summed after it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -22,7 +27,15 @@ from skein.rwkv.ops.common.kernel_checks import (
     check_shape,
     dot_precision,
 )
-from skein.rwkv.ops.common.triton_utils import block_v_for, is_interpreted, tri_inverse
+from skein.rwkv.ops.common.triton_utils import (
+    block_v_for,
+    grad_parts,
+    is_interpreted,
+    reduce_mode,
+    store_part,
+    sum_parts,
+    tri_inverse,
+)
 
 CHUNK = 16
 """Steps per chunk (a token takes NHP steps). Gates enter only as pairwise e^{G_i - G_s}, s <= i,
@@ -30,6 +43,51 @@ so any log gate <= 0 is safe."""
 
 MAX_HOUSEHOLDER = 16
 """Largest n_h the kernel takes (NHP steps per token must fit in one chunk)."""
+
+CHUNKS = (16, 32, 64)
+
+
+@dataclass(frozen=True)
+class DeltaProductLaunch:
+    """Launch parameters of the DeltaProduct kernels; every choice computes the same function.
+
+    scripts/gpu_kernel_sweep.py times the variants; DEFAULT_LAUNCH holds the chosen one.
+    """
+
+    chunk: int = CHUNK
+    """Steps per chunk (n_h steps per token, padded to a power of two): 16, 32 or 64."""
+    block_v: int = 0
+    """V columns per forward program (power of two, 16..V); 0 means min(V, 64)."""
+    bwd_block_v: int = 0
+    """V columns per backward program; 0 means all of V (one program per batch and head)."""
+    bwd_reduce: str = "sum"
+    """How the parts of dq, dk, dbeta, dg from the V blocks are added: "sum" (fp32 parts summed
+    after the kernel) or "atomic" (fp32 atomic adds)."""
+    bwd_two_pass: bool = False
+    """Backward in two passes: a serial one that runs only the reverse state recurrence and
+    stores each chunk's dS' (fp32, as large as the saved states), then one program per
+    (chunk, V block, batch * head) for every gradient."""
+    fwd_warps: int = 4
+    bwd_warps: int = 0
+    """Warps per backward program; 0 picks from the tile size."""
+
+    def check(self, V: int) -> None:
+        op = "chunk_delta_product"
+        if self.chunk not in CHUNKS:
+            raise ValueError(f"{op}: chunk = {self.chunk} must be one of {CHUNKS}")
+        for name in ("block_v", "bwd_block_v"):
+            bv = getattr(self, name)
+            if bv and (bv < 16 or bv > V or bv & (bv - 1)):
+                raise ValueError(f"{op}: {name} = {bv} must be a power of two in [16, V = {V}]")
+        if self.bwd_reduce not in ("sum", "atomic"):
+            raise ValueError(f"{op}: bwd_reduce = {self.bwd_reduce!r} must be 'sum' or 'atomic'")
+        for name in ("fwd_warps", "bwd_warps"):
+            nw = getattr(self, name)
+            if nw and nw not in (1, 2, 4, 8, 16):
+                raise ValueError(f"{op}: {name} = {nw} must be 1, 2, 4, 8 or 16")
+
+
+DEFAULT_LAUNCH = DeltaProductLaunch()
 
 
 @triton.jit
@@ -112,11 +170,16 @@ def _dp_fwd_kernel(
 
 @triton.jit
 def _dp_bwd_kernel(
-    q, k, v, beta, g, do, dsT, states, dq, dk, dv, dbeta, dg, ds0, scale, T, H, NH,
-    K: tl.constexpr, V: tl.constexpr, CS: tl.constexpr, LOG2_CS: tl.constexpr, NHP: tl.constexpr,
-    HAS_G: tl.constexpr, HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr, PREC: tl.constexpr,
+    q, k, v, beta, g, do, dsT, states, dstates, dq, dk, dv, dbeta, dg, ds0, scale, T, H, NH, PART_Q,
+    PART_K, PART_B, PART_G, K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, CS: tl.constexpr,
+    LOG2_CS: tl.constexpr, NHP: tl.constexpr, HAS_G: tl.constexpr, HAS_DST: tl.constexpr,
+    WANT_DS0: tl.constexpr, PREC: tl.constexpr, MODE: tl.constexpr, CHUNK_PARALLEL: tl.constexpr,
 ):  # fmt: skip
-    i_bh = tl.program_id(0)
+    """All gradients, walking the chunks in reverse with dS in registers; or, with
+    CHUNK_PARALLEL, one chunk per program (axis 2) with its dS' read from `dstates`, which
+    _dp_bwd_state_kernel wrote."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
     NT = tl.cdiv(T * NHP, CS)
@@ -124,14 +187,21 @@ def _dp_bwd_kernel(
     strict = ts[:, None] > ts[None, :]
     incl = ts[:, None] >= ts[None, :]
     ik = tl.arange(0, K)
-    iv = tl.arange(0, V)
+    iv = i_v * BV + tl.arange(0, BV)
+    blk = i_v.to(tl.int64)
     s_offs = ik[:, None] * V + iv[None, :]
     bh = i_bh.to(tl.int64)
-    if HAS_DST:
+    if HAS_DST and not CHUNK_PARALLEL:
         dS = tl.load(dsT + bh * K * V + s_offs)
     else:
-        dS = tl.zeros([K, V], dtype=tl.float32)
-    for i in range(NT):
+        dS = tl.zeros([K, BV], dtype=tl.float32)
+    if CHUNK_PARALLEL:
+        i_lo = NT - 1 - tl.program_id(2)
+        i_hi = i_lo + 1
+    else:
+        i_lo = 0
+        i_hi = NT
+    for i in range(i_lo, i_hi):
         n = NT - 1 - i
         q_c, k_c, v_c, b_c, g_c, row_t, row_s, real, out, first = _load_chunk(
             q, k, v, beta, g, scale, i_b, i_h, n, T, H, NH, K, V, iv, CS, NHP, HAS_G
@@ -139,6 +209,8 @@ def _dp_bwd_kernel(
         p_out = row_t[:, None] * V + iv[None, :]
         do_c = tl.load(do + p_out, mask=out[:, None], other=0.0).to(tl.float32)
         S = tl.load(states + (bh * NT + n) * K * V + s_offs)
+        if CHUNK_PARALLEL:
+            dS = tl.load(dstates + (bh * NT + n) * K * V + s_offs)
         G, D, KK, T_inv = _chunk_terms(k_c, b_c, g_c, CS, LOG2_CS, PREC)
         eG = tl.exp(G)
         GC = tl.sum(g_c, axis=0)
@@ -152,7 +224,9 @@ def _dp_bwd_kernel(
         Qe = eG[:, None] * q_c
         e_end = tl.exp(GC - G)
         Kb = e_end[:, None] * k_c
-        # reverse of O = Qe S + M Delta, S' = e^{GC} S + Kb^T Delta, Delta = T_inv(beta V) - W S (README)
+        # reverse of O = Qe S + M Delta, S' = e^{GC} S + Kb^T Delta, Delta = T_inv(beta V) - W S (README).
+        # Delta, dDelta, dV and dS are column-wise in V; with V split, the q, k, beta, g gradients
+        # below are this block's parts of sums over V.
         dDl = tl.dot(tl.trans(M), do_c, input_precision=PREC) + tl.dot(Kb, dS, input_precision=PREC)
         dBv = tl.dot(tl.trans(T_inv), dDl, input_precision=PREC)
         dBk = -tl.dot(dBv, tl.trans(S), input_precision=PREC)
@@ -162,8 +236,9 @@ def _dp_bwd_kernel(
         dQe = tl.dot(do_c, tl.trans(S), input_precision=PREC)
         dKb = tl.dot(Dl, tl.trans(dS), input_precision=PREC)
         d_GC = tl.sum(tl.sum(dKb * Kb, axis=1), axis=0) + tl.sum(tl.sum(S * dS, axis=1), axis=0) * eGC
-        dS = eGC * dS + tl.dot(tl.trans(Qe), do_c, input_precision=PREC)
-        dS -= tl.dot(tl.trans(W), dDl, input_precision=PREC)
+        if not CHUNK_PARALLEL:
+            dS = eGC * dS + tl.dot(tl.trans(Qe), do_c, input_precision=PREC)
+            dS -= tl.dot(tl.trans(W), dDl, input_precision=PREC)
         dMD = dM * D
         dAb = dA * D * b_c[:, None]
         dq_c = dQe * eG[:, None] + tl.dot(dMD, k_c, input_precision=PREC)
@@ -179,57 +254,172 @@ def _dp_bwd_kernel(
         d_G = tl.sum(dQe * Qe, axis=1) + tl.sum(dBk * Bk, axis=1) - tl.sum(dKb * Kb, axis=1)
         d_G += tl.sum(dDD, axis=1) - tl.sum(dDD, axis=0)
         dg_c = tl.sum(d_G, axis=0) - tl.cumsum(d_G, axis=0) + d_G + d_GC
-        tl.store(
-            dq + row_t[:, None] * K + ik[None, :], (scale * dq_c).to(dq.dtype.element_ty), mask=out[:, None]
-        )
-        tl.store(dk + row_s[:, None] * K + ik[None, :], dk_c.to(dk.dtype.element_ty), mask=real[:, None])
+        m_q = out[:, None] & (ik < K)[None, :]
+        m_k = real[:, None] & (ik < K)[None, :]
+        store_part(dq, row_t[:, None] * K + ik[None, :], scale * dq_c, m_q, blk * PART_Q, MODE)
+        store_part(dk, row_s[:, None] * K + ik[None, :], dk_c, m_k, blk * PART_K, MODE)
         tl.store(dv + row_s[:, None] * V + iv[None, :], dv_c.to(dv.dtype.element_ty), mask=real[:, None])
-        tl.store(dbeta + row_s, db_c.to(dbeta.dtype.element_ty), mask=real)
+        store_part(dbeta, row_s, db_c, real, blk * PART_B, MODE)
         if HAS_G:
-            tl.store(dg + row_t, dg_c.to(dg.dtype.element_ty), mask=first)
+            store_part(dg, row_t, dg_c, first, blk * PART_G, MODE)
+    if WANT_DS0 and not CHUNK_PARALLEL:
+        tl.store(ds0 + bh * K * V + s_offs, dS)
+
+
+@triton.jit
+def _dp_bwd_state_kernel(
+    q, k, v, beta, g, do, dsT, dstates, ds0, scale, T, H, NH,
+    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, CS: tl.constexpr, LOG2_CS: tl.constexpr,
+    NHP: tl.constexpr, HAS_G: tl.constexpr, HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    """The serial half of the two-pass backward: only dS = e^{GC} dS' + Qe^T dO - W^T dDelta with
+    dDelta = M^T dO + Kb dS' (no S, no Delta), storing each chunk's incoming dS' (fp32)."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T * NHP, CS)
+    ik = tl.arange(0, K)
+    iv = i_v * BV + tl.arange(0, BV)
+    s_offs = ik[:, None] * V + iv[None, :]
+    bh = i_bh.to(tl.int64)
+    if HAS_DST:
+        dS = tl.load(dsT + bh * K * V + s_offs)
+    else:
+        dS = tl.zeros([K, BV], dtype=tl.float32)
+    for i in range(NT):
+        n = NT - 1 - i
+        q_c, k_c, v_c, b_c, g_c, row_t, row_s, real, out, first = _load_chunk(
+            q, k, v, beta, g, scale, i_b, i_h, n, T, H, NH, K, V, iv, CS, NHP, HAS_G
+        )
+        do_c = tl.load(do + row_t[:, None] * V + iv[None, :], mask=out[:, None], other=0.0).to(tl.float32)
+        tl.store(dstates + (bh * NT + n) * K * V + s_offs, dS)
+        G, D, KK, T_inv = _chunk_terms(k_c, b_c, g_c, CS, LOG2_CS, PREC)
+        eG = tl.exp(G)
+        GC = tl.sum(g_c, axis=0)
+        W = tl.dot(T_inv, (b_c * eG)[:, None] * k_c, input_precision=PREC)
+        M = tl.dot(q_c, tl.trans(k_c), input_precision=PREC) * D
+        Kb = tl.exp(GC - G)[:, None] * k_c
+        dDl = tl.dot(tl.trans(M), do_c, input_precision=PREC) + tl.dot(Kb, dS, input_precision=PREC)
+        dS = tl.exp(GC) * dS + tl.dot(tl.trans(eG[:, None] * q_c), do_c, input_precision=PREC)
+        dS -= tl.dot(tl.trans(W), dDl, input_precision=PREC)
     if WANT_DS0:
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
 
-class _ChunkDeltaProduct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, beta, g, state, scale, block_v, save):
-        B, T, NH, H, K = k.shape
-        V = v.shape[-1]
-        nhp = triton.next_power_of_2(NH)
-        NT = triton.cdiv(T * nhp, CHUNK)
-        o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
-        sT = torch.empty(B, H, K, V, device=v.device, dtype=torch.float32)
-        states = torch.empty(B * H, NT, K, V, device=v.device, dtype=torch.float32) if save else None
-        bv = block_v or block_v_for(B * H, V, v.device)
-        _dp_fwd_kernel[(V // bv, B * H)](
-            q, k, v, beta, g, state, o, sT, states, scale, T, H, NH,
-            K=K, V=V, BV=bv, CS=CHUNK, LOG2_CS=CHUNK.bit_length() - 1, NHP=nhp,
-            HAS_G=g is not None, HAS_S0=state is not None, SAVE=save, PREC=dot_precision(v.dtype), num_warps=4,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, beta, g, states)
-        ctx.scale, ctx.has_state = scale, state is not None
-        ctx.set_materialize_grads(False)
-        return o, sT
+_FWD_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor? state, float scale, int chunk, "
+    "int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, bool bwd_two_pass, int bwd_warps) "
+    "-> (Tensor, Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor do, Tensor? dsT, Tensor states, "
+    "float scale, int chunk, int block_v, bool atomic, bool two_pass, int num_warps, bool want_ds0) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
 
-    @staticmethod
-    def backward(ctx, do, dsT):
-        q, k, v, beta, g, states = ctx.saved_tensors
-        B, T, NH, H, K = k.shape
-        V = v.shape[-1]
-        do = torch.zeros(B, T, H, V, device=v.device, dtype=v.dtype) if do is None else do.contiguous()
-        want_ds0 = ctx.has_state and ctx.needs_input_grad[5]
-        ds0 = torch.empty(B, H, K, V, device=v.device, dtype=torch.float32) if want_ds0 else None
-        dq, dk, dv, dbeta = (torch.empty_like(x) for x in (q, k, v, beta))
-        dg = torch.empty_like(g) if g is not None else None
-        _dp_bwd_kernel[(B * H,)](
-            q, k, v, beta, g, do, None if dsT is None else dsT.contiguous(), states,
-            dq, dk, dv, dbeta, dg, ds0, ctx.scale, T, H, NH,
-            K=K, V=V, CS=CHUNK, LOG2_CS=CHUNK.bit_length() - 1, NHP=triton.next_power_of_2(NH),
-            HAS_G=g is not None, HAS_DST=dsT is not None, WANT_DS0=want_ds0, PREC=dot_precision(v.dtype),
-            num_warps=4 if K * V <= 32 * 32 else 8,
-        )  # fmt: skip
-        return dq, dk, dv, dbeta, dg, ds0, None, None, None
+
+def _steps(NH: int) -> int:
+    return triton.next_power_of_2(NH)
+
+
+@torch.library.custom_op("skein::delta_product_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def delta_product_fwd(q, k, v, beta, g, state, scale, chunk, block_v, num_warps, save, *bwd_launch):
+    """o [B, T, H, V], the final state [B, H, K, V] (fp32) and, when `save`, the chunk-start
+    states [B * H, NT, K, V] (fp32; else an empty tensor). `bwd_launch` (V block, atomic
+    reduction, two passes, warps) is kept for the backward."""
+    B, T, NH, H, K = k.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T * _steps(NH), chunk)
+    o = v.new_empty(B, T, H, V)
+    sT = v.new_empty(B, H, K, V, dtype=torch.float32)
+    states = v.new_empty((B * H, NT, K, V) if save else (0,), dtype=torch.float32)
+    bv = block_v or block_v_for(V)
+    _dp_fwd_kernel[(V // bv, B * H)](
+        q, k, v, beta, g, state, o, sT, states if save else None, scale, T, H, NH,
+        K=K, V=V, BV=bv, CS=chunk, LOG2_CS=chunk.bit_length() - 1, NHP=_steps(NH), HAS_G=g is not None,
+        HAS_S0=state is not None, SAVE=save, PREC=dot_precision(v.dtype), num_warps=num_warps,
+    )  # fmt: skip
+    return o, sT, states
+
+
+@delta_product_fwd.register_fake
+def _(q, k, v, beta, g, state, scale, chunk, block_v, num_warps, save, *bwd_launch):
+    B, T, NH, H, K = k.shape
+    V = v.shape[-1]
+    NT = (T * _steps(NH) + chunk - 1) // chunk
+    states = v.new_empty((B * H, NT, K, V) if save else (0,), dtype=torch.float32)
+    return v.new_empty(B, T, H, V), v.new_empty(B, H, K, V, dtype=torch.float32), states
+
+
+@torch.library.custom_op("skein::delta_product_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def delta_product_bwd(
+    q, k, v, beta, g, do, dsT, states, scale, chunk, block_v, atomic, two_pass, num_warps, want_ds0
+):
+    """Gradients of q, k, v, beta, g (each in its input's dtype; an empty tensor for g = None)
+    and of the initial state (fp32 [B, H, K, V], or an empty tensor unless `want_ds0`)."""
+    B, T, NH, H, K = k.shape
+    V = v.shape[-1]
+    bv = block_v or V
+    nv = V // bv
+    mode = reduce_mode(nv, atomic)
+    parts = [grad_parts(x, nv, mode) for x in (q, k, beta)]
+    dg = grad_parts(g, nv, mode) if g is not None else None
+    dv = torch.empty_like(v)
+    ds0 = v.new_empty((B, H, K, V) if want_ds0 else (0,), dtype=torch.float32)
+    NT = triton.cdiv(T * _steps(NH), chunk)
+    consts = {
+        "K": K, "V": V, "BV": bv, "CS": chunk, "LOG2_CS": chunk.bit_length() - 1, "NHP": _steps(NH),
+        "HAS_G": g is not None, "HAS_DST": dsT is not None, "WANT_DS0": want_ds0,
+        "PREC": dot_precision(v.dtype), "num_warps": num_warps,
+    }  # fmt: skip
+    dstates = None
+    if two_pass:
+        dstates = torch.empty_like(states)
+        _dp_bwd_state_kernel[(nv, B * H)](
+            q, k, v, beta, g, do, dsT, dstates, ds0 if want_ds0 else None, scale, T, H, NH, **consts
+        )
+    _dp_bwd_kernel[(nv, B * H, NT if two_pass else 1)](
+        q, k, v, beta, g, do, dsT, states, dstates, parts[0], parts[1], dv, parts[2], dg,
+        ds0 if want_ds0 else None, scale, T, H, NH, q.numel(), k.numel(), beta.numel(),
+        0 if g is None else g.numel(), MODE=mode, CHUNK_PARALLEL=two_pass, **consts,
+    )  # fmt: skip
+    dq, dk, dbeta = (sum_parts(p, x, mode) for p, x in zip(parts, (q, k, beta)))
+    dg = sum_parts(dg, g, mode) if g is not None else v.new_empty(0)
+    return dq, dk, dv, dbeta, dg, ds0
+
+
+@delta_product_bwd.register_fake
+def _(q, k, v, beta, g, do, dsT, states, scale, chunk, block_v, atomic, two_pass, num_warps, want_ds0):
+    B, _, _, H, K = k.shape
+    V = v.shape[-1]
+    dg = torch.empty_like(g) if g is not None else v.new_empty(0)
+    ds0 = v.new_empty((B, H, K, V) if want_ds0 else (0,), dtype=torch.float32)
+    return (*(torch.empty_like(x) for x in (q, k, v, beta)), dg, ds0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, beta, g, state, scale, chunk, _, _, _, *bwd_launch = inputs
+    ctx.save_for_backward(q, k, v, beta, g, output[2])
+    ctx.scale, ctx.chunk, ctx.bwd_launch = scale, chunk, bwd_launch
+    ctx.has_state, ctx.has_g = state is not None, g is not None
+
+
+def _backward(ctx, do, dsT, _dstates):
+    q, k, v, beta, g, states = ctx.saved_tensors
+    bv, atomic, two_pass, warps = ctx.bwd_launch
+    want_ds0 = ctx.has_state and ctx.needs_input_grad[5]
+    B, T, _, H, _ = k.shape
+    do = v.new_zeros(B, T, H, v.shape[-1]) if do is None else do.contiguous()
+    dsT = None if dsT is None else dsT.contiguous()
+    dq, dk, dv, dbeta, dg, ds0 = torch.ops.skein.delta_product_bwd(
+        q, k, v, beta, g, do, dsT, states, ctx.scale, ctx.chunk, bv, atomic, two_pass, warps, want_ds0
+    )
+    return (dq, dk, dv, dbeta, dg if ctx.has_g else None, ds0 if want_ds0 else None, *([None] * 9))
+
+
+delta_product_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def chunk_delta_product(
@@ -242,6 +432,7 @@ def chunk_delta_product(
     scale: float | None = None,
     *,
     block_v: int | None = None,
+    launch: DeltaProductLaunch | None = None,
 ) -> tuple[Tensor, Tensor]:
     """DeltaProduct with the chunked Triton kernels; same math and conventions as delta_product_naive.
 
@@ -252,12 +443,13 @@ def chunk_delta_product(
             for no gate.
         state: [B, H, K, V] initial state (cast to fp32), or None for zeros.
         scale: multiplies q; None means K ** -0.5.
-        block_v: V columns per forward program (power of two, 16..V); None picks one.
+        block_v: V columns per forward program (power of two, 16..V); None takes launch's.
+        launch: chunk size, V splits, warps (DeltaProductLaunch); None means DEFAULT_LAUNCH.
     Returns:
         o: [B, T, H, V] in v's dtype; the final state [B, H, K, V] in fp32. Differentiable in
         every tensor argument, the initial state included.
     Raises:
-        ValueError: unsupported device, dtype, shape, head size or n_h.
+        ValueError: unsupported device, dtype, shape, head size, n_h or launch parameter.
     """
     op = "chunk_delta_product"
     check_device(op, is_interpreted(_dp_fwd_kernel), q=q, k=k, v=v, beta=beta, g=g, state=state)
@@ -276,8 +468,10 @@ def chunk_delta_product(
     check_head_size(op, "V", V)
     if NH < 1 or NH > MAX_HOUSEHOLDER:
         raise ValueError(f"{op}: n_h = {NH} must be in [1, {MAX_HOUSEHOLDER}]")
-    if block_v is not None and (block_v < 16 or block_v > V or block_v & (block_v - 1)):
-        raise ValueError(f"{op}: block_v = {block_v} must be a power of two in [16, V = {V}]")
+    launch = launch or DEFAULT_LAUNCH
+    if block_v is not None:
+        launch = replace(launch, block_v=block_v)
+    launch.check(V)
     if state is not None:
         check_shape(op, "state", state, (B, H, K, V))
         if not state.is_floating_point():
@@ -289,7 +483,23 @@ def chunk_delta_product(
     save = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, beta, g, state)
     )
-    return _ChunkDeltaProduct.apply(q, k, v, beta, g, state, scale, block_v, save)
+    bv = launch.bwd_block_v or V
+    warps = launch.bwd_warps or (4 if K * bv <= 32 * 32 else 8)
+    o, sT, _ = delta_product_fwd(
+        q, k, v, beta, g, state, scale, launch.chunk, launch.block_v, launch.fwd_warps, save,
+        bv, launch.bwd_reduce == "atomic", launch.bwd_two_pass, warps,
+    )  # fmt: skip
+    return o, sT
 
 
-__all__ = ["CHUNK", "chunk_delta_product"]
+# The kernels are registered torch custom ops: torch.compile keeps them whole in its graphs.
+COMPILE_SAFE = True
+
+__all__ = [
+    "CHUNK",
+    "CHUNKS",
+    "DEFAULT_LAUNCH",
+    "MAX_HOUSEHOLDER",
+    "DeltaProductLaunch",
+    "chunk_delta_product",
+]

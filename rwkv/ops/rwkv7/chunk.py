@@ -1,12 +1,16 @@
-"""RWKV-7 WKV as chunked Triton kernels (forward and backward) behind one autograd Function.
+"""RWKV-7 WKV as chunked Triton kernels, registered as the custom ops skein::rwkv7_fwd and
+skein::rwkv7_bwd (with fake and autograd implementations, so torch.compile traces through them).
 
-Math and design: README.md beside this file. Per chunk of C = 16 tokens the delta-rule updates are
-folded into a WY form, (I - M_ab)^-1, so the chunk costs a handful of tile products on tensor cores;
-the [K, V] state stays in registers across chunks and is written once per chunk (fp32) for the
-backward pass, which walks the chunks in reverse and recomputes everything else.
+Math and design: README.md beside this file. Per chunk of C tokens (16, 32 or 64) the delta-rule
+updates are folded into a WY form, (I - M_ab)^-1, so the chunk costs a handful of tile products on
+tensor cores; the [K, V] state stays in registers across chunks and is written once per chunk
+(fp32) for the backward pass, which walks the chunks in reverse and recomputes everything else.
+Both passes split V across programs; the backward's reductions over V are summed after it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -21,11 +25,67 @@ from skein.rwkv.ops.common.kernel_checks import (
     check_shape,
     dot_precision,
 )
-from skein.rwkv.ops.common.triton_utils import block_v_for, is_interpreted, tri_inverse
+from skein.rwkv.ops.common.triton_utils import (
+    block_v_for,
+    grad_parts,
+    is_interpreted,
+    reduce_mode,
+    store_part,
+    sum_parts,
+    tri_inverse,
+)
 
 CHUNK = 16
-"""Tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w must
-satisfy (CHUNK / 2) * |w| < ~80 (fp32 exp range): RWKV-7's w >= -exp(-0.5) is far inside."""
+"""Default tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w
+must satisfy (chunk / 2) * |w| < ~80 (fp32 exp range): RWKV-7's w >= -exp(-0.5) is far inside
+for every chunk size offered (16, 32, 64)."""
+
+
+@dataclass(frozen=True)
+class Rwkv7Launch:
+    """Launch parameters of the RWKV-7 kernels; every choice computes the same function.
+
+    scripts/gpu_kernel_sweep.py times the variants; DEFAULT_LAUNCH holds the chosen one.
+    """
+
+    chunk: int = CHUNK
+    """Tokens per chunk: 16, 32 or 64."""
+    block_v: int = 0
+    """V columns per forward program (power of two, 16..V); 0 means min(V, 64)."""
+    bwd_block_v: int = 0
+    """V columns per backward program; 0 means all of V (one program per batch and head)."""
+    bwd_reduce: str = "sum"
+    """How the backward adds the per-V-block parts of dr, dw, dk, da, db when bwd_block_v < V:
+    "sum" (fp32 parts per block, summed after the kernel; deterministic) or "atomic"
+    (fp32 atomic adds into one buffer)."""
+    bwd_two_pass: bool = False
+    """Backward in two passes: a serial one that runs only the reverse state recurrence and
+    stores each chunk's dS' (fp32, as large as the saved states), then one program per
+    (chunk, V block, batch * head) for every gradient."""
+    fwd_warps: int = 4
+    bwd_warps: int = 0
+    """Warps per backward program; 0 picks from the tile size."""
+    bwd_stages: int = 0
+    """Software-pipelining stages of the backward; 0 lets Triton choose (1 for large fp32 tiles)."""
+
+    def check(self, V: int) -> None:
+        op = "chunk_rwkv7"
+        if self.chunk not in CHUNKS:
+            raise ValueError(f"{op}: chunk = {self.chunk} must be one of {CHUNKS}")
+        for name in ("block_v", "bwd_block_v"):
+            bv = getattr(self, name)
+            if bv and (bv < 16 or bv > V or bv & (bv - 1)):
+                raise ValueError(f"{op}: {name} = {bv} must be a power of two in [16, V = {V}]")
+        if self.bwd_reduce not in ("sum", "atomic"):
+            raise ValueError(f"{op}: bwd_reduce = {self.bwd_reduce!r} must be 'sum' or 'atomic'")
+        for name in ("fwd_warps", "bwd_warps"):
+            nw = getattr(self, name)
+            if nw and nw not in (1, 2, 4, 8, 16):
+                raise ValueError(f"{op}: {name} = {nw} must be 1, 2, 4, 8 or 16")
+
+
+CHUNKS = (16, 32, 64)
+DEFAULT_LAUNCH = Rwkv7Launch()
 
 
 @triton.jit
@@ -111,26 +171,38 @@ def _rwkv7_fwd_kernel(
 
 @triton.jit
 def _rwkv7_bwd_kernel(
-    r, w, k, v, a, b, do, dsT, states, dr, dw, dk, dv, da, db, ds0, scale, T, H,
-    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
-    HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr, PREC: tl.constexpr,
+    r, w, k, v, a, b, do, dsT, states, dstates, dr, dw, dk, dv, da, db, ds0, scale, T, H, PART,
+    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
+    HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr, PREC: tl.constexpr, MODE: tl.constexpr,
+    CHUNK_PARALLEL: tl.constexpr,
 ):  # fmt: skip
-    i_bh = tl.program_id(0)
+    """All gradients, walking the chunks in reverse with dS in registers; or, with
+    CHUNK_PARALLEL, one chunk per program (axis 2) with its dS' read from `dstates`, which
+    _rwkv7_bwd_state_kernel wrote."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
     i_b = i_bh // H
     i_h = i_bh % H
     NT = tl.cdiv(T, C)
     tc = tl.arange(0, C)
     ik = tl.arange(0, K)
-    iv = tl.arange(0, V)
+    iv = i_v * BV + tl.arange(0, BV)
+    part = i_v.to(tl.int64) * PART
     strict = tc[:, None] > tc[None, :]
     incl = tc[:, None] >= tc[None, :]
     s_offs = ik[:, None] * V + iv[None, :]
     bh = i_bh.to(tl.int64)
-    if HAS_DST:
+    if HAS_DST and not CHUNK_PARALLEL:
         dS = tl.load(dsT + bh * K * V + s_offs)
     else:
-        dS = tl.zeros([K, V], dtype=tl.float32)
-    for i in range(NT):
+        dS = tl.zeros([K, BV], dtype=tl.float32)
+    if CHUNK_PARALLEL:
+        i_lo = NT - 1 - tl.program_id(2)
+        i_hi = i_lo + 1
+    else:
+        i_lo = 0
+        i_hi = NT
+    for i in range(i_lo, i_hi):
         n = NT - 1 - i
         t = n * C + tc
         mt = (t < T)[:, None]
@@ -140,6 +212,8 @@ def _rwkv7_bwd_kernel(
         r_c, w_c, k_c, a_c, b_c, v_c = _load_chunk(r, w, k, a, b, v, pk, pv, mt)
         do_c = tl.load(do + pv, mask=mt, other=0.0).to(tl.float32)
         S = tl.load(states + (bh * NT + n) * K * V + s_offs)
+        if CHUNK_PARALLEL:
+            dS = tl.load(dstates + (bh * NT + n) * K * V + s_offs)
         g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
         dec = tl.exp(gC)
         M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
@@ -149,7 +223,9 @@ def _rwkv7_bwd_kernel(
         P_inv = tri_inverse(M_ab, C, LOG2_C)
         X = tl.dot(A0, S, input_precision=PREC) + tl.dot(M_ak, v_c, input_precision=PREC)
         U = tl.dot(P_inv, X, input_precision=PREC)
-        # reverse of O = R0 S + M_rb U + M_rk V and S' = dec S + Bb^T U + Kb^T V (README, "Backward");
+        # reverse of O = R0 S + M_rb U + M_rk V and S' = dec S + Bb^T U + Kb^T V (README, "Backward").
+        # U, dU, dX, dV and dS are column-wise in V; the r, w, k, a, b gradients sum over V, so with
+        # V split they are this block's parts;
         # each gradient is folded into its accumulators at once to keep few tiles alive.
         # A tile x e^{phi} gives dx = dX e^{phi} and dphi = dX * X; ref cancels (outputs do not depend on it)
         dU = tl.dot(tl.trans(M_rb), do_c, input_precision=PREC) + tl.dot(Bb, dS, input_precision=PREC)
@@ -165,8 +241,9 @@ def _rwkv7_bwd_kernel(
         dX = tl.dot(tl.trans(P_inv), dU, input_precision=PREC)
         dV += tl.dot(tl.trans(M_ak), dX, input_precision=PREC)
         tl.store(dv + pv, dV.to(dv.dtype.element_ty), mask=mt)
-        dS = dec[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
-        dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
+        if not CHUNK_PARALLEL:
+            dS = dec[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
+            dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
         dR0 = tl.dot(do_c, tl.trans(S), input_precision=PREC)
         dA0 = tl.dot(dX, tl.trans(S), input_precision=PREC)
         dr_c = dR0 * tl.exp(g)
@@ -196,61 +273,225 @@ def _rwkv7_bwd_kernel(
         # g_t = sum_{s<=t} w_s, gp_t = sum_{s<t} w_s, gC = sum_s w_s
         tot = d_g + d_gp
         dw_c = tl.sum(tot, axis=0)[None, :] - tl.cumsum(tot, axis=0) + tot - d_gp + d_gC[None, :]
-        tl.store(dr + pk, dr_c.to(dr.dtype.element_ty), mask=mt)
-        tl.store(dw + pk, dw_c.to(dw.dtype.element_ty), mask=mt)
-        tl.store(dk + pk, dk_c.to(dk.dtype.element_ty), mask=mt)
-        tl.store(da + pk, da_c.to(da.dtype.element_ty), mask=mt)
-        tl.store(db + pk, db_c.to(db.dtype.element_ty), mask=mt)
+        mk = mt & (ik < K)[None, :]
+        store_part(dr, pk, dr_c, mk, part, MODE)
+        store_part(dw, pk, dw_c, mk, part, MODE)
+        store_part(dk, pk, dk_c, mk, part, MODE)
+        store_part(da, pk, da_c, mk, part, MODE)
+        store_part(db, pk, db_c, mk, part, MODE)
+    if WANT_DS0 and not CHUNK_PARALLEL:
+        tl.store(ds0 + bh * K * V + s_offs, dS)
+
+
+@triton.jit
+def _rwkv7_bwd_state_kernel(
+    r, w, k, a, b, do, dsT, dstates, ds0, scale, T, H,
+    K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
+    HAS_DST: tl.constexpr, WANT_DS0: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """The serial half of the two-pass backward: only the reverse state recurrence
+    dS = e^{gC} dS' + R0^T dO + A0^T (I - M_ab)^{-T} (M_rb^T dO + Bb dS'), storing each chunk's
+    incoming dS' (fp32) for the chunk-parallel pass. It needs neither S nor v: U does not enter."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    NT = tl.cdiv(T, C)
+    tc = tl.arange(0, C)
+    ik = tl.arange(0, K)
+    iv = i_v * BV + tl.arange(0, BV)
+    strict = tc[:, None] > tc[None, :]
+    incl = tc[:, None] >= tc[None, :]
+    s_offs = ik[:, None] * V + iv[None, :]
+    bh = i_bh.to(tl.int64)
+    if HAS_DST:
+        dS = tl.load(dsT + bh * K * V + s_offs)
+    else:
+        dS = tl.zeros([K, BV], dtype=tl.float32)
+    for i in range(NT):
+        n = NT - 1 - i
+        t = n * C + tc
+        mt = (t < T)[:, None]
+        row = (i_b * T + t).to(tl.int64) * H + i_h
+        pk = row[:, None] * K + ik[None, :]
+        pv = row[:, None] * V + iv[None, :]
+        r_c = tl.load(r + pk, mask=mt, other=0.0).to(tl.float32)
+        w_c = tl.load(w + pk, mask=mt, other=0.0).to(tl.float32)
+        k_c = tl.load(k + pk, mask=mt, other=0.0).to(tl.float32)
+        a_c = tl.load(a + pk, mask=mt, other=0.0).to(tl.float32)
+        b_c = tl.load(b + pk, mask=mt, other=0.0).to(tl.float32)
+        do_c = tl.load(do + pv, mask=mt, other=0.0).to(tl.float32)
+        tl.store(dstates + (bh * NT + n) * K * V + s_offs, dS)
+        g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
+        M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
+        M_rb = tl.where(incl, tl.dot(Rt, tl.trans(Bh), input_precision=PREC), 0.0)
+        P_inv = tri_inverse(M_ab, C, LOG2_C)
+        dU = tl.dot(tl.trans(M_rb), do_c, input_precision=PREC) + tl.dot(Bb, dS, input_precision=PREC)
+        dX = tl.dot(tl.trans(P_inv), dU, input_precision=PREC)
+        dS = tl.exp(gC)[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
+        dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
     if WANT_DS0:
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
 
-def bwd_launch_options(K: int, V: int, dtype: torch.dtype) -> dict[str, int]:
-    """num_warps / num_stages of the backward kernel, which holds [K, V] tiles of the state and
-    its gradient per program. At K = V = 128 in fp32 the default pipelining asks for 256 KiB of
+def bwd_launch_options(K: int, BV: int, dtype: torch.dtype, launch: Rwkv7Launch) -> dict[str, int]:
+    """num_warps / num_stages of the backward kernel, which holds [K, BV] tiles of the state and
+    its gradient per program. At K = BV = 128 in fp32 the default pipelining asks for 256 KiB of
     shared memory (an H100 has 227 KiB per block); one stage fits."""
-    opts = {"num_warps": 4 if K * V <= 32 * 32 else 8}
-    if dtype == torch.float32 and K * V >= 128 * 128:
+    opts = {"num_warps": launch.bwd_warps or (4 if K * BV <= 32 * 32 else 8)}
+    if launch.bwd_stages:
+        opts["num_stages"] = launch.bwd_stages
+    elif dtype == torch.float32 and K * BV >= 128 * 128:
         opts["num_stages"] = 1
     return opts
 
 
-class _ChunkRwkv7(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, r, w, k, v, a, b, state, scale, block_v, save):
-        B, T, H, K = r.shape
-        V = v.shape[-1]
-        NT = triton.cdiv(T, CHUNK)
-        o = torch.empty_like(v)
-        sT = torch.empty(B, H, K, V, device=v.device, dtype=torch.float32)
-        states = torch.empty(B * H, NT, K, V, device=v.device, dtype=torch.float32) if save else None
-        bv = block_v or block_v_for(B * H, V, v.device)
-        _rwkv7_fwd_kernel[(V // bv, B * H)](
-            r, w, k, v, a, b, state, o, sT, states, scale, T, H,
-            K=K, V=V, BV=bv, C=CHUNK, LOG2_C=CHUNK.bit_length() - 1,
-            HAS_S0=state is not None, SAVE=save, PREC=dot_precision(v.dtype), num_warps=4,
-        )  # fmt: skip
-        ctx.save_for_backward(r, w, k, v, a, b, states)
-        ctx.scale, ctx.has_state = scale, state is not None
-        ctx.set_materialize_grads(False)
-        return o, sT
+_FWD_SCHEMA = (
+    "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor? state, float scale, "
+    "int chunk, int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, bool bwd_two_pass, "
+    "int bwd_warps, int bwd_stages) -> (Tensor, Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor do, Tensor? dsT, Tensor states, "
+    "float scale, int chunk, int block_v, bool atomic, bool two_pass, int num_warps, int num_stages, bool want_ds0) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
 
-    @staticmethod
-    def backward(ctx, do, dsT):
-        r, w, k, v, a, b, states = ctx.saved_tensors
-        B, T, H, K = r.shape
-        V = v.shape[-1]
-        do = torch.zeros_like(v) if do is None else do.contiguous()
-        want_ds0 = ctx.has_state and ctx.needs_input_grad[6]
-        ds0 = torch.empty(B, H, K, V, device=v.device, dtype=torch.float32) if want_ds0 else None
-        grads = [torch.empty_like(x) for x in (r, w, k, v, a, b)]
-        _rwkv7_bwd_kernel[(B * H,)](
-            r, w, k, v, a, b, do, None if dsT is None else dsT.contiguous(), states, *grads, ds0,
-            ctx.scale, T, H, K=K, V=V, C=CHUNK, LOG2_C=CHUNK.bit_length() - 1,
-            HAS_DST=dsT is not None, WANT_DS0=want_ds0, PREC=dot_precision(v.dtype),
-            **bwd_launch_options(K, V, v.dtype),
+
+@torch.library.custom_op("skein::rwkv7_fwd", mutates_args=(), schema=_FWD_SCHEMA)
+def rwkv7_fwd(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, *bwd_launch):
+    """o [B, T, H, V], the final state [B, H, K, V] (fp32) and, when `save`, the chunk-start
+    states [B * H, NT, K, V] (fp32; else an empty tensor). `bwd_launch` (V block, atomic
+    reduction, two passes, warps, stages) is kept for the backward."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    NT = triton.cdiv(T, chunk)
+    o = torch.empty_like(v)
+    sT = v.new_empty(B, H, K, V, dtype=torch.float32)
+    states = v.new_empty((B * H, NT, K, V) if save else (0,), dtype=torch.float32)
+    bv = block_v or block_v_for(V)
+    _rwkv7_fwd_kernel[(V // bv, B * H)](
+        r, w, k, v, a, b, state, o, sT, states if save else None, scale, T, H,
+        K=K, V=V, BV=bv, C=chunk, LOG2_C=chunk.bit_length() - 1,
+        HAS_S0=state is not None, SAVE=save, PREC=dot_precision(v.dtype), num_warps=num_warps,
+    )  # fmt: skip
+    return o, sT, states
+
+
+@rwkv7_fwd.register_fake
+def _(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, *bwd_launch):
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    NT = (T + chunk - 1) // chunk
+    states = v.new_empty((B * H, NT, K, V) if save else (0,), dtype=torch.float32)
+    return torch.empty_like(v), v.new_empty(B, H, K, V, dtype=torch.float32), states
+
+
+@torch.library.custom_op("skein::rwkv7_bwd", mutates_args=(), schema=_BWD_SCHEMA)
+def rwkv7_bwd(
+    r,
+    w,
+    k,
+    v,
+    a,
+    b,
+    do,
+    dsT,
+    states,
+    scale,
+    chunk,
+    block_v,
+    atomic,
+    two_pass,
+    num_warps,
+    num_stages,
+    want_ds0,
+):
+    """Gradients of r, w, k, v, a, b (each in its input's dtype) and of the initial state (fp32
+    [B, H, K, V], or an empty tensor unless `want_ds0`)."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    bv = block_v or V
+    nv = V // bv
+    mode = reduce_mode(nv, atomic)
+    kin = (r, w, k, a, b)
+    kgrads = [grad_parts(x, nv, mode) for x in kin]
+    dv = torch.empty_like(v)
+    ds0 = v.new_empty((B, H, K, V) if want_ds0 else (0,), dtype=torch.float32)
+    opts = {"num_warps": num_warps}
+    if num_stages:
+        opts["num_stages"] = num_stages
+    dr, dw, dk, da, db = kgrads
+    NT = triton.cdiv(T, chunk)
+    consts = {
+        "K": K,
+        "V": V,
+        "BV": bv,
+        "C": chunk,
+        "LOG2_C": chunk.bit_length() - 1,
+        "PREC": dot_precision(v.dtype),
+    }
+    dstates = None
+    if two_pass:
+        dstates = torch.empty_like(states)
+        _rwkv7_bwd_state_kernel[(nv, B * H)](
+            r, w, k, a, b, do, dsT, dstates, ds0 if want_ds0 else None, scale, T, H,
+            HAS_DST=dsT is not None, WANT_DS0=want_ds0, **consts, **opts,
         )  # fmt: skip
-        return (*grads, ds0, None, None, None)
+    _rwkv7_bwd_kernel[(nv, B * H, NT if two_pass else 1)](
+        r, w, k, v, a, b, do, dsT, states, dstates, dr, dw, dk, dv, da, db, ds0 if want_ds0 else None,
+        scale, T, H, B * T * H * K, HAS_DST=dsT is not None, WANT_DS0=want_ds0, MODE=mode,
+        CHUNK_PARALLEL=two_pass, **consts, **opts,
+    )  # fmt: skip
+    dr, dw, dk, da, db = (sum_parts(g, x, mode) for g, x in zip(kgrads, kin))
+    return dr, dw, dk, dv, da, db, ds0
+
+
+@rwkv7_bwd.register_fake
+def _(
+    r,
+    w,
+    k,
+    v,
+    a,
+    b,
+    do,
+    dsT,
+    states,
+    scale,
+    chunk,
+    block_v,
+    atomic,
+    two_pass,
+    num_warps,
+    num_stages,
+    want_ds0,
+):
+    B, _, H, K = r.shape
+    V = v.shape[-1]
+    ds0 = v.new_empty((B, H, K, V) if want_ds0 else (0,), dtype=torch.float32)
+    return (*(torch.empty_like(x) for x in (r, w, k, v, a, b)), ds0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    r, w, k, v, a, b, state, scale, chunk, _, _, _, *bwd_launch = inputs
+    ctx.save_for_backward(r, w, k, v, a, b, output[2])
+    ctx.scale, ctx.chunk, ctx.has_state, ctx.bwd_launch = scale, chunk, state is not None, bwd_launch
+
+
+def _backward(ctx, do, dsT, _dstates):
+    r, w, k, v, a, b, states = ctx.saved_tensors
+    bv, atomic, two_pass, warps, stages = ctx.bwd_launch
+    want_ds0 = ctx.has_state and ctx.needs_input_grad[6]
+    do = torch.zeros_like(v) if do is None else do.contiguous()
+    dsT = None if dsT is None else dsT.contiguous()
+    *grads, ds0 = torch.ops.skein.rwkv7_bwd(
+        r, w, k, v, a, b, do, dsT, states, ctx.scale, ctx.chunk, bv, atomic, two_pass, warps, stages, want_ds0,
+    )  # fmt: skip
+    return (*grads, ds0 if want_ds0 else None, *([None] * 11))
+
+
+rwkv7_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def chunk_rwkv7(
@@ -264,6 +505,7 @@ def chunk_rwkv7(
     scale: float = 1.0,
     *,
     block_v: int | None = None,
+    launch: Rwkv7Launch | None = None,
 ) -> tuple[Tensor, Tensor]:
     """RWKV-7 WKV with the chunked Triton kernels; same math and conventions as rwkv7_naive.
 
@@ -272,12 +514,13 @@ def chunk_rwkv7(
             products on TF32 tensor cores unless v is fp32). w is the log decay (<= 0).
         state: [B, H, K, V] initial state (cast to fp32), or None for zeros.
         scale: multiplies r.
-        block_v: V columns per forward program (power of two, 16..V); None picks one.
+        block_v: V columns per forward program (power of two, 16..V); None takes launch's.
+        launch: chunk size, V splits, warps (Rwkv7Launch); None means DEFAULT_LAUNCH.
     Returns:
         o: [B, T, H, V] in v's dtype; the final state [B, H, K, V] in fp32. Differentiable in
         every tensor argument, the initial state included.
     Raises:
-        ValueError: unsupported device, dtype, shape or head size.
+        ValueError: unsupported device, dtype, shape, head size or launch parameter.
     """
     op = "chunk_rwkv7"
     check_device(op, is_interpreted(_rwkv7_fwd_kernel), r=r, w=w, k=k, v=v, a=a, b=b, state=state)
@@ -294,8 +537,10 @@ def chunk_rwkv7(
     check_length(op, T)
     check_head_size(op, "K", K)
     check_head_size(op, "V", V)
-    if block_v is not None and (block_v < 16 or block_v > V or block_v & (block_v - 1)):
-        raise ValueError(f"{op}: block_v = {block_v} must be a power of two in [16, V = {V}]")
+    launch = launch or DEFAULT_LAUNCH
+    if block_v is not None:
+        launch = replace(launch, block_v=block_v)
+    launch.check(V)
     if state is not None:
         check_shape(op, "state", state, (B, H, K, V))
         if not state.is_floating_point():
@@ -306,7 +551,16 @@ def chunk_rwkv7(
     save = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (r, w, k, v, a, b, state)
     )
-    return _ChunkRwkv7.apply(r, w, k, v, a, b, state, float(scale), block_v, save)
+    bv = launch.bwd_block_v or V
+    opts = bwd_launch_options(K, bv, v.dtype, launch)
+    o, sT, _ = rwkv7_fwd(
+        r, w, k, v, a, b, state, float(scale), launch.chunk, launch.block_v, launch.fwd_warps, save,
+        bv, launch.bwd_reduce == "atomic", launch.bwd_two_pass, opts["num_warps"], opts.get("num_stages", 0),
+    )  # fmt: skip
+    return o, sT
 
 
-__all__ = ["CHUNK", "chunk_rwkv7"]
+# The kernels are registered torch custom ops: torch.compile keeps them whole in its graphs.
+COMPILE_SAFE = True
+
+__all__ = ["CHUNK", "CHUNKS", "DEFAULT_LAUNCH", "Rwkv7Launch", "chunk_rwkv7"]

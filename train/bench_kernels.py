@@ -1,8 +1,8 @@
 """Kernel benchmarks: a registry of cases (name -> op, input builder, fwd and fwd+bwd runners) and
 bench_kernels(), which times them on one CUDA device next to peer kernels where those load.
 
-Peers: flash-linear-attention (fla 0.6.0 signatures) chunk_rwkv7, fused_recurrent_rwkv4 and
-chunk_gated_delta_product; RWKV-LM's rwkv7_clampw_v3 CUDA kernel, compiled from a directory the
+Peers: flash-linear-attention (fla 0.6.0 signatures) chunk_rwkv7, fused_recurrent_rwkv4,
+chunk_gated_delta_product and chunk_gated_delta_rule on the interleaved n_h * T sequence; RWKV-LM's rwkv7_clampw_v3 CUDA kernel, compiled from a directory the
 user gives (its sources are not part of skein); torch SDPA flash attention (causal) at the same
 shape. A peer that is missing or refuses the shape is listed with the reason instead of a time.
 """
@@ -53,7 +53,7 @@ class BenchCase:
     peer: bool = False
 
 
-def _runner(fn: Callable[[], tuple[Tensor, ...]], inputs: list[Tensor]) -> Runner:
+def autograd_runner(fn: Callable[[], tuple[Tensor, ...]], inputs: list[Tensor]) -> Runner:
     """Runner for an autograd function of `inputs` whose outputs all get random gradients."""
     outs = fn()
     grads = [torch.randn_like(o) for o in outs]
@@ -88,17 +88,17 @@ def _skein_rwkv7(s: BenchShape) -> Runner:
     from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
 
     x = rwkv7_bench_inputs(s)
-    return _runner(lambda: chunk_rwkv7(*x)[:1], x)
+    return autograd_runner(lambda: chunk_rwkv7(*x)[:1], x)
 
 
 def _fla_rwkv7(s: BenchShape) -> Runner:
     from fla.ops.rwkv7 import chunk_rwkv7
 
     x = rwkv7_bench_inputs(s)
-    return _runner(lambda: chunk_rwkv7(*x, scale=1.0)[:1], x)
+    return autograd_runner(lambda: chunk_rwkv7(*x, scale=1.0)[:1], x)
 
 
-def _wkv4_bench_inputs(s: BenchShape) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def wkv4_bench_inputs(s: BenchShape) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     C = s.H * s.K
     w = -torch.exp(torch.linspace(-6.0, 1.0, C, device=s.device))
     u = torch.randn(C, device=s.device)
@@ -109,22 +109,22 @@ def _wkv4_bench_inputs(s: BenchShape) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _skein_wkv4(s: BenchShape) -> Runner:
     from skein.rwkv.ops.wkv4.fused import fused_wkv4
 
-    x = list(_wkv4_bench_inputs(s))
-    return _runner(lambda: fused_wkv4(*x)[:1], x)
+    x = list(wkv4_bench_inputs(s))
+    return autograd_runner(lambda: fused_wkv4(*x)[:1], x)
 
 
 def _fla_wkv4(s: BenchShape) -> Runner:
     from fla.ops.rwkv4 import fused_recurrent_rwkv4
 
-    w, u, k, v = _wkv4_bench_inputs(s)
+    w, u, k, v = wkv4_bench_inputs(s)
     time_decay = torch.log(-w.detach()).requires_grad_()  # fla applies w = -exp(time_decay) itself
     state = torch.zeros(s.B, 3, 1, s.H * s.K, device=s.device)
     state[:, 2] = -1e38
     x = [time_decay, u, k, v]
-    return _runner(lambda: fused_recurrent_rwkv4(*x, state)[:1], x)
+    return autograd_runner(lambda: fused_recurrent_rwkv4(*x, state)[:1], x)
 
 
-def _delta_product_bench_inputs(s: BenchShape) -> list[Tensor]:
+def delta_product_bench_inputs(s: BenchShape) -> list[Tensor]:
     dev, n = s.device, s.n_h
     q = torch.randn(s.B, s.T, s.H, s.K, device=dev)
     k = F.normalize(torch.randn(s.B, s.T, n, s.H, s.K, device=dev), dim=-1)
@@ -137,14 +137,14 @@ def _delta_product_bench_inputs(s: BenchShape) -> list[Tensor]:
 def _skein_delta_product(s: BenchShape) -> Runner:
     from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
 
-    x = _delta_product_bench_inputs(s)
-    return _runner(lambda: chunk_delta_product(*x)[:1], x)
+    x = delta_product_bench_inputs(s)
+    return autograd_runner(lambda: chunk_delta_product(*x)[:1], x)
 
 
 def _fla_delta_product(s: BenchShape) -> Runner:
     from fla.ops.gated_delta_product import chunk_gated_delta_product
 
-    q, k, v, beta, g = _delta_product_bench_inputs(s)
+    q, k, v, beta, g = delta_product_bench_inputs(s)
     L = s.T * s.n_h  # fla interleaves the n_h steps of a token along time
 
     def fn() -> tuple[Tensor, ...]:
@@ -159,7 +159,31 @@ def _fla_delta_product(s: BenchShape) -> Runner:
         )
         return o[:1]
 
-    return _runner(fn, [q, k, v, beta, g])
+    return autograd_runner(fn, [q, k, v, beta, g])
+
+
+def _fla_gated_delta_rule(s: BenchShape) -> Runner:
+    """fla's chunk_gated_delta_rule on the sequence of n_h * T steps (each token's n_h Householder
+    steps in a row, the gate on its first step): how fla builds DeltaProduct, and what runs on
+    Hopper where fla's own DeltaProduct entry point refuses."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    q, k, v, beta, g = delta_product_bench_inputs(s)
+    L, n = s.T * s.n_h, s.n_h
+    qs = torch.zeros(s.B, s.T, n, s.H, s.K, device=s.device, dtype=q.dtype)
+    qs[:, :, -1] = q.detach()
+    gs = torch.zeros(s.B, s.T, n, s.H, device=s.device, dtype=g.dtype)
+    gs[:, :, 0] = g.detach()
+    x = [
+        _leaf(t.reshape(s.B, L, *t.shape[3:]), t.dtype)
+        for t in (qs, k.detach(), v.detach(), beta.detach(), gs)
+    ]
+
+    def fn() -> tuple[Tensor, ...]:
+        o, _ = chunk_gated_delta_rule(x[0], x[1], x[2], g=x[4], beta=x[3], scale=s.K**-0.5)
+        return (o,)
+
+    return autograd_runner(fn, x)
 
 
 def _sdpa_flash(s: BenchShape) -> Runner:
@@ -171,14 +195,14 @@ def _sdpa_flash(s: BenchShape) -> Runner:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return (F.scaled_dot_product_attention(q, k, v, is_causal=True),)
 
-    return _runner(fn, [q, k, v])
+    return autograd_runner(fn, [q, k, v])
 
 
 RWKV_LM_SOURCES = ("rwkv7_clampw_v3.cpp", "rwkv7_clampw_v3_for_h100.cu")
 """Files of RWKV-LM's RWKV-v7/train_temp/cuda needed for its H100 rwkv7 kernel."""
 
 
-def _rwkv_lm_cuda(directory: str) -> Callable[[BenchShape], Runner]:
+def rwkv_lm_cuda(directory: str) -> Callable[[BenchShape], Runner]:
     """RWKV-LM's rwkv7_clampw_v3 (bf16, chunk 16, no state in/out; it takes the raw w and
     clamps the decay inside), compiled with torch.utils.cpp_extension.load from `directory`."""
 
@@ -232,6 +256,7 @@ REGISTRY: dict[str, BenchCase] = {
         BenchCase("fla fused_recurrent_rwkv4 (fp32)", "wkv4", _fla_wkv4, peer=True),
         BenchCase("skein chunk_delta_product", "delta_product", _skein_delta_product),
         BenchCase("fla chunk_gated_delta_product", "delta_product", _fla_delta_product, peer=True),
+        BenchCase("fla chunk_gated_delta_rule (n_h*T)", "delta_product", _fla_gated_delta_rule, peer=True),
         BenchCase("torch SDPA flash (causal)", "attention", _sdpa_flash, peer=True),
     )
 }
@@ -328,7 +353,7 @@ def bench_kernels(
     cases = [c for c in REGISTRY.values() if peers or not c.peer]
     if peers and rwkv_lm_cuda:
         cases.insert(
-            2, BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", _rwkv_lm_cuda(rwkv_lm_cuda), True)
+            2, BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", rwkv_lm_cuda(rwkv_lm_cuda), True)
         )
     torch.manual_seed(0)
     print(f"{torch.cuda.get_device_name()}  B={B} T={T} H={H} K={K} {dtype} n_h={n_h}")
@@ -340,4 +365,16 @@ def bench_kernels(
     return rows
 
 
-__all__ = ["REGISTRY", "BenchCase", "BenchShape", "Runner", "bench_kernels", "format_row"]
+__all__ = [
+    "REGISTRY",
+    "BenchCase",
+    "BenchShape",
+    "Runner",
+    "autograd_runner",
+    "bench_kernels",
+    "delta_product_bench_inputs",
+    "format_row",
+    "rwkv7_bench_inputs",
+    "rwkv_lm_cuda",
+    "wkv4_bench_inputs",
+]
