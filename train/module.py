@@ -4,36 +4,18 @@ across them (truncated backpropagation through time)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import torch
 
 from skein.rwkv.models import CausalLM, build_model, detach_state
-from skein.train.config import RunConfig, StageSection
+from skein.train.config import RunConfig
 from skein.train.losses import lm_loss
 from skein.train.optim import build_optimizer
-from skein.train.schedule import AutoDecay, Schedule
+from skein.train.plan import StagePlan
+from skein.train.schedule import AutoDecay
 from skein.train.strategy import is_deepspeed
-
-
-class StagePlan:
-    """The derived numbers of one stage: samples per optimizer step, accumulation, steps."""
-
-    def __init__(self, stage: StageSection, world_size: int) -> None:
-        self.ctx_len = stage.ctx_len
-        per_pass = stage.micro_bsz * world_size
-        tokens_per_step = stage.tokens_per_step or per_pass * stage.ctx_len
-        if tokens_per_step % (per_pass * stage.ctx_len):
-            raise ValueError(
-                f"stages[].tokens_per_step={tokens_per_step} must be a multiple of micro_bsz * ctx_len * "
-                f"world size = {stage.micro_bsz} * {stage.ctx_len} * {world_size}"
-            )
-        self.tokens_per_step = tokens_per_step
-        self.global_batch = tokens_per_step // stage.ctx_len
-        self.accumulate = self.global_batch // per_pass
-        self.steps = math.ceil(stage.tokens / tokens_per_step)
 
 
 class LMModule(L.LightningModule):
@@ -46,17 +28,13 @@ class LMModule(L.LightningModule):
         self.cfg = cfg
         self.stage_index = stage_index
         self.stage = cfg.stages[stage_index]
-        self.plan = StagePlan(self.stage, world_size)
-        self.model = model if model is not None else build_model(cfg.model_config())
-        s = cfg.schedule
-        self.schedule = Schedule(
-            kind=s.kind,
-            lr_init=self.stage.lr_init or cfg.optim.lr_init,
-            lr_final=self.stage.lr_final or cfg.optim.lr_final,
-            total_tokens=self.plan.steps * self.plan.tokens_per_step,
-            warmup_tokens=s.warmup_tokens,
-            decay_fraction=s.decay_fraction,
-        )
+        self.plan = StagePlan(self.stage, world_size, stage_index)
+        self.model = model if model is not None else build_model(cfg.model)
+        s = self.schedule = cfg.schedule
+        self.lr_init = self.stage.lr_init or cfg.optim.lr_init
+        self.lr_final = self.stage.lr_final or cfg.optim.lr_final
+        self.decay_start: int | None = None
+        """auto_exp: the token count at which the decay began (None: not yet)."""
         self.auto_decay = (
             AutoDecay(s.auto_window_tokens, s.auto_threshold, s.auto_smoothing)
             if s.kind == "auto_exp"
@@ -72,15 +50,17 @@ class LMModule(L.LightningModule):
         """Tokens consumed by this stage's completed optimizer steps (all ranks)."""
         return self.global_step * self.plan.tokens_per_step
 
+    def lr(self, tokens: int) -> float:
+        """This stage's learning rate after `tokens` tokens."""
+        return self.schedule.lr(tokens, self.lr_init, self.lr_final, self.plan.total_tokens, self.decay_start)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         offload = self.cfg.trainer.offload_optimizer and is_deepspeed(self.trainer.strategy)
-        return build_optimizer(
-            self.model, self.schedule.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload
-        )
+        return build_optimizer(self.model, self.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload)
 
     def _set_lr(self) -> None:
-        lr = self.schedule.lr(self.tokens_seen)
+        lr = self.lr(self.tokens_seen)
         for opt in self.trainer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
@@ -129,10 +109,10 @@ class LMModule(L.LightningModule):
         if len(self._step_losses) == self.plan.accumulate:
             self.last_step_loss = sum(self._step_losses) / len(self._step_losses)
             self._step_losses = []
-            if self.auto_decay is not None and self.schedule.decay_start is None:
+            if self.auto_decay is not None and self.decay_start is None:
                 tokens = self.tokens_seen + self.plan.tokens_per_step
                 if self.auto_decay.update(tokens, self.last_step_loss):
-                    self.schedule.decay_start = tokens
+                    self.decay_start = tokens
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -143,7 +123,7 @@ class LMModule(L.LightningModule):
         checkpoint["skein"] = {
             "stage_index": self.stage_index,
             "tokens_seen": self.tokens_seen,
-            "decay_start": self.schedule.decay_start,
+            "decay_start": self.decay_start,
             "auto_decay": self.auto_decay.state_dict() if self.auto_decay else None,
             "config": self.cfg.to_dict(),
         }
@@ -154,6 +134,6 @@ class LMModule(L.LightningModule):
             raise ValueError(
                 f"checkpoint belongs to stage {meta['stage_index']}, but stage {self.stage_index} is being resumed"
             )
-        self.schedule.decay_start = meta.get("decay_start")
+        self.decay_start = meta.get("decay_start")
         if self.auto_decay is not None and meta.get("auto_decay"):
             self.auto_decay.load_state_dict(meta["auto_decay"])

@@ -15,17 +15,17 @@ from typing import Any
 import lightning as L
 import torch
 
-from skein.rwkv.convert.common import load_strict
-from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
 from skein.rwkv.models import build_model
-from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, plot_loss_curve
+from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback
 from skein.train.checkpoint import latest_checkpoint, load_weights
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
-from skein.train.data_module import StageDataModule, check_vocab
+from skein.train.data_module import StageDataModule
 from skein.train.evaluation import PeriodicEval, ValidationLoss
-from skein.train.export import load_source
 from skein.train.module import LMModule, StagePlan
+from skein.train.plots import plot_loss_curve
+from skein.train.preflight import check_run
 from skein.train.strategy import apply_grad_checkpointing, build_strategy, is_deepspeed
+from skein.train.weights import load_into, load_source
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -62,7 +62,7 @@ def train_from_config(
     whether the run was interrupted by a signal, and the last checkpoint. `extra_callbacks` join
     every stage (e.g. a PeriodicEval with more evaluators)."""
     out_dir = Path(cfg.run.out_dir)
-    check_vocab(cfg)
+    check_run(cfg)  # data, tokenizer, vocabulary, hardware: before anything is built or written
     found = latest_checkpoint(out_dir)
     if found is not None and not resume:
         raise ValueError(
@@ -87,12 +87,10 @@ def train_from_config(
         weights = (load_source(init_from).model.state_dict(), init_from)
 
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    model = build_model(cfg.model_config())
+    model = build_model(cfg.model)
     if weights is not None:
         sd, source = weights
-        load_strict(model, fit_layout(sd, model), source)
-    if cfg.checkpoint.snapshot_every_steps and model.config.arch in ("rwkv4", "rwkv7"):
-        check_format_config(model.config)  # snapshots are RWKV-LM .pth files: refuse now, not mid-run
+        load_into(model, sd, source)
     if cfg.trainer.grad_checkpointing:
         apply_grad_checkpointing(model)
 
@@ -168,10 +166,42 @@ def train(
     init_from: str | None = None,
     print_config: bool = False,
 ) -> dict[str, Any] | None:
-    """Load a run config (YAML + `dotted.key=value` overrides) and train it."""
+    """Train every stage of a run config, resuming from its run directory.
+
+    Args:
+        config: run YAML (see configs/).
+        overrides: dotted overrides, e.g. optim.lr_init=3e-4 stages.0.tokens=1e9.
+        resume: continue from the newest checkpoint in run.out_dir; false refuses a run directory
+            that holds checkpoints.
+        init_from: start from these weights (a run dir, checkpoint, .pth, ...) with a fresh optimizer.
+        print_config: print the resolved config and its derived numbers, then exit.
+    """
     cfg = load_config(config, overrides)
     if print_config:
-        print(dump_config(cfg), end="")
+        print(dump_config(cfg, derived=True), end="")
         return None
     summary = train_from_config(cfg, resume=resume, init_from=init_from)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+        print(describe(summary, cfg, config))
     return summary
+
+
+def describe(summary: dict[str, Any], cfg: RunConfig, config: str | None = None) -> str:
+    """The end of `skein train` in a sentence: what was done, where the checkpoint is, what next."""
+    ckpt, n = summary.get("checkpoint"), len(cfg.stages)
+    command = f"skein train {config or 'CONFIG'}"
+    if summary.get("interrupted"):
+        return (
+            f"Stopped in stage {summary['stages_done']} of {n} at step {summary.get('steps', '?')}; "
+            f"checkpoint {ckpt}. Run `{command}` again to continue."
+        )
+    if "steps" not in summary:
+        return (
+            f"{cfg.run.out_dir} is already finished: all {n} stage(s) are done, the final checkpoint is "
+            f"{ckpt}. To train further, start a new run from it: `{command} "
+            f"run.out_dir=<new dir> --init_from {ckpt}`."
+        )
+    return (
+        f"Finished {n} stage(s): {summary['steps']:,} steps of the last stage, {summary['tokens']:,} tokens "
+        f"in all. Final checkpoint {ckpt}; loss curve {Path(cfg.run.out_dir) / 'loss.png'}."
+    )
