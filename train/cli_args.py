@@ -127,6 +127,16 @@ UNSET = object()
 """Default of every option: an option not given is left out, so the function's default applies."""
 
 
+class _Extend(argparse.Action):
+    """Values of a list option, over every time it is given."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        have = getattr(ns, self.dest, UNSET)
+        setattr(ns, self.dest, [*([] if have is UNSET else have), *values])
+
+
 class _Unparsed(str):
     """A default that is an expression, not a literal: the function's own default applies."""
 
@@ -172,7 +182,7 @@ def build_parser(prog: str, sig: Signature, positional_config: bool = True) -> O
             p.add_argument(q.name, type=_scalar(q.annotation), help=help_text)
         elif q.annotation.startswith("list["):
             item = _scalar(q.annotation[5 : q.annotation.index("]")])
-            p.add_argument(f"--{q.name}", f"--{q.name}+", type=item, nargs="+", action="extend", **keep)
+            p.add_argument(f"--{q.name}", f"--{q.name}+", type=item, nargs="+", action=_Extend, **keep)
         elif q.annotation == "bool":
             p.add_argument(f"--{q.name}", type=_yes_no, nargs="?", const=True, **keep)
         else:

@@ -75,7 +75,7 @@ def _hardware(cfg: RunConfig) -> list[str]:
 
     tc, problems = cfg.trainer, []
     gpus = torch.cuda.device_count()
-    gpu = tc.accelerator == "gpu" or (tc.accelerator == "auto" and gpus > 0)
+    gpu = gpus > 0 and tc.accelerator != "cpu"
     if tc.accelerator == "gpu" and gpus == 0:
         problems.append("trainer.accelerator=gpu, but no CUDA GPU is visible: set trainer.accelerator=auto")
     if not gpu:
