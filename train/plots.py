@@ -60,12 +60,13 @@ def loss_points(metrics_csv: Path) -> tuple[list[int], list[float], list[int]]:
     return tokens, loss, starts
 
 
-def plot_loss_curve(metrics_csv: Path, out_png: Path, eval_csv: Path | None = None) -> None:
+def plot_loss_curve(metrics_csv: Path, out_png: Path, eval_csv: Path | None = None) -> dict[str, int]:
     """Training loss against tokens: every logged step (light), its moving average, stage
-    boundaries, and the validation loss from `eval_csv` (default: eval.csv beside metrics.csv)."""
+    boundaries, and the validation loss from `eval_csv` (default: eval.csv beside metrics.csv).
+    Returns how many points each series has (nothing is drawn without a logged loss)."""
     tokens, loss, starts = loss_points(metrics_csv)
     if not tokens:
-        return
+        return {}
     eval_csv = eval_csv if eval_csv is not None else metrics_csv.with_name("eval.csv")
     val = sorted(
         (int(r["tokens"]), float(r["value"])) for r in _rows(eval_csv) if r.get("metric") == "val_loss"
@@ -84,3 +85,4 @@ def plot_loss_curve(metrics_csv: Path, out_png: Path, eval_csv: Path | None = No
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, out_png)
+    return {"steps": len(tokens), "validation": len(val), "stage_boundaries": len(starts)}
