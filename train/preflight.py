@@ -5,6 +5,8 @@ behind and the user fixes everything at once."""
 
 from __future__ import annotations
 
+import os
+
 from skein.train.config import RunConfig
 from skein.train.typed import ConfigError
 
@@ -20,9 +22,9 @@ def _shards(prefixes: list[str], key: str) -> list[str]:
                     with open(shard + ext, "rb"):
                         pass
         except OSError as e:
+            detail = f"{e.filename}: {e.strerror}" if e.filename else str(e)
             problems.append(
-                f"{key}[{i}]={prefix}: {getattr(e, 'strerror', None) or e} "
-                f"({e.filename or prefix}); run `skein prepare --output {prefix}` or fix the path"
+                f"{key}[{i}]={prefix}: {detail}; run `skein prepare --output {prefix}` or fix the path"
             )
     return problems
 
@@ -83,6 +85,11 @@ def _hardware(cfg: RunConfig) -> list[str]:
             problems.append("trainer.strategy=deepspeed needs GPUs: set trainer.strategy=auto")
         if tc.precision not in ("auto", "32"):
             problems.append(f"trainer.precision={tc.precision} is for GPUs: set trainer.precision=auto")
+        cores = os.cpu_count() or 1
+        if tc.num_nodes == 1 and tc.devices > cores:
+            problems.append(
+                f"trainer.devices={tc.devices} CPU processes on {cores} core(s): set trainer.devices=1"
+            )
     elif gpus and tc.devices > gpus and tc.num_nodes == 1:
         problems.append(
             f"trainer.devices={tc.devices}, but {gpus} GPU(s) are visible: set trainer.devices={gpus}"
