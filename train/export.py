@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from skein.rwkv.convert import resolve_dtype, to_fla, to_hf, to_rwkv_lm, to_safetensors
 from skein.rwkv.convert.common import cpu_tensor
@@ -133,12 +132,34 @@ def _tokenizer_eod(spec: str | None) -> int:
     return load_tokenizer(spec).eod_id
 
 
+def finetune_recipe(model: dict[str, Any], tokenizer: str | None, weights: Path) -> str:
+    """A run YAML for finetuning imported weights: the model section, the tokenizer, one stage at
+    a finetune's learning rate; validated like any run config before it is written."""
+    from skein.train.config import RunConfig, dump_config
+    from skein.train.typed import from_dict
+
+    d = {
+        "run": {"name": f"{weights.stem}-finetune", "out_dir": f"runs/{weights.stem}-finetune"},
+        "model": model,
+        "data": {"train": [], "tokenizer": tokenizer},
+        "optim": {"lr_init": 2e-5, "lr_final": 2e-6},
+        "schedule": {"kind": "constant_exp", "warmup_tokens": 1_000_000, "decay_fraction": 0.5},
+        "stages": [{"ctx_len": 1024, "tokens": 100_000_000, "micro_bsz": 8}],
+    }
+    head = (
+        f"# Finetune {weights}: set data.train (and the stage's ctx_len, tokens and micro_bsz), then\n"
+        f"#   skein train {weights.with_suffix('.yaml')} data.train=[PREFIX] --init_from {weights}\n"
+    )
+    return head + dump_config(from_dict(RunConfig, plain(d)))
+
+
 def import_weights(source: str, output: str, tokenizer: str | None = None) -> str:
     """Import weights (an RWKV-LM .pth, or any source `export` reads) as a skein weights file.
 
     Writes `output` (.pth, float32, skein's layout: what `skein train --init_from` loads) and
-    `<output stem>.yaml` beside it: a run config holding the model section (and data.tokenizer
-    when known), which `skein generate` and `skein export` pick up and `skein train` can start from.
+    `<output stem>.yaml` beside it: a ready finetune recipe (the model section, data.tokenizer when
+    known, one stage), which `skein generate` and `skein export` pick up and `skein train` runs
+    once data.train is set.
 
     Args:
         source: the weights to import (config inferred from the shapes for RWKV-LM files).
@@ -151,11 +172,8 @@ def import_weights(source: str, output: str, tokenizer: str | None = None) -> st
     _need_suffix(out, ".pth", "import")
     src = load_source(source)
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in src.model.state_dict().items()}
-    run_cfg: dict[str, Any] = {"model": plain(src.model.config.to_dict())}
-    spec = tokenizer or src.tokenizer_spec()
-    if spec:
-        run_cfg["data"] = {"tokenizer": spec}
-    _atomic_file(out.with_suffix(".yaml"), lambda p: p.write_text(yaml.safe_dump(run_cfg, sort_keys=False)))
+    recipe = finetune_recipe(src.model.config.to_dict(), tokenizer or src.tokenizer_spec(), out)
+    _atomic_file(out.with_suffix(".yaml"), lambda p: p.write_text(recipe))
     _atomic_file(out, lambda p: torch.save(sd, p))
     print(f"import: {src.path} ({src.model.config.arch}) -> {out} + {out.with_suffix('.yaml')}")
     return str(out)

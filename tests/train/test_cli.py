@@ -183,3 +183,28 @@ def test_prepare_takes_one_or_several_inputs(tmp_path: Path, capsys: pytest.Capt
         for name in ("one", "two", "old")
     }
     assert docs == {"one": 7, "two": 11, "old": 4}
+
+
+def test_import_writes_a_ready_finetune_recipe(
+    corpus: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.export.helpers import save_skein_safetensors, tiny_model
+
+    model = tiny_model("rwkv7")
+    source = save_skein_safetensors(model, tmp_path / "model.safetensors")
+    weights = tmp_path / "imported" / "w.pth"
+    main(["import", str(source), str(weights), "--tokenizer", "byte"])
+    recipe = weights.with_suffix(".yaml")
+    assert f"--init_from {weights}" in recipe.read_text()
+    overrides = [
+        f"data.train=[{corpus}]",
+        "stages.0.tokens=5e5",
+        "stages.0.ctx_len=64",
+        "stages.0.micro_bsz=2",
+    ]
+    main(["train", str(recipe), *overrides, "--init_from", str(weights), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"] == {**model.config.to_dict(), "arch": "rwkv7"}
+    assert printed["stages"][0]["tokens"] == 500_000 and printed["data"]["tokenizer"] == "byte"
+    err = _error(["train", str(recipe)], capsys)  # the recipe names no data yet, and says so
+    assert "data.train: no binidx prefixes given" in err
