@@ -100,13 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     verbose = "--verbose" in argv or os.environ.get("SKEIN_VERBOSE", "") not in ("", "0")
     argv = [a for a in argv if a not in GLOBAL_FLAGS]
     prog, target, args = _select(argv)
-    if not verbose:
-        quiet.silence_libraries()
     from skein.train.errors import explain
 
     try:
         kwargs = cli_args.parse(prog, cli_args.read_signature(target), args)
-        _resolve(target)(**kwargs)
+        fn = _resolve(target)
+        if not verbose:  # after the import: Lightning sets its loggers' levels when imported
+            quiet.silence_libraries()
+        fn(**kwargs)
     except Exception as e:
         message = None if debug else explain(e)
         if message is None:

@@ -192,7 +192,7 @@ def describe(summary: dict[str, Any], cfg: RunConfig, config: str | None = None)
     command = f"skein train {config or 'CONFIG'}"
     if summary.get("interrupted"):
         return (
-            f"Stopped in stage {summary['stages_done']} of {n} at step {summary.get('steps', '?')}; "
+            f"Stopped in stage {summary['stages_done'] + 1} of {n} at step {summary.get('steps', '?')}; "
             f"checkpoint {ckpt}. Run `{command}` again to continue."
         )
     if "steps" not in summary:
