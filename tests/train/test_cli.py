@@ -208,3 +208,19 @@ def test_import_writes_a_ready_finetune_recipe(
     assert printed["stages"][0]["tokens"] == 500_000 and printed["data"]["tokenizer"] == "byte"
     err = _error(["train", str(recipe)], capsys)  # the recipe names no data yet, and says so
     assert "data.train: no binidx prefixes given" in err
+
+
+@pytest.mark.slow
+def test_quiet_by_default_verbose_on_request(corpus: str, tmp_path: Path) -> None:
+    from tests.train.helpers import run_cli
+
+    stages = [{"ctx_len": 32, "tokens": 32 * 8 * 4, "micro_bsz": 4, "tokens_per_step": 32 * 8}]
+    quiet = write_config(tiny_run(corpus, tmp_path / "quiet", stages=stages), tmp_path / "q.yaml")
+    loud = write_config(tiny_run(corpus, tmp_path / "loud", stages=stages), tmp_path / "l.yaml")
+    res = run_cli(["train", str(quiet)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "quiet" / "checkpoints" / "latest").exists()
+    out = res.stdout + res.stderr
+    assert out.strip().startswith("Finished 1 stage(s): 4 steps") and len(out.strip().splitlines()) == 1, out
+    res = run_cli(["--verbose", "train", str(loud)])
+    assert res.returncode == 0 and "GPU available" in res.stdout + res.stderr
