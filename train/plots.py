@@ -23,7 +23,7 @@ def pyplot() -> Any:
 def save_figure(fig: Any, path: Path) -> None:
     """Write a PNG under a temporary name beside `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: ranks may race
     fig.tight_layout()
     fig.savefig(tmp, dpi=110, format="png")
     pyplot().close(fig)
