@@ -82,7 +82,10 @@ def _select(argv: list[str]) -> tuple[str, str, list[str]]:
             raise SystemExit(0)
         name, argv = argv[0], argv[1:]
         if name not in table:
-            raise SystemExit(f"{prog}: error: unknown command {name!r}; choose one of {', '.join(table)}")
+            print(
+                f"{prog}: error: unknown command {name!r}; choose one of {', '.join(table)}", file=sys.stderr
+            )
+            raise SystemExit(2)
         prog, target = f"{prog} {name}", table[name]
         if isinstance(target, str):
             return prog, target, argv

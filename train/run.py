@@ -65,7 +65,7 @@ def train_from_config(
     check_run(cfg)  # data, tokenizer, vocabulary, hardware: before anything is built or written
     found = latest_checkpoint(out_dir)
     if found is not None and not resume:
-        raise ValueError(
+        raise ConfigError(
             f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume to continue it, "
             "or choose another run.out_dir"
         )
