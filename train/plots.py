@@ -74,7 +74,7 @@ def plot_loss_curve(metrics_csv: Path, out_png: Path, eval_csv: Path | None = No
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(tokens, loss, color="tab:blue", alpha=0.25, lw=0.8, label="train loss (each logged step)")
-    alpha = min(0.98, 1 - 1 / max(len(loss) / 20, 1))
+    alpha = min(0.98, 1 - 1 / max(len(loss) / 40, 1))
     ax.plot(tokens, smooth(loss, alpha), color="tab:blue", lw=1.8, label="train loss (smoothed)")
     if val:
         ax.plot([t for t, _ in val], [v for _, v in val], "o-", color="tab:orange", label="validation loss")
