@@ -224,3 +224,31 @@ def test_quiet_by_default_verbose_on_request(corpus: str, tmp_path: Path) -> Non
     assert out.strip().startswith("Finished 1 stage(s): 4 steps") and len(out.strip().splitlines()) == 1, out
     res = run_cli(["--verbose", "train", str(loud)])
     assert res.returncode == 0 and "GPU available" in res.stdout + res.stderr
+
+
+def _load_error(path: Path) -> BaseException:
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - the failure under test
+        return e
+    raise AssertionError(f"{path} loaded")
+
+
+def test_damaged_weight_files_are_named_in_one_line(tmp_path: Path) -> None:
+    import torch
+
+    from skein.train.errors import explain
+
+    sd = {"w": torch.randn(64, 64), "b": torch.randn(64)}
+    zipped, legacy, noise = tmp_path / "zipped.pt", tmp_path / "legacy.pt", tmp_path / "noise.pt"
+    torch.save(sd, zipped)
+    zipped.write_bytes(zipped.read_bytes()[:3000])
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)
+    legacy.write_bytes(legacy.read_bytes()[:200])
+    noise.write_bytes(random.Random(5).randbytes(4096))
+    for path in (zipped, legacy, noise):
+        message = explain(_load_error(path))
+        assert message is not None and message.startswith(f"{path}: damaged or truncated"), message
+        assert "\n" not in message
