@@ -5,8 +5,8 @@
 # each with and without block gradient checkpointing. One process per row; a table at the end.
 #   bash scripts/bench_long_context.sh            # all rows, about 10 minutes on an H100
 #   ROWS="base4k_ckpt seg64k_ckpt" bash scripts/bench_long_context.sh
-# Uses `skein bench train CONFIG overrides --steps N --warmup K --json F` (fields peak_mem_gb,
-# tokens_per_s) when the CLI has it, else scripts/bench_train_step.py with the same interface.
+# Each row is `skein bench train CONFIG overrides --steps N --warmup K --json F` on the shard
+# SHARD (a binidx prefix, vocab <= 65536; default: scripts/bench_shard.py makes one).
 set -uo pipefail
 cfg=${CFG:-configs/rwkv7/1.5b.yaml}
 out=${OUT:-bench-logs/long-context}
@@ -16,14 +16,11 @@ mkdir -p "$out"
 unset TORCH_CUDA_ARCH_LIST  # DeepSpeed's op builder cannot parse "9.0a"
 export PYTHONUNBUFFERED=1
 
-if skein bench train --help > /dev/null 2>&1; then
-    bench=(skein bench train)
-else
-    bench=(python scripts/bench_train_step.py)
-fi
-echo "bench command: ${bench[*]}"
+shard=${SHARD:-$out/shard/bench}
+[ -f "$shard.bin" ] || python scripts/bench_shard.py --output "$shard" --tokens 3000000 || exit 1
+bench=(python -m skein.train.cli bench train)
 
-common=(trainer.devices=1 trainer.num_nodes=1 trainer.strategy=deepspeed trainer.zero_stage=2
+common=("data.train=[$shard]" data.tokenizer=null model.vocab_size=65536 trainer.devices=1 trainer.num_nodes=1 trainer.strategy=deepspeed trainer.zero_stage=2
         trainer.precision=bf16-mixed log.wandb=disabled)
 declare -A rows=(
     [base4k_ckpt]="ctx_len: 4096, trainer.grad_checkpointing=true"
@@ -68,8 +65,8 @@ for name in names:
     if name.startswith("base4k"):
         base[ckpt] = r
     b = base.get(ckpt)
-    mem = f"{r['peak_mem_gb'] / b['peak_mem_gb']:.2f}x" if b and b['peak_mem_gb'] else "-"
+    mem = f"{r['peak_memory_gb'] / b['peak_memory_gb']:.2f}x" if b and b['peak_memory_gb'] else "-"
     tps = f"{r['tokens_per_s'] / b['tokens_per_s']:.2f}x" if b else "-"
-    print(f"{name:<12} {r['peak_mem_gb']:>9.2f} {r['tokens_per_s']:>10,.0f} {mem:>14} {tps:>16}")
+    print(f"{name:<12} {r['peak_memory_gb']:>9.2f} {r['tokens_per_s']:>10,.0f} {mem:>14} {tps:>16}")
 EOF
 exit $rc

@@ -56,7 +56,7 @@ def run_one(name, config, overrides, steps, warmup, stage, limit, shard, out: Pa
     js, log = out / f"{tag}.json", out / f"{tag}.log"
     cmd = [
         sys.executable, "-m", "skein.train.cli", "bench", "train", config,
-        "--overrides", " ".join([f"data.train=[{shard}]", *overrides]),
+        f"data.train=[{shard}]", *overrides,
         "--steps", str(steps), "--warmup", str(warmup), "--stage", str(stage), "--json", str(js),
     ]  # fmt: skip
     t0 = time.time()

@@ -21,9 +21,7 @@ datasheet peak of train/callbacks.PEAK_TFLOPS.
 from __future__ import annotations
 
 import json as jsonlib
-import os
 import resource
-import shlex
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ import torch
 from skein.train.callbacks import PEAK_TFLOPS, step_done
 from skein.train.config import ConfigError, RunConfig, load_config
 from skein.train.data_module import StageDataModule, check_vocab
+from skein.train.lock import is_global_zero
 from skein.train.module import LMModule, StagePlan
 from skein.train.run import build_training_model, step_args
 from skein.train.strategy import build_strategy
@@ -286,7 +285,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 def bench_train(
     config: str,
-    overrides: str | None = None,
+    overrides: list[str] | None = None,
     steps: int = 20,
     warmup: int = 5,
     stage: int = 0,
@@ -296,15 +295,14 @@ def bench_train(
 
     Args:
         config: run YAML.
-        overrides: dotted overrides separated by spaces (one shell argument, quoted), e.g.
-            --overrides "trainer.compile=false stages.0.micro_bsz=8".
+        overrides: dotted overrides as for skein train, e.g. trainer.compile=false stages.0.micro_bsz=8.
         steps: measured optimizer steps.
         warmup: optimizer steps run first and not measured (compilation, allocator warmup).
         stage: index of the stage to measure.
         json: also write the figures to this JSON file.
     """
-    result = bench_config(load_config(config, shlex.split(overrides or "")), steps, warmup, stage)
-    if int(os.environ.get("RANK", "0")) == 0:
+    result = bench_config(load_config(config, overrides), steps, warmup, stage)
+    if is_global_zero():
         print(format_report(result))
         if json is not None:
             path = Path(json)

@@ -1,5 +1,5 @@
 """Callbacks of a training stage: checkpoints (periodic, at stage end, on SIGTERM/SIGUSR1),
-weights-only snapshots, metrics (CSV + wandb + progress bar), and the loss-curve figure."""
+weights-only snapshots (an export step), and metrics (CSV + wandb + progress bar)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import lightning as L
 import torch
 
 from skein.rwkv.convert.common import DTYPES
-from skein.train.checkpoint import CheckpointMeta, save_checkpoint, save_snapshot
+from skein.train.checkpoint import CheckpointMeta, save_checkpoint
 from skein.train.config import CheckpointSection, LogSection, RunSection
+from skein.train.export import save_snapshot
 
 # Dense bf16 peak of known GPUs, TFLOP/s, for MFU when log.peak_tflops is not set.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -252,25 +253,3 @@ class MetricsCallback(L.Callback):
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def plot_loss_curve(metrics_csv: Path, out_png: Path) -> None:
-    """Loss against tokens from a run's metrics.csv, one colour per stage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(metrics_csv) as f:
-        rows = [r for r in csv.DictReader(f) if r["loss"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for stage in sorted({r["stage"] for r in rows}):
-        sel = [r for r in rows if r["stage"] == stage]
-        ax.plot([int(r["tokens"]) for r in sel], [float(r["loss"]) for r in sel], label=f"stage {stage}")
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)

@@ -272,19 +272,3 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if any(k.startswith(prefix) for k in sd):
         sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     return sd
-
-
-def save_snapshot(model: torch.nn.Module, path: Path, dtype: torch.dtype) -> None:
-    """Weights-only snapshot, written atomically: RWKV-LM's .pth layout for RWKV-4/7 (with the
-    tensors RWKV-LM's trainer expects), the model's own state dict for other architectures."""
-    from skein.rwkv.convert.common import cpu_tensor
-    from skein.rwkv.convert.rwkv_lm import to_rwkv_lm
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if model.config.arch in ("rwkv4", "rwkv7"):
-        sd = to_rwkv_lm(model, dtype)
-    else:
-        sd = {k: cpu_tensor(v, dtype) for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(sd, tmp)
-    os.replace(tmp, path)

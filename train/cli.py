@@ -1,21 +1,27 @@
 """The `skein` command. Each subcommand is one function in data/, train/ or rwkv/; this file only
-wires them (flags come from the functions' signatures and docstrings).
+wires them. Flags come from the functions' signatures and docstrings, read from their source
+(cli_args.py), so `--help` imports neither torch nor Lightning; a function is imported to run.
 
-    skein prepare [--inputs ...] --output PREFIX --tokenizer SPEC
-    skein train CONFIG.yaml [dotted.key=value | --dotted.key value ...] [--resume [BOOL]]
-                [--init_from CKPT] [--print_config]
-    skein params CONFIG.yaml
-    skein plot-lr CONFIG.yaml --output lr.png
+    skein [--version] [--debug] [--verbose] COMMAND ...
+    skein prepare [--inputs FILE ...] --output PREFIX --tokenizer SPEC
+    skein train CONFIG.yaml [key=value | --key value ...] [--resume [BOOL]] [--init_from CKPT]
+                [--print_config]
+    skein params CONFIG.yaml [key=value ...]
+    skein plot-lr CONFIG.yaml --output lr.png [key=value ...]
+
+Every config command also takes `--config CONFIG.yaml`. Errors a user can fix print one line,
+`skein <command>: error: ...`, and exit 2; `--debug` (or SKEIN_DEBUG=1) shows the traceback.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import inspect
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from skein.train import cli_args, quiet
 
 # subcommand -> "module:function" (or a group of them, e.g. `skein bench kernels`).
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -31,6 +37,9 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "status": "skein.train.status:status",
     "eval": {s: f"skein.train.eval.{s}:{s}" for s in ("loss", "length", "mqar", "state")},
 }
+# Commands with a parser of their own (Slurm-style flags: --gpus-per-node, a bare --dry-run).
+OWN_PARSERS = {"skein.train.submit:submit": "skein.train.submit:parse_args"}
+GLOBAL_FLAGS = ("--debug", "--verbose")
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -38,129 +47,84 @@ def _resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="skein train", description="Train the stages of a run config, resuming from its run directory."
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("skein")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _help(prog: str, table: dict[str, str | dict[str, str]]) -> str:
+    rows = []
+    for name, target in table.items():
+        summary = (
+            f"subcommands: {', '.join(target)}"
+            if isinstance(target, dict)
+            else cli_args.read_signature(target).summary
+        )
+        rows.append(f"    {name:<10} {summary}")
+    head = "Pretrain recurrent-state language models." if prog == "skein" else f"{prog} subcommands."
+    return (
+        f"usage: {prog} [--version] [--debug] [--verbose] COMMAND ...\n\n{head}\n\ncommands:\n"
+        + "\n".join(rows)
+        + f"\n\n`{prog} COMMAND --help` describes a command; --debug shows tracebacks, --verbose "
+        "library messages.\n"
     )
-    p.add_argument("config", help="run YAML (see configs/)")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        default=[],
-        help="dotted overrides, e.g. optim.lr_init=3e-4 stages.0.tokens=1e9 (or --optim.lr_init 3e-4)",
-    )
-    p.add_argument(
-        "--resume",
-        type=_yes_no,
-        nargs="?",
-        const=True,
-        default=True,
-        help="continue from the newest checkpoint in run.out_dir (default: true; false refuses a run dir with checkpoints)",
-    )
-    p.add_argument("--init_from", default=None, help="start from these weights (fresh optimizer)")
-    p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
-    return p
 
 
-def _dashed_overrides(argv: list[str]) -> list[str]:
-    """LightningCLI-style `--section.key value` / `--section.key=value` as `section.key=value`;
-    the other arguments pass through unchanged."""
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        name = arg[2:].split("=", 1)[0]
-        if arg.startswith("--") and "." in name:
-            if "=" in arg:
-                out.append(arg[2:])
-            elif i + 1 < len(argv):
-                out.append(f"{name}={argv[i + 1]}")
-                i += 1
-            else:
-                raise SystemExit(f"skein train: {arg} needs a value")
-        else:
-            out.append(arg)
-        i += 1
-    return out
+def _select(argv: list[str]) -> tuple[str, str, list[str]]:
+    """(program name, "module:function", the command's own arguments) for a command line."""
+    table: dict[str, str | dict[str, str]] = COMMANDS
+    prog = "skein"
+    while True:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_help(prog, table), end="")
+            raise SystemExit(0 if argv else 2)
+        if argv[0] == "--version":
+            print(f"skein {_version()}")
+            raise SystemExit(0)
+        name, argv = argv[0], argv[1:]
+        if name not in table:
+            print(
+                f"{prog}: error: unknown command {name!r}; choose one of {', '.join(table)}", file=sys.stderr
+            )
+            raise SystemExit(2)
+        prog, target = f"{prog} {name}", table[name]
+        if isinstance(target, str):
+            return prog, target, argv
+        table = target
 
 
-def _yes_no(v: str) -> bool:
-    if v.lower() not in ("true", "false", "yes", "no", "1", "0"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
-    return v.lower() in ("true", "yes", "1")
-
-
-def _function_parser(fn: Callable[..., Any]) -> Any:
-    from jsonargparse import ArgumentParser
-
-    sub = ArgumentParser(description=_summary(fn))
-    sub.add_function_arguments(fn, as_positional=True, fail_untyped=False)
-    return sub
-
-
-def _summary(fn: Callable[..., Any]) -> str:
-    return (fn.__doc__ or "").strip().split("\n")[0]
-
-
-def build_parser() -> Any:
-    """The jsonargparse parser of every subcommand but `train` (whose free-form overrides it
-    parses with argparse)."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(prog="skein", description="Pretrain recurrent-state language models.")
-    subs = parser.add_subcommands(required=True, dest="command")
-    for name, target in COMMANDS.items():
-        if isinstance(target, dict):
-            group = ArgumentParser(description=f"skein {name} subcommands")
-            subs.add_subcommand(name, group, help=f"{name}: {', '.join(target)}")
-            group_subs = group.add_subcommands(required=True, dest="command")
-            for sub_name, sub_target in target.items():
-                fn = _resolve(sub_target)
-                group_subs.add_subcommand(sub_name, _function_parser(fn), help=_summary(fn))
-        elif name == "train":
-            fn = _resolve(target)
-            subs.add_subcommand(name, ArgumentParser(description=_summary(fn)), help=_summary(fn))
-        else:
-            fn = _resolve(target)
-            subs.add_subcommand(name, _function_parser(fn), help=_summary(fn))
-    return parser
+def train_arguments(argv: list[str]) -> dict[str, Any]:
+    """The keyword arguments `skein train ARGV` calls train() with."""
+    return cli_args.parse("skein train", cli_args.read_signature(str(COMMANDS["train"])), argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    from skein.train.config import ConfigError
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("SKEIN_DEBUG", "") not in ("", "0")
+    verbose = "--verbose" in argv or os.environ.get("SKEIN_VERBOSE", "") not in ("", "0")
+    argv = [a for a in argv if a not in GLOBAL_FLAGS]
+    prog, target, args = _select(argv)
+    from skein.train.errors import explain
 
-    if argv and argv[0] == "train":
-        a = _train_parser().parse_args(_dashed_overrides(argv[1:]))
-        name, fn = "train", _resolve(COMMANDS["train"])
-        kwargs = {
-            "config": a.config,
-            "overrides": a.overrides,
-            "resume": a.resume,
-            "init_from": a.init_from,
-            "print_config": a.print_config,
-        }
-    elif argv and argv[0] == "submit":  # Slurm-style flags (--gpus-per-node, --dry-run)
-        from skein.train.submit import parse_args
-
-        name, fn, kwargs = "submit", _resolve(COMMANDS["submit"]), parse_args(argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
-        name, target, sub_args = args.command, COMMANDS[args.command], args[args.command]
-        if isinstance(target, dict):
-            name, target, sub_args = (
-                f"{name} {sub_args.command}",
-                target[sub_args.command],
-                sub_args[sub_args.command],
-            )
-        fn = _resolve(target)
-        accepted = inspect.signature(fn).parameters
-        kwargs = {k: v for k, v in vars(sub_args).items() if k in accepted}
     try:
-        result = fn(**kwargs)
-    except ConfigError as e:
-        sys.exit(f"skein {name}: config error: {e}")
-    if isinstance(result, dict) and name == "train":
-        print(f"train: {result}")
+        if target in OWN_PARSERS:
+            kwargs = _resolve(OWN_PARSERS[target])(args)
+        else:
+            kwargs = cli_args.parse(prog, cli_args.read_signature(target), args)
+        fn = _resolve(target)
+        if not verbose:  # after the import: Lightning sets its loggers' levels when imported
+            quiet.silence_libraries()
+        fn(**kwargs)
+    except Exception as e:
+        message = None if debug else explain(e)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 dotted overrides and validated at load with messages that name the key.
 
 A run is one file (see configs/): run, model, data, optim, schedule, stages, trainer, checkpoint,
-log, eval, slurm. Derived numbers (gradient accumulation, steps per stage, the magic prime) are computed from
-it, never written in it.
+log, eval, slurm. `model` is a tagged union of the architectures' config classes, selected by
+`arch`. Derived numbers (gradient accumulation, steps per stage, the magic prime) are computed
+from it once at load (`RunConfig.plans`, see plan.py), never written in it.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from typing import Any, Literal
 
 import yaml
 
-from skein.rwkv.models import ModelConfig, model_config_from_dict
+from skein.rwkv.models import ModelConfig
+from skein.train.plan import StagePlan, derived_comment, stage_plans
+from skein.train.schedule import ScheduleSection
 from skein.train.typed import ConfigError, apply_override, from_dict, plain
 
 RECURRENT_ARCHS = ("rwkv4", "rwkv7", "deltaproduct")
 """Architectures whose state has a fixed size, which segment-wise training carries."""
+
+__all__ = ["ConfigError", "RunConfig", "ScheduleSection", "StageSection", "dump_config", "load_config"]
 
 
 @dataclass(kw_only=True)
@@ -87,35 +92,6 @@ class OptimSection:
         for name in ("eps", "weight_decay", "grad_clip", "l2wrap"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass(kw_only=True)
-class ScheduleSection:
-    kind: Literal["constant_exp", "cosine", "auto_exp"] = "constant_exp"
-    """constant_exp: warmup, constant lr_init, then exponential decay to lr_final over the last
-    decay_fraction of the tokens; cosine: warmup then cosine from lr_init to lr_final; auto_exp:
-    constant until the smoothed loss improvement per auto_window_tokens drops below auto_threshold,
-    then exponential decay to lr_final over the remaining tokens."""
-    warmup_tokens: int = 0
-    """Linear warmup length in tokens (lr multiplied by 0.01 + 0.99 * progress)."""
-    decay_fraction: float = 0.5
-    """constant_exp: fraction of the stage's tokens spent decaying."""
-    auto_window_tokens: int = 40_000_000
-    """auto_exp: the token window over which the loss improvement is measured."""
-    auto_threshold: float = 3e-4
-    """auto_exp: start decaying when the smoothed loss improves by less than this per window."""
-    auto_smoothing: float = 0.99
-    """auto_exp: exponential-moving-average factor for the loss."""
-
-    def __post_init__(self) -> None:
-        if self.warmup_tokens < 0:
-            raise ConfigError(f"schedule.warmup_tokens must be >= 0, got {self.warmup_tokens}")
-        if not 0 <= self.decay_fraction <= 1:
-            raise ConfigError(f"schedule.decay_fraction must lie in [0, 1], got {self.decay_fraction}")
-        if not 0 <= self.auto_smoothing < 1:
-            raise ConfigError(f"schedule.auto_smoothing must lie in [0, 1), got {self.auto_smoothing}")
-        if self.auto_window_tokens <= 0:
-            raise ConfigError(f"schedule.auto_window_tokens must be positive, got {self.auto_window_tokens}")
 
 
 @dataclass(kw_only=True)
@@ -308,7 +284,7 @@ class SlurmSection:
 @dataclass(kw_only=True)
 class RunConfig:
     run: RunSection = field(default_factory=RunSection)
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig
     """Model config; `arch` selects the architecture and the remaining keys its fields."""
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -323,24 +299,29 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.stages:
             raise ConfigError("stages: at least one stage is needed")
-        try:
-            model_config_from_dict(self.model)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(str(e)) from e
         for i, stage in enumerate(self.stages):
-            if stage.segmented and self.model["arch"] not in RECURRENT_ARCHS:
+            if stage.segmented and self.model.arch not in RECURRENT_ARCHS:
                 raise ConfigError(
-                    f"stages[{i}].segment_len={stage.segment_len}: model.arch={self.model['arch']} carries "
+                    f"stages[{i}].segment_len={stage.segment_len}: model.arch={self.model.arch} carries "
                     f"no fixed-size recurrent state (its key/value cache grows with the context); segments "
                     f"need one of {list(RECURRENT_ARCHS)}, or remove segment_len"
                 )
+        for i, stage in enumerate(self.stages):
+            for name in ("lr_init", "lr_final"):
+                lr = getattr(stage, name)
+                if lr is not None and not 0 < lr < 1:
+                    raise ConfigError(f"stages[{i}].{name}={lr} must lie in (0, 1), e.g. 3e-4")
+            lr_init = stage.lr_init or self.optim.lr_init
+            lr_final = stage.lr_final or self.optim.lr_final
+            if lr_final > lr_init:
+                raise ConfigError(
+                    f"stages[{i}]: lr_final={lr_final} exceeds lr_init={lr_init}; lower lr_final or raise lr_init"
+                )
+        self.plans: list[StagePlan] = stage_plans(self)
+        """Derived per-stage numbers (steps, accumulation, tokens per step); not a config key."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def model_config(self) -> ModelConfig:
-        """The typed model config."""
-        return model_config_from_dict(self.model)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -362,6 +343,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: {e}" if path else str(e)) from e
 
 
-def dump_config(cfg: RunConfig) -> str:
-    """The resolved config as YAML (what `--print_config` shows and each run directory stores)."""
-    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
+def dump_config(cfg: RunConfig, derived: bool = False) -> str:
+    """The resolved config as YAML (what each run directory stores); with `derived`, followed by
+    the derived numbers as comments (what `--print_config` shows)."""
+    text = yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
+    return text + derived_comment(cfg) if derived else text

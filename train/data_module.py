@@ -7,38 +7,18 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from skein.data.binidx import BinIdxDataset, BinIdxError, read_meta, resolve_shards
 from skein.data.dataset import PretrainDataset
 from skein.data.sampler import StepSampler
-from skein.data.token_range import check_token_range
 from skein.train.config import ConfigError, RunConfig
+from skein.train.preflight import vocab_problems
 
 
 def check_vocab(cfg: RunConfig) -> None:
     """Refuse shards whose recorded tokenizer does not fit the model (or the configured tokenizer),
-    and shards (training and held-out) holding a token id that is negative or >= model.vocab_size."""
-    vocab = cfg.model_config().vocab_size
-    for prefix in cfg.data.train:
-        meta = read_meta(prefix)
-        if meta is None:
-            continue
-        if meta["vocab_size"] > vocab:
-            raise ConfigError(
-                f"{prefix}: shards were tokenized with a vocabulary of {meta['vocab_size']} "
-                f"({meta.get('tokenizer', {}).get('kind', '?')}), larger than model.vocab_size={vocab}"
-            )
-        want = cfg.data.tokenizer
-        have = meta.get("tokenizer", {}).get("spec")
-        if want is not None and have is not None and want != have:
-            raise ConfigError(
-                f"{prefix}: shards were made with tokenizer {have!r}, but data.tokenizer is {want!r}"
-            )
-    for prefix in [*cfg.data.train, *cfg.eval.val]:
-        for shard in resolve_shards(prefix):
-            try:
-                check_token_range(BinIdxDataset(shard), vocab)
-            except BinIdxError as e:
-                raise ConfigError(str(e)) from e
+    and shards holding a token id that is negative or >= model.vocab_size."""
+    problems = vocab_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 class StageDataModule(L.LightningDataModule):
@@ -57,7 +37,7 @@ class StageDataModule(L.LightningDataModule):
         self.global_batch, self.start_step = global_batch, start_step
 
     def setup(self, stage: str | None = None) -> None:
-        self.vocab_size = self.cfg.model_config().vocab_size
+        self.vocab_size = self.cfg.model.vocab_size
         self.dataset = PretrainDataset(
             self.cfg.data.train, self.cfg.data.weights, self.ctx_len, seed=self.cfg.run.seed
         )

@@ -1,17 +1,7 @@
 """`skein export` and `skein import`: a trained model from any of its sources into the formats
 other tools load, and RWKV-LM files into a skein weights file + model config.
 
-Sources (`load_source`), each giving the model with its config:
-
-    run directory            config.yaml + checkpoints/latest: the newest complete checkpoint
-    checkpoint directory     checkpoints/s{stage}-{step}/ (model.ckpt + meta.json)
-    Lightning .ckpt          a file, or a DeepSpeed ZeRO directory (consolidated on the CPU)
-    .pth                     RWKV-LM layout (a snapshot, an import, or a file RWKV-LM wrote)
-    .safetensors             skein's safetensors export (+ its .json)
-    Hugging Face directory   transformers RWKV-4 (config.json + weights)
-
-The model config comes from the checkpoint itself (Lightning checkpoints embed the run config),
-else the run's config.yaml, else a `<name>.yaml` beside a .pth, else (RWKV-LM files) the shapes.
+Sources are whatever `load_source` (weights.py) reads.
 
 Formats (`export`): rwkv_lm (.pth for RWKV-LM, ChatRWKV and the `rwkv` pip package; RWKV-4/7),
 safetensors (+ .json config; every architecture), hf (directory for transformers'
@@ -25,127 +15,23 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from skein.data.binidx import read_meta
-from skein.rwkv.convert import (
-    from_rwkv_lm,
-    model_from_state_dict,
-    read_hf,
-    read_safetensors,
-    resolve_dtype,
-    to_fla,
-    to_hf,
-    to_rwkv_lm,
-    to_safetensors,
-)
+from skein.rwkv.convert import resolve_dtype, to_fla, to_hf, to_rwkv_lm, to_safetensors
+from skein.rwkv.convert.common import cpu_tensor
 from skein.rwkv.convert.safetensors_file import config_path
 from skein.rwkv.models import CausalLM
-from skein.train.checkpoint import latest_checkpoint, load_weights
 from skein.train.typed import plain
+from skein.train.weights import Source, load_source
+
+__all__ = ["FORMATS", "Source", "export", "import_weights", "load_source", "save_snapshot"]
 
 FORMATS = ("rwkv_lm", "safetensors", "hf", "fla")
 SUFFIXES = {"rwkv_lm": ".pth", "safetensors": ".safetensors"}
 """File formats and the suffix their output must have (hf and fla write directories)."""
-RUN_DIR_DEPTH = 3
-"""How many parent folders of a checkpoint or snapshot are searched for its run's config.yaml."""
-
-
-@dataclass
-class Source:
-    """A loaded model and where it came from."""
-
-    model: CausalLM
-    path: str
-    """The weights that were read (for a run directory: its newest checkpoint)."""
-    run_config: dict[str, Any] | None
-    """The run config (or import YAML) the model belongs to, when there is one."""
-
-    def tokenizer_spec(self) -> str | None:
-        """data.tokenizer of the run config, else the tokenizer recorded in its shards' meta."""
-        data = (self.run_config or {}).get("data") or {}
-        if data.get("tokenizer"):
-            return data["tokenizer"]
-        for prefix in data.get("train") or []:
-            meta = read_meta(prefix)
-            if meta is not None and meta.get("tokenizer", {}).get("spec"):
-                return meta["tokenizer"]["spec"]
-        return None
-
-
-def _run_config_near(path: Path) -> dict[str, Any] | None:
-    """config.yaml of the run directory holding `path` (a folder with checkpoints/ or snapshots/)."""
-    folder = path if path.is_dir() else path.parent
-    for d in [folder, *folder.parents][: RUN_DIR_DEPTH + 1]:
-        if (d / "config.yaml").is_file() and ((d / "checkpoints").is_dir() or (d / "snapshots").is_dir()):
-            return yaml.safe_load((d / "config.yaml").read_text())
-    return None
-
-
-def _embedded_config(ckpt: Path) -> dict[str, Any] | None:
-    """The run config a skein Lightning checkpoint carries (DeepSpeed: in its client state)."""
-    if ckpt.is_dir():  # ZeRO-2: mp_rank_00_model_states.pt; ZeRO-3: zero_pp_rank_{r}_mp_rank_00_...
-        states = sorted((ckpt / "checkpoint").glob("*mp_rank_00_model_states.pt"))
-        if not states:
-            return None
-        obj = torch.load(states[0], map_location="cpu", weights_only=False)
-    else:
-        try:  # memory-mapped: only the small "skein" entry is actually read
-            obj = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
-        except RuntimeError:  # a file in the legacy (non-zip) format cannot be mapped
-            obj = torch.load(ckpt, map_location="cpu", weights_only=False)
-    meta = obj.get("skein") if isinstance(obj, dict) else None
-    return meta.get("config") if isinstance(meta, dict) else None
-
-
-def _from_checkpoint(ckpt: Path) -> Source:
-    run_cfg = _embedded_config(ckpt) or _run_config_near(ckpt)
-    if run_cfg is None or "model" not in run_cfg:
-        raise ValueError(f"{ckpt}: no model config (neither embedded nor a run directory's config.yaml)")
-    model = model_from_state_dict(run_cfg["model"], load_weights(ckpt), str(ckpt))
-    return Source(model, str(ckpt), run_cfg)
-
-
-def _from_pth(path: Path) -> Source:
-    sd = load_weights(path)
-    side = path.with_suffix(".yaml")
-    run_cfg = yaml.safe_load(side.read_text()) if side.is_file() else _run_config_near(path)
-    if run_cfg is not None and "model" in run_cfg:
-        return Source(model_from_state_dict(run_cfg["model"], sd, str(path)), str(path), run_cfg)
-    return Source(from_rwkv_lm(sd, source=str(path)), str(path), None)
-
-
-def load_source(source: str) -> Source:
-    """Load the model of a run directory, checkpoint, .pth, .safetensors or Hugging Face directory
-    (see the module docstring); strict: the weights must fit the config exactly."""
-    p = Path(source)
-    if not p.exists():
-        raise FileNotFoundError(f"{source}: no such file or directory")
-    if p.is_dir():
-        if (p / "checkpoints").is_dir():
-            found = latest_checkpoint(p)
-            if found is None:
-                raise ValueError(f"{p}: run directory without a complete checkpoint (no checkpoints/latest)")
-            p = found[0]
-        if (p / "model.ckpt").exists():
-            return _from_checkpoint(p / "model.ckpt")
-        if (p / "config.json").is_file():
-            return Source(read_hf(p), str(p), None)
-        if not ((p / "checkpoint").is_dir() or (p / "latest").is_file()):
-            raise ValueError(
-                f"{p}: not a run directory, checkpoint directory, DeepSpeed checkpoint or Hugging Face directory"
-            )
-        return _from_checkpoint(p)
-    if p.suffix == ".safetensors":
-        return Source(read_safetensors(p), str(p), _run_config_near(p))
-    if p.suffix == ".ckpt":
-        return _from_checkpoint(p)
-    return _from_pth(p)
 
 
 def _atomic_file(path: Path, write: Callable[[Path], None]) -> None:
@@ -226,6 +112,17 @@ def export(source: str, output: str, format: str = "rwkv_lm", dtype: str = "fp32
     return str(out)
 
 
+def save_snapshot(model: CausalLM, path: Path, dtype: torch.dtype) -> None:
+    """A weights-only snapshot of a training model, written atomically: RWKV-LM's .pth layout
+    (with the tensors RWKV-LM's trainer expects) for architectures that have it, the model's own
+    state dict otherwise."""
+    if "rwkv_lm" in type(model).formats:
+        sd = to_rwkv_lm(model, dtype)
+    else:
+        sd = {k: cpu_tensor(v, dtype) for k, v in model.state_dict().items()}
+    _atomic_file(path, lambda p: torch.save(sd, p))
+
+
 def _tokenizer_eod(spec: str | None) -> int:
     """End-of-document id of a tokenizer spec (0, RWKV's convention, when unknown)."""
     if spec is None:
@@ -235,12 +132,34 @@ def _tokenizer_eod(spec: str | None) -> int:
     return load_tokenizer(spec).eod_id
 
 
+def finetune_recipe(model: dict[str, Any], tokenizer: str | None, weights: Path) -> str:
+    """A run YAML for finetuning imported weights: the model section, the tokenizer, one stage at
+    a finetune's learning rate; validated like any run config before it is written."""
+    from skein.train.config import RunConfig, dump_config
+    from skein.train.typed import from_dict
+
+    d = {
+        "run": {"name": f"{weights.stem}-finetune", "out_dir": f"runs/{weights.stem}-finetune"},
+        "model": model,
+        "data": {"train": [], "tokenizer": tokenizer},
+        "optim": {"lr_init": 2e-5, "lr_final": 2e-6},
+        "schedule": {"kind": "constant_exp", "warmup_tokens": 1_000_000, "decay_fraction": 0.5},
+        "stages": [{"ctx_len": 1024, "tokens": 100_000_000, "micro_bsz": 8}],
+    }
+    head = (
+        f"# Finetune {weights}: set data.train (and the stage's ctx_len, tokens and micro_bsz), then\n"
+        f"#   skein train {weights.with_suffix('.yaml')} data.train=[PREFIX] --init_from {weights}\n"
+    )
+    return head + dump_config(from_dict(RunConfig, plain(d)))
+
+
 def import_weights(source: str, output: str, tokenizer: str | None = None) -> str:
     """Import weights (an RWKV-LM .pth, or any source `export` reads) as a skein weights file.
 
     Writes `output` (.pth, float32, skein's layout: what `skein train --init_from` loads) and
-    `<output stem>.yaml` beside it: a run config holding the model section (and data.tokenizer
-    when known), which `skein generate` and `skein export` pick up and `skein train` can start from.
+    `<output stem>.yaml` beside it: a ready finetune recipe (the model section, data.tokenizer when
+    known, one stage), which `skein generate` and `skein export` pick up and `skein train` runs
+    once data.train is set.
 
     Args:
         source: the weights to import (config inferred from the shapes for RWKV-LM files).
@@ -253,11 +172,8 @@ def import_weights(source: str, output: str, tokenizer: str | None = None) -> st
     _need_suffix(out, ".pth", "import")
     src = load_source(source)
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in src.model.state_dict().items()}
-    run_cfg: dict[str, Any] = {"model": plain(src.model.config.to_dict())}
-    spec = tokenizer or src.tokenizer_spec()
-    if spec:
-        run_cfg["data"] = {"tokenizer": spec}
-    _atomic_file(out.with_suffix(".yaml"), lambda p: p.write_text(yaml.safe_dump(run_cfg, sort_keys=False)))
+    recipe = finetune_recipe(src.model.config.to_dict(), tokenizer or src.tokenizer_spec(), out)
+    _atomic_file(out.with_suffix(".yaml"), lambda p: p.write_text(recipe))
     _atomic_file(out, lambda p: torch.save(sd, p))
     print(f"import: {src.path} ({src.model.config.arch}) -> {out} + {out.with_suffix('.yaml')}")
     return str(out)

@@ -1,14 +1,12 @@
-"""Looking at a run config without training: the model's parameter count and the learning-rate
-schedule over the planned tokens."""
+"""Looking at a run config without training: the model's parameter count (counted on the meta
+device, so no memory is allocated and nothing is initialised) and the learning-rate schedule over
+the planned tokens, with the stage boundaries marked."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from skein.rwkv import build_model
-from skein.train.config import load_config
-from skein.train.module import StagePlan
-from skein.train.schedule import Schedule
+from skein.train.config import RunConfig, load_config
 
 
 def params(config: str, overrides: list[str] | None = None) -> int:
@@ -18,31 +16,38 @@ def params(config: str, overrides: list[str] | None = None) -> int:
         config: run YAML.
         overrides: dotted key=value overrides.
     """
+    import torch
+
+    from skein.rwkv import build_model
+
     cfg = load_config(config, overrides)
-    model = build_model(cfg.model_config())
+    with torch.device("meta"):
+        model = build_model(cfg.model)
     n, n_emb = model.num_params(), model.emb.weight.numel()
-    print(f"{cfg.model['arch']}: {n:,} parameters ({n - n_emb:,} without the input embedding)")
+    print(f"{cfg.model.arch}: {n:,} parameters ({n - n_emb:,} without the input embedding)")
     return n
+
+
+def stage_boundaries(cfg: RunConfig) -> list[int]:
+    """Total tokens at the end of each stage but the last."""
+    out, before = [], 0
+    for plan in cfg.plans[:-1]:
+        before += plan.total_tokens
+        out.append(before)
+    return out
 
 
 def lr_curve(config: str, overrides: list[str] | None = None, points: int = 400) -> list[tuple[int, float]]:
     """(total tokens, lr) pairs over every stage of a run config (auto_exp shown without decay)."""
     cfg = load_config(config, overrides)
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
     out, before = [], 0
-    for stage in cfg.stages:
-        plan = StagePlan(stage, world)
-        total = plan.steps * plan.tokens_per_step
-        sched = Schedule(
-            kind=cfg.schedule.kind,
-            lr_init=stage.lr_init or cfg.optim.lr_init,
-            lr_final=stage.lr_final or cfg.optim.lr_final,
-            total_tokens=total,
-            warmup_tokens=cfg.schedule.warmup_tokens,
-            decay_fraction=cfg.schedule.decay_fraction,
-        )
+    for stage, plan in zip(cfg.stages, cfg.plans):
+        total = plan.total_tokens
+        lr_init, lr_final = stage.lr_init or cfg.optim.lr_init, stage.lr_final or cfg.optim.lr_final
         n = max(points // len(cfg.stages), 2)
-        out += [(before + total * i // (n - 1), sched.lr(total * i // (n - 1))) for i in range(n)]
+        for i in range(n):
+            t = total * i // (n - 1)
+            out.append((before + t, cfg.schedule.lr(t, lr_init, lr_final, total)))
         before += total
     return out
 
@@ -55,21 +60,21 @@ def plot_lr(config: str, output: str = "lr.png", overrides: list[str] | None = N
         output: PNG path to write.
         overrides: dotted key=value overrides.
     """
-    import matplotlib
+    from skein.train.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    cfg = load_config(config, overrides)
     curve = lr_curve(config, overrides)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([t for t, _ in curve], [lr for _, lr in curve])
+    for i, t in enumerate(stage_boundaries(cfg)):
+        ax.axvline(t, color="gray", ls="--", lw=0.8, label="stage boundary" if i == 0 else None)
     ax.set_xlabel("tokens")
     ax.set_ylabel("learning rate")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    if len(cfg.stages) > 1:
+        ax.legend()
+    save_figure(fig, Path(output))
     print(f"wrote {output}")
     return output

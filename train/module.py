@@ -11,10 +11,11 @@ import lightning as L
 import torch
 
 from skein.rwkv.models import CausalLM, build_model
-from skein.train.config import RunConfig, StageSection
+from skein.train.config import RunConfig
 from skein.train.losses import model_loss
 from skein.train.optim import build_optimizer
-from skein.train.schedule import AutoDecay, Schedule
+from skein.train.plan import StagePlan
+from skein.train.schedule import AutoDecay
 from skein.train.segments import segmented_loss
 from skein.train.strategy import is_deepspeed
 from skein.train.typed import ConfigError
@@ -23,28 +24,6 @@ from skein.train.typed import ConfigError
 class NonFiniteLossError(ConfigError):
     """The loss became NaN or infinite and optim.on_nonfinite says to stop (or too many steps
     were skipped)."""
-
-
-class StagePlan:
-    """The derived numbers of one stage: samples per optimizer step, accumulation, steps.
-    `recorded` is the stage's tokens per step from the run's checkpoints (fixed when the stage
-    first started), which a resume on another world size keeps."""
-
-    def __init__(self, stage: StageSection, world_size: int, recorded: int | None = None) -> None:
-        self.ctx_len = stage.ctx_len
-        per_pass = stage.micro_bsz * world_size
-        tokens_per_step = recorded or stage.tokens_per_step or per_pass * stage.ctx_len
-        if tokens_per_step % (per_pass * stage.ctx_len):
-            where = "the run's checkpoints record" if recorded else "stages[].tokens_per_step is"
-            raise ConfigError(
-                f"{where} {tokens_per_step} tokens per step, not a multiple of micro_bsz * ctx_len * "
-                f"world size = {stage.micro_bsz} * {stage.ctx_len} * {world_size}: choose a world size "
-                "or micro_bsz that divides it"
-            )
-        self.tokens_per_step = tokens_per_step
-        self.global_batch = tokens_per_step // stage.ctx_len
-        self.accumulate = self.global_batch // per_pass
-        self.steps = math.ceil(stage.tokens / tokens_per_step)
 
 
 class LMModule(L.LightningModule):
@@ -62,17 +41,13 @@ class LMModule(L.LightningModule):
         self.cfg = cfg
         self.stage_index = stage_index
         self.stage = cfg.stages[stage_index]
-        self.plan = StagePlan(self.stage, world_size, tokens_per_step)
-        self.model = model if model is not None else build_model(cfg.model_config())
-        s = cfg.schedule
-        self.schedule = Schedule(
-            kind=s.kind,
-            lr_init=self.stage.lr_init or cfg.optim.lr_init,
-            lr_final=self.stage.lr_final or cfg.optim.lr_final,
-            total_tokens=self.plan.steps * self.plan.tokens_per_step,
-            warmup_tokens=s.warmup_tokens,
-            decay_fraction=s.decay_fraction,
-        )
+        self.plan = StagePlan(self.stage, world_size, stage_index, tokens_per_step)
+        self.model = model if model is not None else build_model(cfg.model)
+        s = self.schedule = cfg.schedule
+        self.lr_init = self.stage.lr_init or cfg.optim.lr_init
+        self.lr_final = self.stage.lr_final or cfg.optim.lr_final
+        self.decay_start: int | None = None
+        """auto_exp: the token count at which the decay began (None: not yet)."""
         self.auto_decay = (
             AutoDecay(s.auto_window_tokens, s.auto_threshold, s.auto_smoothing)
             if s.kind == "auto_exp"
@@ -89,15 +64,17 @@ class LMModule(L.LightningModule):
         """Tokens consumed by this stage's completed optimizer steps (all ranks)."""
         return self.global_step * self.plan.tokens_per_step
 
+    def lr(self, tokens: int) -> float:
+        """This stage's learning rate after `tokens` tokens."""
+        return self.schedule.lr(tokens, self.lr_init, self.lr_final, self.plan.total_tokens, self.decay_start)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         offload = self.cfg.trainer.offload_optimizer and is_deepspeed(self.trainer.strategy)
-        return build_optimizer(
-            self.model, self.schedule.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload
-        )
+        return build_optimizer(self.model, self.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload)
 
     def _set_lr(self) -> None:
-        lr = self.schedule.lr(self.tokens_seen)
+        lr = self.lr(self.tokens_seen)
         for opt in self.trainer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
@@ -150,10 +127,10 @@ class LMModule(L.LightningModule):
         if len(self._step_losses) == self.plan.accumulate:
             self.last_step_loss = sum(self._step_losses) / len(self._step_losses)
             self._step_losses = []
-            if self.auto_decay is not None and self.schedule.decay_start is None:
+            if self.auto_decay is not None and self.decay_start is None:
                 tokens = self.tokens_seen + self.plan.tokens_per_step
                 if self.auto_decay.update(tokens, self.last_step_loss):
-                    self.schedule.decay_start = tokens
+                    self.decay_start = tokens
 
     def _on_nonfinite(self, value: float) -> None:
         step = self.global_step + 1
@@ -189,7 +166,7 @@ class LMModule(L.LightningModule):
         checkpoint["skein"] = {
             "stage_index": self.stage_index,
             "tokens_seen": self.tokens_seen,
-            "decay_start": self.schedule.decay_start,
+            "decay_start": self.decay_start,
             "auto_decay": self.auto_decay.state_dict() if self.auto_decay else None,
             "skipped_steps": self.skipped_steps,
             "accumulate": self.plan.accumulate,
@@ -202,7 +179,7 @@ class LMModule(L.LightningModule):
             raise ValueError(
                 f"checkpoint belongs to stage {meta['stage_index']}, but stage {self.stage_index} is being resumed"
             )
-        self.schedule.decay_start = meta.get("decay_start")
+        self.decay_start = meta.get("decay_start")
         self.skipped_steps = meta.get("skipped_steps", 0)
         if self.auto_decay is not None and meta.get("auto_decay"):
             self.auto_decay.load_state_dict(meta["auto_decay"])

@@ -53,7 +53,7 @@ ABSENT = "<absent>"
 def flatten(cfg: RunConfig) -> dict[str, Any]:
     """Dotted key -> value; the model section with its defaults filled in, stages by index."""
     d = plain(cfg.to_dict())
-    d["model"] = plain(asdict(cfg.model_config()))
+    d["model"] = plain(asdict(cfg.model))
     out: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:

@@ -17,16 +17,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from skein.rwkv.convert.common import load_strict
-from skein.rwkv.convert.rwkv_lm import check_format_config, fit_layout
 from skein.rwkv.models import CausalLM, build_model
-from skein.train.callbacks import (
-    CheckpointCallback,
-    MetricsCallback,
-    SnapshotCallback,
-    StagePosition,
-    plot_loss_curve,
-)
+from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, StagePosition
 from skein.train.checkpoint import (
     CheckpointMeta,
     DirectCheckpointIO,
@@ -35,13 +27,15 @@ from skein.train.checkpoint import (
     resume_checkpoint,
 )
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
-from skein.train.data_module import StageDataModule, check_vocab
+from skein.train.data_module import StageDataModule
 from skein.train.evaluation import PeriodicEval, ValidationLoss
-from skein.train.export import load_source
 from skein.train.lock import is_global_zero, run_lock
-from skein.train.module import LMModule, StagePlan
+from skein.train.module import LMModule
+from skein.train.plan import StagePlan
+from skein.train.plots import plot_loss_curve
+from skein.train.preflight import check_run
 from skein.train.resume_check import check_resume_config, write_run_config
-from skein.train.slurm import cluster_plugins, global_rank, requeue_if_stopped
+from skein.train.slurm import cluster_plugins, requeue_if_stopped
 from skein.train.strategy import (
     apply_compile,
     apply_grad_checkpointing,
@@ -49,6 +43,7 @@ from skein.train.strategy import (
     compile_enabled,
     is_deepspeed,
 )
+from skein.train.weights import load_into, load_source
 
 
 def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:
@@ -100,12 +95,10 @@ def build_training_model(
     """The model as a stage trains it: seeded initialisation (or `weights`, a state dict and where it
     came from), then gradient checkpointing and torch.compile as the trainer section asks."""
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    model = build_model(cfg.model_config())
+    model = build_model(cfg.model)
     if weights is not None:
         sd, source = weights
-        load_strict(model, fit_layout(sd, model), source)
-    if cfg.checkpoint.snapshot_every_steps and model.config.arch in ("rwkv4", "rwkv7"):
-        check_format_config(model.config)  # snapshots are RWKV-LM .pth files: refuse now, not mid-run
+        load_into(model, sd, source)
     if cfg.trainer.grad_checkpointing:
         apply_grad_checkpointing(model)
     if compile_enabled(cfg.trainer):
@@ -140,7 +133,7 @@ def train_from_config(
     whether the run was interrupted by a signal, and the last checkpoint. `extra_callbacks` join
     every stage (e.g. a PeriodicEval with more evaluators). The run directory is locked for the
     run's life (train/lock.py)."""
-    check_vocab(cfg)
+    check_run(cfg)  # data, tokenizer, vocabulary, hardware: before anything is built or written
     with run_lock(cfg.run.out_dir):
         return _train_locked(cfg, resume, init_from, extra_callbacks)
 
@@ -226,7 +219,7 @@ def _train_locked(
     found = latest_checkpoint(out_dir)
     summary["checkpoint"] = str(found[0]) if found else None
     metrics = out_dir / "metrics.csv"
-    if metrics.exists() and global_rank() == 0:  # under srun there is no RANK variable
+    if metrics.exists() and is_global_zero():
         plot_loss_curve(metrics, out_dir / "loss.png")
     if summary["interrupted"]:
         summary["requeued"] = requeue_if_stopped(summary, cfg.slurm.requeue)
@@ -240,10 +233,42 @@ def train(
     init_from: str | None = None,
     print_config: bool = False,
 ) -> dict[str, Any] | None:
-    """Load a run config (YAML + `dotted.key=value` overrides) and train it."""
+    """Train every stage of a run config, resuming from its run directory.
+
+    Args:
+        config: run YAML (see configs/).
+        overrides: dotted overrides, e.g. optim.lr_init=3e-4 stages.0.tokens=1e9.
+        resume: continue from the newest checkpoint in run.out_dir; false refuses a run directory
+            that holds checkpoints.
+        init_from: start from these weights (a run dir, checkpoint, .pth, ...) with a fresh optimizer.
+        print_config: print the resolved config and its derived numbers, then exit.
+    """
     cfg = load_config(config, overrides)
     if print_config:
-        print(dump_config(cfg), end="")
+        print(dump_config(cfg, derived=True), end="")
         return None
     summary = train_from_config(cfg, resume=resume, init_from=init_from)
+    if is_global_zero():
+        print(describe(summary, cfg, config))
     return summary
+
+
+def describe(summary: dict[str, Any], cfg: RunConfig, config: str | None = None) -> str:
+    """The end of `skein train` in a sentence: what was done, where the checkpoint is, what next."""
+    ckpt, n = summary.get("checkpoint"), len(cfg.stages)
+    command = f"skein train {config or 'CONFIG'}"
+    if summary.get("interrupted"):
+        return (
+            f"Stopped in stage {summary['stages_done'] + 1} of {n} at step {summary.get('steps', '?')}; "
+            f"checkpoint {ckpt}. Run `{command}` again to continue."
+        )
+    if "steps" not in summary:
+        return (
+            f"{cfg.run.out_dir} is already finished: all {n} stage(s) are done, the final checkpoint is "
+            f"{ckpt}. To train further, start a new run from it: `{command} "
+            f"run.out_dir=<new dir> --init_from {ckpt}`."
+        )
+    return (
+        f"Finished {n} stage(s): {summary['steps']:,} steps of the last stage, {summary['tokens']:,} tokens "
+        f"in all. Final checkpoint {ckpt}; loss curve {Path(cfg.run.out_dir) / 'loss.png'}."
+    )

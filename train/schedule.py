@@ -1,4 +1,5 @@
-"""Learning rate as a function of tokens seen within a stage.
+"""The run config's `schedule:` section and the learning rate it gives as a function of tokens
+seen within a stage.
 
 constant_exp (the RWKV recipe): lr_init for the first (1 - decay_fraction) of the tokens, then
 lr_init * (lr_final / lr_init) ** progress over the rest. cosine: lr_final + (lr_init - lr_final)
@@ -11,37 +12,55 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
+
+from skein.train.typed import ConfigError
 
 
-@dataclass
-class Schedule:
-    kind: str
-    lr_init: float
-    lr_final: float
-    total_tokens: int
+@dataclass(kw_only=True)
+class ScheduleSection:
+    kind: Literal["constant_exp", "cosine", "auto_exp"] = "constant_exp"
+    """constant_exp: warmup, constant lr_init, then exponential decay to lr_final over the last
+    decay_fraction of the tokens; cosine: warmup then cosine from lr_init to lr_final; auto_exp:
+    constant until the smoothed loss improvement per auto_window_tokens drops below auto_threshold,
+    then exponential decay to lr_final over the remaining tokens."""
     warmup_tokens: int = 0
+    """Linear warmup length in tokens (lr multiplied by 0.01 + 0.99 * progress)."""
     decay_fraction: float = 0.5
-    decay_start: int | None = None
-    """auto_exp: the token count at which decay began (None: not yet)."""
+    """constant_exp: fraction of the stage's tokens spent decaying."""
+    auto_window_tokens: int = 40_000_000
+    """auto_exp: the token window over which the loss improvement is measured."""
+    auto_threshold: float = 3e-4
+    """auto_exp: start decaying when the smoothed loss improves by less than this per window."""
+    auto_smoothing: float = 0.99
+    """auto_exp: exponential-moving-average factor for the loss."""
 
-    def lr(self, tokens: int) -> float:
-        """Learning rate after `tokens` tokens of this stage."""
+    def __post_init__(self) -> None:
+        if self.warmup_tokens < 0:
+            raise ConfigError(f"schedule.warmup_tokens must be >= 0, got {self.warmup_tokens}")
+        if not 0 <= self.decay_fraction <= 1:
+            raise ConfigError(f"schedule.decay_fraction must lie in [0, 1], got {self.decay_fraction}")
+        if not 0 <= self.auto_smoothing < 1:
+            raise ConfigError(f"schedule.auto_smoothing must lie in [0, 1), got {self.auto_smoothing}")
+        if self.auto_window_tokens <= 0:
+            raise ConfigError(f"schedule.auto_window_tokens must be positive, got {self.auto_window_tokens}")
+
+    def lr(
+        self, tokens: int, lr_init: float, lr_final: float, total_tokens: int, decay_start: int | None = None
+    ) -> float:
+        """Learning rate after `tokens` of a stage of `total_tokens` that peaks at lr_init and ends
+        at lr_final; `decay_start` is the token count at which auto_exp began decaying (None: not yet)."""
         warm = 1.0
         if self.warmup_tokens and tokens < self.warmup_tokens:
             warm = 0.01 + 0.99 * tokens / self.warmup_tokens
         if self.kind == "cosine":
-            p = min(tokens / self.total_tokens, 1.0)
-            return warm * (self.lr_final + (self.lr_init - self.lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
-        if self.kind == "constant_exp":
-            start = self.total_tokens * (1 - self.decay_fraction)
-        elif self.kind == "auto_exp":
-            start = self.decay_start if self.decay_start is not None else None
-        else:
-            raise ValueError(f"schedule.kind: unknown kind {self.kind!r}")
+            p = min(tokens / total_tokens, 1.0)
+            return warm * (lr_final + (lr_init - lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
+        start = total_tokens * (1 - self.decay_fraction) if self.kind == "constant_exp" else decay_start
         if start is None or tokens <= start:
-            return warm * self.lr_init
-        p = min((tokens - start) / max(self.total_tokens - start, 1), 1.0)
-        return warm * self.lr_init * (self.lr_final / self.lr_init) ** p
+            return warm * lr_init
+        p = min((tokens - start) / max(total_tokens - start, 1), 1.0)
+        return warm * lr_init * (lr_final / lr_init) ** p
 
 
 @dataclass

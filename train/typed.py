@@ -1,7 +1,11 @@
 """Typed dataclasses from YAML mappings: every value checked against its annotation (numbers,
-bools, strings, Literal choices, optionals, lists, tuples, nested dataclasses), unknown keys
-rejected with a suggestion, and `dotted.key=value` overrides applied to the mapping first.
-Errors name the full key: `stages[0].micro_bsz: expected an integer, got 'four'`."""
+bools, strings, Literal choices, optionals, lists, tuples, nested dataclasses, tagged unions),
+unknown keys rejected with a suggestion, and `dotted.key=value` overrides applied to the mapping
+first. Errors name the full key: `stages[0].micro_bsz: expected an integer, got 'four'`.
+
+A tagged union is a dataclass base with a class attribute `variant_key` (the tag field, e.g.
+`arch`) and a classmethod `variants()` returning {tag: subclass}; the mapping's tag picks the
+subclass, which is then loaded like any other dataclass."""
 
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
     if is_dataclass(tp):
-        return from_dict(tp, value, key)
+        return from_dict(_variant(tp, value, key), value, key)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -85,6 +89,19 @@ def _number(text: str) -> float | str:
         return text
 
 
+def _variant(tp: type, value: Any, key: str) -> type:
+    """The subclass a tagged-union mapping selects (tp itself when tp is no tagged union)."""
+    tag = getattr(tp, "variant_key", None)
+    if tag is None or not isinstance(value, dict):
+        return tp
+    variants = tp.variants()
+    if tag not in value:
+        raise ConfigError(f"{key}.{tag}: missing (one of {sorted(variants)})")
+    if value[tag] not in variants:
+        raise ConfigError(f"{key}.{tag}: {value[tag]!r} is not one of {sorted(variants)}")
+    return variants[value[tag]]
+
+
 def from_dict(cls: type, d: Any, prefix: str = "") -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
     where = prefix or "config"
@@ -104,7 +121,12 @@ def from_dict(cls: type, d: Any, prefix: str = "") -> Any:
             kwargs[f.name] = _check_type(d[f.name], hints[f.name], key)
         elif f.default is MISSING and f.default_factory is MISSING:
             raise ConfigError(f"{key}: missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # a range check in __post_init__
+        raise ConfigError(str(e)) from e
 
 
 def apply_override(d: dict[str, Any], override: str) -> None:

@@ -1,7 +1,8 @@
 """The model registry: architecture name -> (config dataclass, model class).
 
-A run config names the architecture in `model.arch`; `model_config_from_dict` validates the rest
-of the keys against that architecture's dataclass.
+A run config names the architecture in `model.arch` (ModelConfig.variants() lists them for the
+typed config loader); `model_config_from_dict` validates a plain mapping (e.g. one stored in a
+checkpoint) against that architecture's dataclass.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def _lookup(arch: str) -> tuple[type[ModelConfig], type[CausalLM]]:
 def config_class(arch: str) -> type[ModelConfig]:
     """The config dataclass of an architecture."""
     return _lookup(arch)[0]
+
+
+def model_class(arch: str) -> type[CausalLM]:
+    """The model class of an architecture (its `formats` say which weight formats it has)."""
+    return _lookup(arch)[1]
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
@@ -66,5 +72,6 @@ __all__ = [
     "build_model",
     "config_class",
     "detach_state",
+    "model_class",
     "model_config_from_dict",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,10 @@ State = list[Any]
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    """Fields every architecture has. Subclasses add their own and set `arch`."""
+    """Fields every architecture has. Subclasses add their own and set `arch`. A run config's
+    `model:` section is a tagged union of the subclasses, selected by `arch`."""
+
+    variant_key: ClassVar[str] = "arch"
 
     arch: str = ""
     """Architecture name, as in the registry (rwkv4, rwkv7, deltaproduct, llama)."""
@@ -46,6 +49,13 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @classmethod
+    def variants(cls) -> dict[str, type[ModelConfig]]:
+        """Architecture name -> config class, for every registered architecture."""
+        from skein.rwkv.models import MODELS, config_class
+
+        return {arch: config_class(arch) for arch in MODELS}
+
 
 class CausalLM(nn.Module):
     """Base of every skein model: embedding `emb` -> `blocks` -> final norm `ln_out` -> `head`.
@@ -53,6 +63,10 @@ class CausalLM(nn.Module):
     Subclasses pass their blocks and final-norm class, then initialise their weights. `blocks` is
     an nn.ModuleList whose entries the trainer wraps for gradient checkpointing.
     """
+
+    formats: ClassVar[tuple[str, ...]] = ("safetensors",)
+    """Weight formats other tools load that this architecture can be written in (rwkv_lm: an
+    RWKV-LM .pth; hf: transformers; fla: flash-linear-attention; safetensors: skein's own)."""
 
     def __init__(
         self, config: ModelConfig, blocks: Iterable[nn.Module], final_norm: type[nn.LayerNorm | nn.RMSNorm]

@@ -188,6 +188,8 @@ class DeltaProductMixer(nn.Module):
 class DeltaProduct(CausalLM):
     """Embedding -> DeltaProduct blocks -> RMSNorm -> head; state = one BlockState per block."""
 
+    formats = ("fla", "safetensors")
+
     config: DeltaProductConfig
 
     def __init__(self, config: DeltaProductConfig) -> None:

@@ -152,6 +152,8 @@ class Block(nn.Module):
 class RWKV4(CausalLM):
     """RWKV-4 language model; state = per-block (att shift, aa, bb, pp, ffn shift)."""
 
+    formats = ("rwkv_lm", "hf", "safetensors")
+
     config: RWKV4Config
 
     def __init__(self, config: RWKV4Config) -> None:

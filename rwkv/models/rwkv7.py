@@ -230,6 +230,8 @@ class Block(nn.Module):
 class RWKV7(CausalLM):
     """RWKV-7 language model; state = per-block (att shift, WKV state, ffn shift)."""
 
+    formats = ("rwkv_lm", "fla", "safetensors")
+
     config: RWKV7Config
 
     def __init__(self, config: RWKV7Config) -> None:

@@ -43,6 +43,7 @@ def test_gpu_script_has_one_task_per_gpu_the_signal_and_requeue(tmp_path: Path, 
         "shards/x",
         tmp_path / "run",
         trainer={"accelerator": "gpu", "devices": 8, "num_nodes": nodes},
+        stages=[{"ctx_len": 32, "tokens": 32 * 4 * 8 * nodes * 12, "micro_bsz": 4}],
         slurm={"partition": "h100", "time": "2-00:00:00", "qos": "high", "signal_seconds": 300},
     )
     cfg["run"]["name"] = "big run/7"
@@ -164,7 +165,8 @@ def test_dry_run_prints_the_script_and_writes_nothing(
     tmp_path: Path, fake_sbatch: Path, capsys: pytest.CaptureFixture
 ) -> None:
     run_dir = tmp_path / "run"
-    path = write_config(tiny_run("shards/x", run_dir, trainer={"num_nodes": 4}), tmp_path / "c.yaml")
+    cfg = tiny_run("shards/x", run_dir, trainer={"num_nodes": 4}, stages=[{"ctx_len": 32, "micro_bsz": 4}])
+    path = write_config(cfg, tmp_path / "c.yaml")
     assert submit(str(path), nodes=4, dry_run=True) is None
     assert "#SBATCH --nodes=4" in capsys.readouterr().out
     assert not run_dir.exists() and not fake_sbatch.exists()
@@ -173,7 +175,10 @@ def test_dry_run_prints_the_script_and_writes_nothing(
 def test_validation_errors_come_before_anything_is_queued(
     tmp_path: Path, fake_sbatch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write_config(tiny_run("shards/x", tmp_path / "run", trainer={"devices": 8}), tmp_path / "c.yaml")
+    cfg = tiny_run(
+        "shards/x", tmp_path / "run", trainer={"devices": 8}, stages=[{"ctx_len": 32, "micro_bsz": 4}]
+    )
+    path = write_config(cfg, tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="--gpus-per-node 4 but trainer.devices=8"):
         submit(str(path), gpus_per_node=4)
     with pytest.raises(ConfigError, match="--nodes 2 but trainer.num_nodes=1"):

@@ -115,10 +115,13 @@ def test_state_suite_writes_accuracy_by_position(tmp_path: Path) -> None:
 def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         main(["eval", "mqar", "--settings+", "40:16", "--output", str(tmp_path / "m")])
-    assert "skein eval mqar" in str(e.value) and "40:16" in str(e.value)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("skein eval mqar: error:") and "40:16" in err
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "results.json").write_text("{}")
     with pytest.raises(SystemExit) as e:
         main(["eval", "state", "--quick", "true", "--output", str(tmp_path / "done")])
-    assert "is not empty" in str(e.value)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "is not empty" in err
     assert (tmp_path / "done" / "results.json").read_text() == "{}"

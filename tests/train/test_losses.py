@@ -86,7 +86,7 @@ def test_training_step_loss_is_the_same_fused_or_not(tmp_path) -> None:
     for fused in (False, True):
         cfg = load_config(path, [f"trainer.fused_loss={str(fused).lower()}", "trainer.loss_chunk_tokens=24"])
         if model is None:
-            model = build_model(cfg.model_config())
+            model = build_model(cfg.model)
             perturb_parameters(model)
         module = LMModule(cfg, 0, 1, model)
         g = torch.Generator().manual_seed(7)

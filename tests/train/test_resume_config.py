@@ -82,10 +82,10 @@ def _two_stage(tmp_path: Path) -> dict:
         (lambda d: d["trainer"].update(precision="32", strategy="ddp"), 0, False),  # CPU: resolves the same
         (lambda d: d["trainer"].update(zero_stage=3), 0, False),  # not DeepSpeed on the CPU
         (lambda d: d["trainer"].update(strategy="deepspeed"), 0, True),
-        (lambda d: d["trainer"].update(devices=4, num_nodes=2), 0, False),
+        (lambda d: (d["trainer"].update(devices=2), d["stages"][1].update(tokens_per_step=512)), 0, False),
         (lambda d: d["stages"][0].update(lr_init=3e-3), 0, True),  # the stage in progress
         (lambda d: d["stages"][0].update(micro_bsz=2), 1, True),  # a stage already done
-        (lambda d: d["stages"][1].update(lr_init=1e-3, ctx_len=128), 0, False),  # not started
+        (lambda d: d["stages"][1].update(lr_init=1e-3, ctx_len=128, tokens_per_step=512), 0, False),
         (lambda d: d["stages"][1].update(lr_init=1e-3), 1, True),
         (lambda d: d["stages"].pop(), 0, False),
         (lambda d: d["stages"].pop(), 1, True),

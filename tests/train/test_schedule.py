@@ -9,32 +9,38 @@ from pathlib import Path
 import pytest
 
 from skein.train.inspect import lr_curve, plot_lr
-from skein.train.schedule import AutoDecay, Schedule
+from skein.train.schedule import AutoDecay, ScheduleSection
 from tests.train.helpers import tiny_run, write_config
 
 
 def test_constant_then_exponential() -> None:
-    s = Schedule(
-        "constant_exp", lr_init=6e-4, lr_final=6e-5, total_tokens=1000, warmup_tokens=100, decay_fraction=0.4
-    )
-    assert s.lr(0) == pytest.approx(6e-4 * 0.01)
-    assert s.lr(50) == pytest.approx(6e-4 * (0.01 + 0.99 * 0.5))
-    assert s.lr(100) == s.lr(600) == pytest.approx(6e-4)
-    assert s.lr(800) == pytest.approx(6e-4 * 0.1**0.5)  # geometric midpoint of the decay
-    assert s.lr(1000) == pytest.approx(6e-5)
-    assert s.lr(5000) == pytest.approx(6e-5)
-    lrs = [s.lr(t) for t in range(600, 1001, 10)]
+    sched = ScheduleSection(kind="constant_exp", warmup_tokens=100, decay_fraction=0.4)
+
+    def lr(t: int) -> float:
+        return sched.lr(t, 6e-4, 6e-5, 1000)
+
+    assert lr(0) == pytest.approx(6e-4 * 0.01)
+    assert lr(50) == pytest.approx(6e-4 * (0.01 + 0.99 * 0.5))
+    assert lr(100) == lr(600) == pytest.approx(6e-4)
+    assert lr(800) == pytest.approx(6e-4 * 0.1**0.5)  # geometric midpoint of the decay
+    assert lr(1000) == pytest.approx(6e-5)
+    assert lr(5000) == pytest.approx(6e-5)
+    lrs = [lr(t) for t in range(600, 1001, 10)]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     ratios = [b / a for a, b in zip(lrs, lrs[1:])]
     assert max(ratios) - min(ratios) < 1e-9  # exponential: a constant ratio per token
 
 
 def test_cosine() -> None:
-    s = Schedule("cosine", lr_init=1e-3, lr_final=1e-4, total_tokens=2000)
-    assert s.lr(0) == pytest.approx(1e-3)
-    assert s.lr(1000) == pytest.approx(5.5e-4)
-    assert s.lr(2000) == pytest.approx(1e-4)
-    assert s.lr(500) == pytest.approx(1e-4 + 9e-4 * 0.5 * (1 + math.cos(math.pi / 4)))
+    sched = ScheduleSection(kind="cosine")
+
+    def lr(t: int) -> float:
+        return sched.lr(t, 1e-3, 1e-4, 2000)
+
+    assert lr(0) == pytest.approx(1e-3)
+    assert lr(1000) == pytest.approx(5.5e-4)
+    assert lr(2000) == pytest.approx(1e-4)
+    assert lr(500) == pytest.approx(1e-4 + 9e-4 * 0.5 * (1 + math.cos(math.pi / 4)))
 
 
 def test_auto_decay_starts_on_plateau() -> None:
@@ -51,12 +57,10 @@ def test_auto_decay_starts_on_plateau() -> None:
     assert start is not None
     # improvement per 1000 tokens is 3/5 exp(-t/5000) < 3e-3 from t = 5000 ln(200) = 26.5k on
     assert 20_000 < start < 35_000
-    s = Schedule("auto_exp", lr_init=1e-3, lr_final=1e-4, total_tokens=40_000, decay_start=start)
-    assert s.lr(start) == pytest.approx(1e-3)
-    assert s.lr(40_000) == pytest.approx(1e-4)
-    assert Schedule("auto_exp", lr_init=1e-3, lr_final=1e-4, total_tokens=40_000).lr(39_000) == pytest.approx(
-        1e-3
-    )
+    sched = ScheduleSection(kind="auto_exp")
+    assert sched.lr(start, 1e-3, 1e-4, 40_000, decay_start=start) == pytest.approx(1e-3)
+    assert sched.lr(40_000, 1e-3, 1e-4, 40_000, decay_start=start) == pytest.approx(1e-4)
+    assert sched.lr(39_000, 1e-3, 1e-4, 40_000) == pytest.approx(1e-3)
 
 
 def test_auto_decay_state_round_trip() -> None:

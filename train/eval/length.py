@@ -37,8 +37,8 @@ def loss_by_position(
 
 
 def length(
-    models: str | list[str] | None = None,
-    data: str | list[str] | None = None,
+    models: list[str] | None = None,
+    data: list[str] | None = None,
     factor: int = 4,
     ctx_len: int | None = None,
     chunk_len: int | None = None,
@@ -66,8 +66,8 @@ def length(
         seed: seed of the held-out sample order.
         progress: show a progress bar.
     """
-    models = [models] if isinstance(models, str) else list(models or [])
-    data = [data] if isinstance(data, str) else list(data or [])
+    models = list(models or [])
+    data = list(data or [])
     if not models:
         raise ConfigError("--models: name at least one run directory, checkpoint or weights file")
     if factor < 1:

@@ -16,7 +16,7 @@ from skein.train.typed import ConfigError
 
 def loss(
     model: str,
-    data: str | list[str] | None = None,
+    data: list[str] | None = None,
     ctx_len: int | None = None,
     samples: int = 256,
     micro_bsz: int = 8,
@@ -40,7 +40,7 @@ def loss(
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the held-out sample order (the run's seed reproduces its eval numbers).
     """
-    data = [data] if isinstance(data, str) else list(data or [])
+    data = list(data or [])
     dev = pick_device(device)
     src = load(model, dev)
     ctx_len = ctx_len or run_ctx_len(src)
