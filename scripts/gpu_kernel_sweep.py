@@ -328,7 +328,16 @@ def main() -> None:
     p.add_argument(
         "--ops", default="rwkv7,delta_product,wkv4", help="comma-separated: rwkv7, delta_product, wkv4"
     )
+    p.add_argument("--variants", default="", help="comma-separated variant names to keep (default: all)")
+    p.add_argument(
+        "--shapes", default="large,small", help="rwkv7 shapes: large (B8 T4096 H32), small (B16 T512 H12)"
+    )
     args = p.parse_args()
+    if args.variants:
+        keep = {v.strip() for v in args.variants.split(",")}
+        for table in (RWKV7_VARIANTS, DELTA_PRODUCT_VARIANTS, WKV4_VARIANTS):
+            for name in [n for n in table if n not in keep]:
+                del table[name]
     if not torch.cuda.is_available():
         raise SystemExit("gpu_kernel_sweep: needs a CUDA device")
     ops = args.ops.split(",")
@@ -338,8 +347,10 @@ def main() -> None:
     rows: list[Row] = []
     t0 = time.time()
     if "rwkv7" in ops:
-        sweep_rwkv7(rows, BenchShape(8, 4096, 32, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm))
-        sweep_rwkv7(rows, BenchShape(16, 512, 12, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm))
+        if "large" in args.shapes:
+            sweep_rwkv7(rows, BenchShape(8, 4096, 32, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm))
+        if "small" in args.shapes:
+            sweep_rwkv7(rows, BenchShape(16, 512, 12, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm))
     if "delta_product" in ops:
         sweep_delta_product(rows, BenchShape(8, 4096, 32, 64, torch.bfloat16, n_h=2))
     if "wkv4" in ops:

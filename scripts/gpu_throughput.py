@@ -35,7 +35,7 @@ BIG_STAGE = [
 RUNS = [
     ("demo eager, plain loss", DEMO, ["trainer.compile=false", "trainer.fused_loss=false"], 30, 5, 0, 120),
     ("demo compile, fused loss", DEMO, ["trainer.compile=true", "trainer.fused_loss=true"], 30, 5, 0, 200),
-    ("1.5B ctx4096 compile, fused", BIG, [*BIG_STAGE, "trainer.compile=true"], 8, 3, 2, 240),
+    ("1.5B ctx4096 eager, fused", BIG, [*BIG_STAGE, "trainer.compile=false"], 8, 3, 2, 150),
     ("demo eager, fused loss", DEMO, ["trainer.compile=false", "trainer.fused_loss=true"], 30, 5, 0, 90),
     ("demo compile, plain loss", DEMO, ["trainer.compile=true", "trainer.fused_loss=false"], 30, 5, 0, 120),
     (
@@ -47,7 +47,7 @@ RUNS = [
         0,
         120,
     ),
-    ("1.5B ctx4096 eager, fused", BIG, [*BIG_STAGE, "trainer.compile=false"], 8, 3, 2, 150),
+    ("1.5B ctx4096 compile, fused", BIG, [*BIG_STAGE, "trainer.compile=true"], 8, 3, 2, 240),
 ]
 
 

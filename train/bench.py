@@ -36,7 +36,7 @@ from skein.train.callbacks import PEAK_TFLOPS, step_done
 from skein.train.config import ConfigError, RunConfig, load_config
 from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.lock import is_global_zero
-from skein.train.module import LMModule, StagePlan
+from skein.train.module import LMModule
 from skein.train.run import build_training_model, step_args
 from skein.train.strategy import build_strategy
 
@@ -196,9 +196,9 @@ def bench_config(cfg: RunConfig, steps: int = 20, warmup: int = 5, stage: int = 
     world = cfg.trainer.devices * cfg.trainer.num_nodes
     with tempfile.TemporaryDirectory(prefix="skein-bench-") as tmp:
         cfg = replace(cfg, run=replace(cfg.run, out_dir=tmp))
-        plan = StagePlan(cfg.stages[stage], world)
+        plan = cfg.plans[stage]
         model = build_training_model(cfg)
-        module = LMModule(cfg, stage, world, model)
+        module = LMModule(cfg, stage, model)
         timer = StepTimer(warmup, cuda)
         trainer = L.Trainer(
             **hw,

@@ -163,8 +163,9 @@ class TrainerSection:
     """auto: bf16-mixed on GPU, 32 on CPU."""
     grad_checkpointing: bool = False
     """Recompute each block's activations in the backward pass."""
-    compile: bool | Literal["auto"] = "auto"
-    """torch.compile each block (Inductor); auto: on for GPU, off on the CPU."""
+    compile: bool = False
+    """torch.compile each block (Inductor). Off by default: on CUDA the compiled RWKV-7 block's
+    backward returns a [C] gradient for a [1, 1, C] parameter (torch 2.11, see docs/perf.md)."""
     fused_loss: bool = True
     """Compute head, cross entropy and L2Wrap in chunks of rows, never holding the float32 logits
     of the whole batch (same loss and gradients as the plain form within float32 rounding)."""

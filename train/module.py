@@ -27,21 +27,21 @@ class NonFiniteLossError(ConfigError):
 
 
 class LMModule(L.LightningModule):
-    """Trains `model` for stage `stage_index` of `cfg`."""
+    """Trains `model` for stage `stage_index` of `cfg`, as `plan` (default: the plan computed at
+    load, `cfg.plans`; a resume passes the one with the tokens per step its checkpoints record)."""
 
     def __init__(
         self,
         cfg: RunConfig,
         stage_index: int,
-        world_size: int,
         model: CausalLM | None = None,
-        tokens_per_step: int | None = None,
+        plan: StagePlan | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.stage_index = stage_index
         self.stage = cfg.stages[stage_index]
-        self.plan = StagePlan(self.stage, world_size, stage_index, tokens_per_step)
+        self.plan = plan or cfg.plans[stage_index]
         self.model = model if model is not None else build_model(cfg.model)
         s = self.schedule = cfg.schedule
         self.lr_init = self.stage.lr_init or cfg.optim.lr_init
@@ -70,8 +70,11 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        offload = self.cfg.trainer.offload_optimizer and is_deepspeed(self.trainer.strategy)
-        return build_optimizer(self.model, self.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload)
+        deepspeed = is_deepspeed(self.trainer.strategy)
+        offload = self.cfg.trainer.offload_optimizer and deepspeed
+        return build_optimizer(
+            self.model, self.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload, fused=deepspeed
+        )
 
     def _set_lr(self) -> None:
         lr = self.lr(self.tokens_seen)

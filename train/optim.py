@@ -36,13 +36,16 @@ def build_optimizer(
     eps: float,
     weight_decay: float,
     cpu_offload: bool = False,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`: the fused implementation on CUDA, DeepSpeed's CPU Adam when the
-    optimizer states are offloaded to the CPU (ZeRO-Offload needs it)."""
+    """AdamW over `param_groups`: the fused CUDA implementation with `fused` (only where the
+    strategy clips gradients itself, as DeepSpeed does: Lightning refuses to clip for an optimizer
+    that unscales internally), else the multi-tensor one; DeepSpeed's CPU Adam when the optimizer
+    states are offloaded to the CPU (ZeRO-Offload needs it)."""
     groups = param_groups(model, weight_decay)
     if cpu_offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
-    fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+    fused = fused and next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)

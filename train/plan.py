@@ -47,10 +47,12 @@ class StagePlan:
         return self.steps * self.tokens_per_step
 
 
-def stage_plans(cfg: RunConfig) -> list[StagePlan]:
-    """One plan per stage, for the world size the trainer section asks for."""
+def stage_plans(cfg: RunConfig, recorded: list[int] | None = None) -> list[StagePlan]:
+    """One plan per stage, for the world size the trainer section asks for; `recorded` holds the
+    tokens per step a run's checkpoints fixed for the stages it has started."""
     world = cfg.trainer.devices * cfg.trainer.num_nodes
-    return [StagePlan(s, world, i) for i, s in enumerate(cfg.stages)]
+    kept = recorded or []
+    return [StagePlan(s, world, i, kept[i] if i < len(kept) else None) for i, s in enumerate(cfg.stages)]
 
 
 def _magic_primes(cfg: RunConfig, ctx_len: int) -> str:

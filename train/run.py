@@ -31,7 +31,7 @@ from skein.train.data_module import StageDataModule
 from skein.train.evaluation import PeriodicEval, ValidationLoss
 from skein.train.lock import is_global_zero, run_lock
 from skein.train.module import LMModule
-from skein.train.plan import StagePlan
+from skein.train.plan import StagePlan, stage_plans
 from skein.train.plots import plot_loss_curve
 from skein.train.preflight import check_run
 from skein.train.resume_check import check_resume_config, write_run_config
@@ -40,7 +40,6 @@ from skein.train.strategy import (
     apply_compile,
     apply_grad_checkpointing,
     build_strategy,
-    compile_enabled,
     is_deepspeed,
 )
 from skein.train.weights import load_into, load_source
@@ -101,7 +100,7 @@ def build_training_model(
         load_into(model, sd, source)
     if cfg.trainer.grad_checkpointing:
         apply_grad_checkpointing(model)
-    if compile_enabled(cfg.trainer):
+    if cfg.trainer.compile:
         apply_compile(model)
     return model
 
@@ -154,11 +153,7 @@ def _train_locked(
     if is_global_zero():
         write_run_config(cfg, out_dir)
 
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
-    recorded = _recorded_tokens_per_step(cfg, found)
-    plans = [
-        StagePlan(s, world, recorded[i] if i < len(recorded) else None) for i, s in enumerate(cfg.stages)
-    ]
+    plans = stage_plans(cfg, _recorded_tokens_per_step(cfg, found))
     start_stage, ckpt_path, start_step = 0, None, 0
     weights: tuple[dict[str, torch.Tensor], str] | None = None
     if found is not None:
@@ -196,7 +191,7 @@ def _train_locked(
         # Last: a checkpoint is published only after every row its step logs is on disk, so a
         # kill right after the save loses no metrics the resume would not write again.
         callbacks.append(ckpt_cb)
-        module = LMModule(cfg, si, world, model, plan.tokens_per_step)
+        module = LMModule(cfg, si, model, plan)
         trainer = L.Trainer(
             **hw,
             **step_args(cfg, plan),

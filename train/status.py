@@ -13,7 +13,7 @@ from pathlib import Path
 from skein.train.checkpoint import latest_checkpoint
 from skein.train.config import load_config
 from skein.train.lock import LockInfo, is_stale, read_lock
-from skein.train.module import StagePlan
+from skein.train.plan import stage_plans
 from skein.train.typed import ConfigError
 
 
@@ -30,12 +30,8 @@ def describe(run_dir: Path) -> str:
     if not config.is_file():
         raise ConfigError(f"{run_dir}: no config.yaml, so not a skein run directory (skein train writes one)")
     cfg = load_config(config)
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
     found = latest_checkpoint(run_dir)
-    recorded = found[1].tokens_per_step if found else []
-    plans = [
-        StagePlan(s, world, recorded[i] if i < len(recorded) else None) for i, s in enumerate(cfg.stages)
-    ]
+    plans = stage_plans(cfg, found[1].tokens_per_step if found else None)
     total = sum(p.steps * p.tokens_per_step for p in plans)
     row = last_row(run_dir / "metrics.csv")
 

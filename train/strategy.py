@@ -62,11 +62,6 @@ def is_deepspeed(strategy: Any) -> bool:
     return type(strategy).__name__ == "DeepSpeedStrategy"
 
 
-def compile_enabled(tc: TrainerSection) -> bool:
-    """trainer.compile resolved: auto means on when training on GPUs."""
-    return use_gpu(tc) if tc.compile == "auto" else bool(tc.compile)
-
-
 def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
     """torch.compile each block's forward in place (the modules, their parameter names and the
     state-dict layout are unchanged). With gradient checkpointing (applied before or after) the

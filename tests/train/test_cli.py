@@ -134,19 +134,23 @@ def test_finished_run_damaged_files_and_the_closing_sentence(
     out = capsys.readouterr().out
     assert "is already finished" in out and f"--init_from {ckpt}" in out and "{" not in out
 
-    meta = ckpt / "meta.json"
-    good = meta.read_bytes()
-    meta.write_text('{"stage_index": 0, "step": ')
-    err = _error(["train", path], capsys)
-    assert "meta.json: not valid JSON" in err and err.startswith("skein train: error: ")
-    meta.write_bytes(good)
+    # a damaged newest checkpoint is refused, named, and the run resumes from the one before it
+    (ckpt / "meta.json").write_text('{"stage_index": 0, "step": ')
+    main(["train", path])
+    captured = capsys.readouterr()
+    assert "refused checkpoint" in captured.err and "meta.json" in captured.err
+    assert "Finished 1 stage(s): 12 steps" in captured.out
 
-    weights = ckpt / "model.ckpt"
-    data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 3])
+    # when no checkpoint can be trusted: one line naming the file, exit 2; --debug shows the error
+    ckpts = [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.is_dir() and p.suffix != ".refused"]
+    assert ckpts
+    for c in ckpts:
+        weights = c / "model.ckpt"
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 3])
     err = _error(["train", path], capsys)
     assert "model.ckpt" in err and ("damaged" in err or "checksum" in err)
-    with pytest.raises((RuntimeError, ValueError)) as raised:  # --debug: the exception itself
+    with pytest.raises((RuntimeError, ValueError)) as raised:
         main(["--debug", "train", path])
     assert not isinstance(raised.value, SystemExit)
 

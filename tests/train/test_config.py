@@ -8,7 +8,6 @@ import pytest
 
 from skein.train.cli import main
 from skein.train.config import ConfigError, load_config
-from skein.train.strategy import compile_enabled
 from tests.train.helpers import tiny_run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,8 +150,7 @@ def test_cuda_kernel_name_is_refused(tmp_path: Path) -> None:
 
 def test_trainer_compile_and_fused_loss_keys(tmp_path: Path) -> None:
     path = write_config(tiny_run("c", tmp_path), tmp_path / "run.yaml")
-    assert load_config(path).trainer.compile == "auto"
-    assert not compile_enabled(load_config(path).trainer)  # auto is off on the CPU
+    assert load_config(path).trainer.compile is False
     cfg = load_config(path, ["trainer.compile=true", "trainer.fused_loss=false"])
     assert cfg.trainer.compile is True and cfg.trainer.fused_loss is False
     with pytest.raises(ConfigError, match="trainer.compile"):

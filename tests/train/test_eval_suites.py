@@ -89,7 +89,7 @@ def test_length_suite_chunked_equals_one_pass(trained: tuple[Path, str], tmp_pat
 @pytest.mark.slow
 def test_mqar_suite_learns_recall(tmp_path: Path) -> None:
     out = tmp_path / "mqar"
-    r = _eval("mqar", "--quick", "true", "--mixers+", "rwkv7", "--lrs", "[0.003]", "--output", str(out),
+    r = _eval("mqar", "--quick", "true", "--mixers+", "rwkv7", "--lrs", "0.003", "--output", str(out),
               "--progress", "false")  # fmt: skip
     (summary,) = r["summary"]
     assert summary["mixer"] == "rwkv7" and summary["state_size"] == 32 * 32  # one 32-wide head

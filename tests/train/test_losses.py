@@ -88,7 +88,7 @@ def test_training_step_loss_is_the_same_fused_or_not(tmp_path) -> None:
         if model is None:
             model = build_model(cfg.model)
             perturb_parameters(model)
-        module = LMModule(cfg, 0, 1, model)
+        module = LMModule(cfg, 0, model)
         g = torch.Generator().manual_seed(7)
         x, y = (torch.randint(0, 257, (3, 32), generator=g) for _ in range(2))
         model.zero_grad(set_to_none=True)
