@@ -19,6 +19,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from skein.train.lock import is_global_zero
+
 
 def in_slurm_job() -> bool:
     """True inside an `srun` task of a batch job (not an interactive allocation)."""
@@ -36,13 +38,6 @@ def cluster_plugins() -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)]
 
 
-def global_rank() -> int:
-    """This process's rank: from the process group, else Slurm's task id, else RANK, else 0."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
-
-
 def requeue_if_stopped(summary: dict[str, Any], requeue: bool) -> bool:
     """After a run stopped early with a checkpoint (summary["interrupted"]) by the warning signal
     SIGUSR1 or by run.stop_after_steps, requeue this Slurm job from rank 0 once every rank is
@@ -53,7 +48,7 @@ def requeue_if_stopped(summary: dict[str, Any], requeue: bool) -> bool:
         return False
     if dist.is_available() and dist.is_initialized():
         dist.barrier()  # every rank has left training; the checkpoint is already complete
-    if global_rank() != 0 or summary.get("signal") == signal.SIGTERM:
+    if not is_global_zero() or summary.get("signal") == signal.SIGTERM:
         return False
     scontrol = shutil.which("scontrol")
     if scontrol is None:
