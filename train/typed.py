@@ -42,6 +42,13 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
+        # YAML reads `precision: 32` as a number where the choice is the string "32"
+        if (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and str(value) in typing.get_args(tp)
+        ):
+            return str(value)
         raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
     if is_dataclass(tp):
         return from_dict(_variant(tp, value, key), value, key)

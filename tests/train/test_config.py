@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from skein.train.cli import main
 from skein.train.config import ConfigError, load_config
@@ -157,3 +158,13 @@ def test_trainer_compile_and_fused_loss_keys(tmp_path: Path) -> None:
         load_config(path, ["trainer.compile=sometimes"])
     with pytest.raises(ConfigError, match="loss_chunk_tokens"):
         load_config(path, ["trainer.loss_chunk_tokens=0"])
+
+
+def test_a_numeric_choice_reads_from_yaml_and_overrides(tmp_path: Path) -> None:
+    """`precision: 32` is a YAML number; the choice is the string "32"."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"precision": 32}, "model": {"arch": "llama"}}))
+    assert load_config(path).trainer.precision == "32"
+    assert load_config(path, ["trainer.precision=32"]).trainer.precision == "32"
+    with pytest.raises(ConfigError, match="trainer.precision: 64 is not one of"):
+        load_config(path, ["trainer.precision=64"])
