@@ -67,7 +67,7 @@ class LocalSlurm:
         sock = self.munge_dir / "munge.socket"
         self._spawn(
             [
-                "runuser",
+                _sbin("runuser"),
                 "-u",
                 "munge",
                 "--",
