@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from skein.train.typed import ConfigError
+
 
 @dataclass(frozen=True)
 class BenchShape:
@@ -343,10 +345,12 @@ def bench_kernels(
         One dict per kernel: name, op, status ("ok" or "refused: ..."), fwd_ms, fwd_bwd_ms,
         floor_fwd_mb, floor_fwd_bwd_mb, fwd_gbps, fwd_bwd_gbps.
     Raises:
-        RuntimeError: no CUDA device.
+        ConfigError: no CUDA device.
     """
     if not torch.cuda.is_available():
-        raise RuntimeError("bench_kernels needs a CUDA device; the Triton kernels are GPU kernels")
+        raise ConfigError(
+            "bench kernels needs a CUDA device (the Triton kernels are GPU kernels); run it on a GPU machine"
+        )
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"dtype {dtype!r}: use bfloat16, float16 or float32")
     shape = BenchShape(B, T, H, K, getattr(torch, dtype), n_h)
