@@ -14,5 +14,5 @@ rc=0
 python -m pytest -q -m "gpu or multigpu" tests/gpu 2>&1 | tee "$out/gpu-tests.log" || rc=1
 args=()
 [ $# -ge 1 ] && args=(--rwkv_lm_cuda "$1")
-python scripts/bench_kernels.py "${args[@]}" 2>&1 | tee "$out/bench-kernels.log" || rc=1
+python -m skein.train.cli bench kernels "${args[@]}" 2>&1 | tee "$out/bench-kernels.log" || rc=1
 exit $rc

@@ -39,7 +39,7 @@ from skein.train.bench_kernels import (
     autograd_runner,
     delta_product_bench_inputs,
     rwkv7_bench_inputs,
-    rwkv_lm_cuda,
+    rwkv_lm_cuda_case,
     wkv4_bench_inputs,
 )
 
@@ -218,7 +218,7 @@ def sweep_rwkv7(rows: list[Row], s: BenchShape, rwkv_lm: str | None) -> None:
         _guarded(rows, Row("rwkv7", _shape_name(s), f"skein {name}"), run)
     peers = [("fla chunk_rwkv7", REGISTRY["fla chunk_rwkv7"].build)]
     if rwkv_lm:
-        peers.insert(0, ("RWKV-LM clampw_v3 (no state)", rwkv_lm_cuda(rwkv_lm)))
+        peers.insert(0, ("RWKV-LM clampw_v3 (no state)", rwkv_lm_cuda_case(rwkv_lm)))
     for name, build in peers:
         _guarded(rows, Row("rwkv7", _shape_name(s), name), lambda row, build=build: _peer(row, build, s))
 

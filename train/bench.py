@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -172,12 +173,6 @@ def matmul_peak_tflops(cuda: bool, n: int = 8192, reps: int = 20) -> float:
     return 2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
 
 
-def _median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    m = len(ys) // 2
-    return ys[m] if len(ys) % 2 else (ys[m - 1] + ys[m]) / 2
-
-
 def _param_sample(model: torch.nn.Module) -> list[torch.Tensor]:
     """A few thousand elements of every parameter, to tell whether the optimizer moved them."""
     return [p.detach().flatten()[:4096].float().cpu().clone() for p in model.parameters()]
@@ -248,7 +243,7 @@ def bench_config(cfg: RunConfig, steps: int = 20, warmup: int = 5, stage: int = 
         "fused_loss": cfg.trainer.fused_loss,
         "tokens_per_s_per_gpu": tok_s_gpu,
         "tokens_per_s": tok_s_gpu * world,
-        "step_s_median": _median([r["step"] for r in rows]),
+        "step_s_median": statistics.median(r["step"] for r in rows),
         "step_s_mean": mean["step"],
         "breakdown_s": {k: mean[k] for k in PHASES},
         "flops_per_token": fpt,

@@ -204,7 +204,7 @@ RWKV_LM_SOURCES = ("rwkv7_clampw_v3.cpp", "rwkv7_clampw_v3_for_h100.cu")
 """Files of RWKV-LM's RWKV-v7/train_temp/cuda needed for its H100 rwkv7 kernel."""
 
 
-def rwkv_lm_cuda(directory: str) -> Callable[[BenchShape], Runner]:
+def rwkv_lm_cuda_case(directory: str) -> Callable[[BenchShape], Runner]:
     """RWKV-LM's rwkv7_clampw_v3 (bf16, chunk 16, no state in/out; it takes the raw w and
     clamps the decay inside), compiled with torch.utils.cpp_extension.load from `directory`."""
 
@@ -357,7 +357,7 @@ def bench_kernels(
     cases = [c for c in REGISTRY.values() if peers or not c.peer]
     if peers and rwkv_lm_cuda:
         cases.insert(
-            2, BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", rwkv_lm_cuda(rwkv_lm_cuda), True)
+            2, BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", rwkv_lm_cuda_case(rwkv_lm_cuda), True)
         )
     torch.manual_seed(0)
     print(f"{torch.cuda.get_device_name()}  B={B} T={T} H={H} K={K} {dtype} n_h={n_h}")
@@ -379,6 +379,6 @@ __all__ = [
     "delta_product_bench_inputs",
     "format_row",
     "rwkv7_bench_inputs",
-    "rwkv_lm_cuda",
+    "rwkv_lm_cuda_case",
     "wkv4_bench_inputs",
 ]

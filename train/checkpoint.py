@@ -192,10 +192,6 @@ def prune(ckpt_root: Path, keep_last: int) -> None:
         shutil.rmtree(p)
 
 
-def read_meta(ckpt: Path) -> CheckpointMeta:
-    return CheckpointMeta.read(ckpt)
-
-
 def latest_checkpoint(out_dir: str | Path) -> tuple[Path, CheckpointMeta] | None:
     """The checkpoint the `latest` pointer names and its meta (not verified), or None."""
     ckpt_root = Path(out_dir) / "checkpoints"
@@ -212,9 +208,9 @@ def _note(text: str) -> None:
     print(f"skein: {text}", file=sys.stderr, flush=True)
 
 
-def resume_checkpoint(out_dir: str | Path, rank: int = 0) -> tuple[Path, CheckpointMeta] | None:
+def resume_checkpoint(out_dir: str | Path, owner: bool = True) -> tuple[Path, CheckpointMeta] | None:
     """The newest checkpoint of a run directory whose files match their checksums, or None when
-    there is none at all. A refused checkpoint is named on stderr with the reason and (by rank 0)
+    there is none at all. A refused checkpoint is named on stderr with the reason and (by the `owner`, global rank 0)
     renamed `<name>.refused`; `latest` is pointed at the one used. Checkpoints without checksums
     (older skein) are used with a note. Raises CheckpointError when none can be trusted."""
     ckpt_root = Path(out_dir) / "checkpoints"
@@ -245,9 +241,9 @@ def resume_checkpoint(out_dir: str | Path, rank: int = 0) -> tuple[Path, Checkpo
         _note(f"{path.name} records no checksums (saved by an older skein): loading it unverified")
     for bad, why in refused:
         _note(f"refused checkpoint {bad.name}: {why}; resuming from {path.name} instead")
-        if rank == 0 and bad.exists():
+        if owner and bad.exists():
             os.replace(bad, bad.with_name(bad.name + ".refused"))
-    if rank == 0 and refused:
+    if owner and refused:
         _write_atomic(pointer, path.name + "\n")
     return path, meta
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from skein.train import cli_args, quiet
+from skein.train.eval import SUITES as EVAL_SUITES
 
 # subcommand -> "module:function" (or a group of them, e.g. `skein bench kernels`).
 COMMANDS: dict[str, str | dict[str, str]] = {
@@ -35,7 +36,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "bench": {"kernels": "skein.train.bench_kernels:bench_kernels", "train": "skein.train.bench:bench_train"},
     "submit": "skein.train.submit:submit",
     "status": "skein.train.status:status",
-    "eval": {s: f"skein.train.eval.{s}:{s}" for s in ("loss", "length", "mqar", "state")},
+    "eval": EVAL_SUITES,
 }
 # Commands with a parser of their own (Slurm-style flags: --gpus-per-node, a bare --dry-run).
 OWN_PARSERS = {"skein.train.submit:submit": "skein.train.submit:parse_args"}

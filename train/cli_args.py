@@ -153,31 +153,27 @@ def _scalar(annotation: str) -> Any:
     return {"int": int, "float": float, "str": str, "bool": _yes_no}.get(core, yaml.safe_load)
 
 
-def build_parser(prog: str, sig: Signature, positional_config: bool = True) -> OneLineParser:
-    """An argparse parser for a function signature (see the module docstring). Without
-    `positional_config`, the config and override positionals are left for `parse` to sort."""
-    p = OneLineParser(
-        prog=prog, description=sig.description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser(prog: str, sig: Signature) -> OneLineParser:
+    """An argparse parser for a function signature (see the module docstring). A config command's
+    CONFIG.yaml and key=value overrides are positionals that `parse` sorts out itself."""
     names = {q.name for q in sig.params}
+    usage = "%(prog)s CONFIG.yaml [key=value | --key value ...] [options]" if "overrides" in names else None
+    p = OneLineParser(
+        prog=prog,
+        usage=usage,
+        description=sig.description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for q in sig.params:
         help_text = sig.docs.get(q.name, "")
         # an option not given keeps the function's own default
         keep = {"default": UNSET, "help": f"{help_text} [default: {q.default}]"}
         if q.name == "config" and "overrides" in names:
-            if positional_config:
-                p.add_argument("config", nargs="?", default=None, help=help_text or "run YAML (see configs/)")
             p.add_argument(
                 "--config", dest="config_option", metavar="FILE", help="the run YAML, as an option"
             )
         elif q.name == "overrides":
-            if positional_config:
-                p.add_argument(
-                    "overrides",
-                    nargs="*",
-                    default=[],
-                    help="dotted overrides: key=value, --key value or --key=value (e.g. optim.lr_init=3e-4)",
-                )
+            continue
         elif q.required:
             p.add_argument(q.name, type=_scalar(q.annotation), help=help_text)
         elif q.annotation.startswith("list["):
@@ -201,7 +197,7 @@ def _bare_flags(argv: list[str], sig: Signature) -> list[str]:
     ]
 
 
-def dashed_overrides(argv: list[str], option_names: set[str], prog: str) -> list[str]:
+def dashed_overrides(argv: list[str], option_names: set[str]) -> list[str]:
     """LightningCLI-style `--section.key value` / `--section.key=value` as `section.key=value`;
     options the parser knows and every other argument pass through unchanged."""
     out, i = [], 0
@@ -230,8 +226,8 @@ def parse(prog: str, sig: Signature, argv: list[str]) -> dict[str, Any]:
     if "overrides" not in names:
         ns = vars(build_parser(prog, sig).parse_args(_bare_flags(argv, sig)))
         return {k: v for k, v in ns.items() if k in names and v is not UNSET}
-    parser = build_parser(prog, sig, positional_config=False)
-    argv = dashed_overrides(argv, set(parser._option_string_actions), prog)
+    parser = build_parser(prog, sig)
+    argv = dashed_overrides(argv, set(parser._option_string_actions))
     ns, rest = parser.parse_known_args(_bare_flags(argv, sig))
     kwargs = {k: v for k, v in vars(ns).items() if k in names and v is not UNSET}
     unknown = [a for a in rest if a.startswith("-")]

@@ -116,11 +116,10 @@ def _hardware(cfg: RunConfig) -> list[str]:
             "trainer.strategy=single runs one process: set trainer.strategy=auto or trainer.devices=1"
         )
     deepspeed = tc.strategy == "deepspeed" or (tc.strategy == "auto" and gpu)
-    for i, stage in enumerate(cfg.stages):
-        if stage.segmented and deepspeed:
-            problems.append(
-                f"stages[{i}].segment_len runs with trainer.strategy ddp or single, not DeepSpeed"
-            )
+    if cfg.optim.on_nonfinite == "skip" and deepspeed:
+        problems.append(
+            "optim.on_nonfinite=skip runs with trainer.strategy ddp or single; with DeepSpeed use stop"
+        )
     return problems
 
 
@@ -148,11 +147,11 @@ def problems(cfg: RunConfig) -> list[str]:
     return out + _hardware(cfg) + _snapshot(cfg)
 
 
-def check_run(cfg: RunConfig, source: str | None = None) -> None:
+def check_run(cfg: RunConfig) -> None:
     """Raise one ConfigError listing every problem `problems` finds (nothing when there is none)."""
     found = problems(cfg)
     if len(found) == 1:
-        raise ConfigError(f"{source + ': ' if source else ''}{found[0]}")
+        raise ConfigError(found[0])
     if found:
         listed = "; ".join(f"({i}) {p}" for i, p in enumerate(found, 1))
-        raise ConfigError(f"{source or 'the config'} cannot run here; change {len(found)} things: {listed}")
+        raise ConfigError(f"the config cannot run here; change {len(found)} things: {listed}")

@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from skein.rwkv.models import CausalLM, build_model
 from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, StagePosition
@@ -141,7 +140,7 @@ def _train_locked(
     cfg: RunConfig, resume: bool, init_from: str | None, extra_callbacks: list[L.Callback] | None
 ) -> dict[str, Any]:
     out_dir = Path(cfg.run.out_dir)
-    found = resume_checkpoint(out_dir, rank_zero_only.rank) if resume else latest_checkpoint(out_dir)
+    found = resume_checkpoint(out_dir, is_global_zero()) if resume else latest_checkpoint(out_dir)
     if found is not None and not resume:
         raise ConfigError(
             f"{out_dir} already holds checkpoints (newest {found[0].name}); pass --resume to continue it, "
@@ -171,12 +170,8 @@ def _train_locked(
     summary: dict[str, Any] = {"interrupted": False, "stages_done": start_stage, "checkpoint": None}
     for si in range(start_stage, len(cfg.stages)):
         stage, plan = cfg.stages[si], plans[si]
-        tokens_before = sum(p.steps * p.tokens_per_step for p in plans[:si])
+        tokens_before = sum(p.total_tokens for p in plans[:si])
         hw = build_strategy(cfg.trainer)
-        if cfg.optim.on_nonfinite == "skip" and is_deepspeed(hw["strategy"]):
-            raise ConfigError(
-                "optim.on_nonfinite=skip runs with trainer.strategy ddp or single; with DeepSpeed use stop"
-            )
         position = StagePosition(si, plan.steps, tokens_before, [p.tokens_per_step for p in plans[: si + 1]])
         ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position)
         callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position)]

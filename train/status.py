@@ -32,7 +32,7 @@ def describe(run_dir: Path) -> str:
     cfg = load_config(config)
     found = latest_checkpoint(run_dir)
     plans = stage_plans(cfg, found[1].tokens_per_step if found else None)
-    total = sum(p.steps * p.tokens_per_step for p in plans)
+    total = sum(p.total_tokens for p in plans)
     row = last_row(run_dir / "metrics.csv")
 
     lines = [f"run        {cfg.run.name}  ({run_dir})"]

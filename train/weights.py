@@ -35,6 +35,7 @@ from skein.rwkv.convert import (
 )
 from skein.rwkv.models import CausalLM
 from skein.train.checkpoint import latest_checkpoint, load_weights
+from skein.train.typed import ConfigError
 
 RUN_DIR_DEPTH = 3
 """How many parent folders of a checkpoint or snapshot are searched for its run's config.yaml."""
@@ -90,7 +91,7 @@ def _embedded_config(ckpt: Path) -> dict[str, Any] | None:
 def _from_checkpoint(ckpt: Path) -> Source:
     run_cfg = _embedded_config(ckpt) or _run_config_near(ckpt)
     if run_cfg is None or "model" not in run_cfg:
-        raise ValueError(f"{ckpt}: no model config (neither embedded nor a run directory's config.yaml)")
+        raise ConfigError(f"{ckpt}: no model config (neither embedded nor a run directory's config.yaml)")
     model = model_from_state_dict(run_cfg["model"], load_weights(ckpt), str(ckpt))
     return Source(model, str(ckpt), run_cfg)
 
@@ -114,14 +115,14 @@ def load_source(source: str) -> Source:
         if (p / "checkpoints").is_dir():
             found = latest_checkpoint(p)
             if found is None:
-                raise ValueError(f"{p}: run directory without a complete checkpoint (no checkpoints/latest)")
+                raise ConfigError(f"{p}: run directory without a complete checkpoint (no checkpoints/latest)")
             p = found[0]
         if (p / "model.ckpt").exists():
             return _from_checkpoint(p / "model.ckpt")
         if (p / "config.json").is_file():
             return Source(read_hf(p), str(p), None)
         if not ((p / "checkpoint").is_dir() or (p / "latest").is_file()):
-            raise ValueError(
+            raise ConfigError(
                 f"{p}: not a run directory, checkpoint directory, DeepSpeed checkpoint or Hugging Face directory"
             )
         return _from_checkpoint(p)

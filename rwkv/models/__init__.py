@@ -61,7 +61,7 @@ def build_model(config: ModelConfig | dict[str, Any]) -> CausalLM:
     """Instantiate the model a config describes (weights initialised by the architecture's scheme)."""
     if isinstance(config, dict):
         config = model_config_from_dict(config)
-    return _lookup(config.arch)[1](config)
+    return model_class(config.arch)(config)
 
 
 __all__ = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +74,6 @@ def fit(
     seed: int,
     desc: str = "",
     progress: bool = True,
-    on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     """Train on `train`, score on `test` after every epoch; returns the final test accuracy, the
     best one, the last training loss and the epochs run."""
@@ -145,8 +143,6 @@ def fit(
             seconds=time.monotonic() - started,
         )
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.3f}")
-        if on_epoch is not None:
-            on_epoch(epoch, acc)
         if acc >= cfg.target_accuracy:
             break
     bar.close()

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from skein.rwkv.models import ModelConfig, build_model, model_config_from_dict
@@ -116,10 +115,3 @@ class MixerLM(nn.Module):
 def num_params(model: nn.Module) -> int:
     """Parameter count of a model."""
     return sum(p.numel() for p in model.parameters())
-
-
-def pick_device(device: str) -> torch.device:
-    """ "auto" -> CUDA when present, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -5,8 +5,7 @@ from skein.rwkv.ops.common.backend import (
     RENAMED,
     Backend,
     check_backend_name,
-    outside_graph,
     resolve_backend,
 )
 
-__all__ = ["BACKENDS", "RENAMED", "Backend", "check_backend_name", "outside_graph", "resolve_backend"]
+__all__ = ["BACKENDS", "RENAMED", "Backend", "check_backend_name", "resolve_backend"]

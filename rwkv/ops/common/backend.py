@@ -9,7 +9,6 @@ raises: there is no silent fallback.
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import torch
@@ -58,16 +57,3 @@ def resolve_backend(op: str, backend: str, device: torch.device, gpu_backends: t
                     "(use backend='parallel' or 'auto' on CPU; Triton also runs with TRITON_INTERPRET=1)"
                 )
     return backend
-
-
-@functools.cache
-def outside_graph(kernel):
-    """`kernel` as torch.compile should call it: unchanged when its module declares
-    COMPILE_SAFE = True (its Triton kernels are registered torch custom ops, which Dynamo keeps
-    whole in the graph), otherwise behind torch.compiler.disable, so a compiled block runs the
-    kernel eagerly (a graph break) instead of tracing into the Triton launch."""
-    import sys
-
-    if getattr(sys.modules[kernel.__module__], "COMPILE_SAFE", False):
-        return kernel
-    return torch.compiler.disable(kernel)

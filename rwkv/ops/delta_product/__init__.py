@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from skein.rwkv.ops.common import outside_graph, resolve_backend
+from skein.rwkv.ops.common import resolve_backend
 from skein.rwkv.ops.delta_product.naive import delta_product_naive
 
 GPU_BACKENDS = ("triton",)
@@ -31,7 +31,7 @@ def delta_product(
         return delta_product_parallel(q, k, v, beta, g, state, scale)
     from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
 
-    return outside_graph(chunk_delta_product)(q, k, v, beta, g, state, scale)
+    return chunk_delta_product(q, k, v, beta, g, state, scale)
 
 
 __all__ = ["GPU_BACKENDS", "delta_product", "delta_product_naive"]

@@ -492,9 +492,6 @@ def chunk_delta_product(
     return o, sT
 
 
-# The kernels are registered torch custom ops: torch.compile keeps them whole in its graphs.
-COMPILE_SAFE = True
-
 __all__ = [
     "CHUNK",
     "CHUNKS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from skein.rwkv.ops.common import outside_graph, resolve_backend
+from skein.rwkv.ops.common import resolve_backend
 from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
 
 GPU_BACKENDS = ("triton",)
@@ -31,7 +31,7 @@ def rwkv7(
         return rwkv7_parallel(r, w, k, v, a, b, state, scale)
     from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
 
-    return outside_graph(chunk_rwkv7)(r, w, k, v, a, b, state, scale)
+    return chunk_rwkv7(r, w, k, v, a, b, state, scale)
 
 
 __all__ = ["GPU_BACKENDS", "rwkv7", "rwkv7_naive"]

@@ -560,7 +560,4 @@ def chunk_rwkv7(
     return o, sT
 
 
-# The kernels are registered torch custom ops: torch.compile keeps them whole in its graphs.
-COMPILE_SAFE = True
-
 __all__ = ["CHUNK", "CHUNKS", "DEFAULT_LAUNCH", "Rwkv7Launch", "chunk_rwkv7"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from skein.rwkv.ops.common import outside_graph, resolve_backend
+from skein.rwkv.ops.common import resolve_backend
 from skein.rwkv.ops.wkv4.naive import Wkv4State, wkv4_init_state, wkv4_naive
 
 GPU_BACKENDS = ("triton",)
@@ -23,7 +23,7 @@ def wkv4(
         return wkv4_parallel(w, u, k, v, state)
     from skein.rwkv.ops.wkv4.fused import fused_wkv4
 
-    return outside_graph(fused_wkv4)(w, u, k, v, state)
+    return fused_wkv4(w, u, k, v, state)
 
 
 __all__ = ["GPU_BACKENDS", "Wkv4State", "wkv4", "wkv4_init_state", "wkv4_naive"]

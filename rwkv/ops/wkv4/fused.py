@@ -549,7 +549,4 @@ def fused_wkv4(
     return y, (aa, bb, pp)
 
 
-# The kernels are registered torch custom ops: torch.compile keeps them whole in its graphs.
-COMPILE_SAFE = True
-
 __all__ = ["fused_wkv4"]
