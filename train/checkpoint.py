@@ -61,7 +61,7 @@ class CheckpointMeta:
     time: float = 0.0
 
     def write(self, ckpt: Path) -> None:
-        _write_atomic(ckpt / META, json.dumps(asdict(self), indent=1))
+        write_text_atomic(ckpt / META, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def read(cls, ckpt: Path) -> CheckpointMeta:
@@ -76,12 +76,18 @@ class CheckpointMeta:
             raise CheckpointError(f"{f}: unreadable ({e}); the checkpoint cannot be trusted") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory: written, synced,
+    read back and compared, then renamed over `path` (a crash leaves the old file or the new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    if tmp.read_text() != text:
+        tmp.unlink()
+        raise OSError(f"{tmp}: the written text does not read back")
     os.replace(tmp, path)
 
 
@@ -160,7 +166,7 @@ def save_checkpoint(trainer: L.Trainer, out_dir: Path, meta: CheckpointMeta, kee
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_atomic(ckpt_root / "latest", name + "\n")
+        write_text_atomic(ckpt_root / "latest", name + "\n")
         prune(ckpt_root, keep_last)
     trainer.strategy.barrier("skein_ckpt_done")
     return final
@@ -244,7 +250,7 @@ def resume_checkpoint(out_dir: str | Path, owner: bool = True) -> tuple[Path, Ch
         if owner and bad.exists():
             os.replace(bad, bad.with_name(bad.name + ".refused"))
     if owner and refused:
-        _write_atomic(pointer, path.name + "\n")
+        write_text_atomic(pointer, path.name + "\n")
     return path, meta
 
 

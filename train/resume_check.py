@@ -20,11 +20,11 @@ printed as one line. Without a checkpoint any change is allowed (the run starts 
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from skein.train.checkpoint import write_text_atomic
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.lock import is_global_zero
 from skein.train.strategy import use_gpu
@@ -153,11 +153,4 @@ def check_resume_config(
 def write_run_config(cfg: RunConfig, out_dir: Path) -> None:
     """Write `out_dir`/config.yaml atomically: a temporary file in the directory, read back and
     compared, then renamed over the old one."""
-    text = dump_config(cfg)
-    path = out_dir / "config.yaml"
-    tmp = out_dir / f"config.yaml.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    if tmp.read_text() != text:
-        tmp.unlink()
-        raise OSError(f"{tmp}: the config read back differs from what was written")
-    os.replace(tmp, path)
+    write_text_atomic(out_dir / "config.yaml", dump_config(cfg))

@@ -26,21 +26,18 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from skein.rwkv.models import CausalLM, State, detach_state
+from skein.rwkv.models.common import CausalLM, State, detach_state, map_state
 from skein.train.losses import model_loss
+
+
+def _owned(t: Tensor) -> Tensor:
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
 
 
 def compact_state(state: Any) -> Any:
     """Copy every state tensor that is a view into a larger buffer (a token shift is the last
     token of a [B, T, C] activation), so a carried state does not keep that activation alive."""
-    if isinstance(state, Tensor):
-        owned = state.untyped_storage().nbytes() == state.numel() * state.element_size()
-        return state if owned else state.clone()
-    if isinstance(state, (list, tuple)):
-        return type(state)(compact_state(s) for s in state)
-    if isinstance(state, dict):
-        return {k: compact_state(v) for k, v in state.items()}
-    return state
+    return map_state(_owned, state)
 
 
 def _segment(

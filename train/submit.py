@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from skein.train.checkpoint import write_text_atomic
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.typed import ConfigError
 
@@ -78,8 +79,8 @@ def submit(
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise ConfigError("sbatch is not on PATH: run skein submit on a Slurm login node (or use --dry-run)")
-    _write_atomic(paths["config"], dump_config(cfg))
-    _write_atomic(paths["script"], script)
+    write_text_atomic(paths["config"], dump_config(cfg))
+    write_text_atomic(paths["script"], script)
     res = subprocess.run([sbatch, "--parsable", str(paths["script"])], capture_output=True, text=True)
     if res.returncode != 0:
         raise ConfigError(f"sbatch refused {paths['script']}: {res.stderr.strip() or res.stdout.strip()}")
@@ -154,15 +155,6 @@ def _check_writable(run_dir: Path) -> None:
         raise ConfigError(
             f"run.out_dir: {run_dir} is not writable ({probe} refuses); choose another run.out_dir"
         )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    if tmp.read_text() != text:
-        raise OSError(f"{tmp}: the written text does not read back")
-    os.replace(tmp, path)
 
 
 def _now() -> str:

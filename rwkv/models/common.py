@@ -8,7 +8,7 @@ segments with the state carried between them, and generation is `forward` with T
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -180,12 +180,17 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+def map_state(fn: Callable[[Tensor], Tensor], state: Any) -> Any:
+    """Apply `fn` to every tensor of a (nested list / tuple / dict) state; other leaves stay."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_state(fn, s) for s in state)
+    if isinstance(state, dict):
+        return {k: map_state(fn, v) for k, v in state.items()}
+    return state
+
+
 def detach_state(state: Any) -> Any:
     """Detach every tensor in a (nested) state, for truncated backpropagation through time."""
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, (list, tuple)):
-        return type(state)(detach_state(s) for s in state)
-    if isinstance(state, dict):
-        return {k: detach_state(v) for k, v in state.items()}
-    return state
+    return map_state(Tensor.detach, state)
