@@ -1,8 +1,9 @@
 """RWKV-LM's trainer and skein, one after the other on the same GPU, on the same binidx shard with
 RWKV-LM's RWKV-7 demo recipe: x070 L12-D768, head 64, vocab 65536, ctx 512, micro_bsz 16, grad_cp 1,
-bf16, DeepSpeed ZeRO-2, lr 6e-4 -> 6e-5 cosine after a 10-step warmup, betas (0.9, 0.99), eps 1e-18,
-weight decay 0.001, grad clip 1.0, L2Wrap. Prints both tokens/s (median step time after warmup) and
-both 100-step mean losses.
+bf16, lr 6e-4 -> 6e-5 cosine after a 10-step warmup, betas (0.9, 0.99), eps 1e-18, weight decay
+0.001, grad clip 1.0, L2Wrap; RWKV-LM on DeepSpeed ZeRO-2 (its demo's setting), skein on the
+engine its config picks (one device on one GPU, compiled blocks; `--skein` overrides it). Prints
+both tokens/s (median step time after warmup) and both 100-step mean losses.
 
     python scripts/side_by_side_rwkv_lm.py --rwkv_lm ~/RWKV-LM/RWKV-v7/train_temp \\
         --rwkv_lm_site ~/rwkv_lm_site --shard data/minipile_3m --steps 366

@@ -39,7 +39,7 @@ from skein.train.data_module import StageDataModule, check_vocab
 from skein.train.lock import is_global_zero
 from skein.train.module import LMModule
 from skein.train.run import build_training_model, step_args
-from skein.train.strategy import build_strategy
+from skein.train.strategy import build_strategy, is_deepspeed
 
 PHASES = ("data", "forward", "backward", "optimizer", "other")
 
@@ -197,7 +197,7 @@ def bench_config(cfg: RunConfig, steps: int = 20, warmup: int = 5, stage: int = 
         timer = StepTimer(warmup, cuda)
         trainer = L.Trainer(
             **hw,
-            **step_args(cfg, plan),
+            **step_args(cfg, plan, is_deepspeed(hw["strategy"])),
             max_steps=warmup + steps,
             logger=False,
             callbacks=[timer],
@@ -238,7 +238,7 @@ def bench_config(cfg: RunConfig, steps: int = 20, warmup: int = 5, stage: int = 
         "tokens_per_step": plan.tokens_per_step,
         "steps": steps,
         "warmup": warmup,
-        "compile": any(getattr(b, "_skein_compiled", False) for b in model.blocks),
+        "compile": any(getattr(b, "_skein_compile", None) for b in model.blocks),
         "grad_checkpointing": cfg.trainer.grad_checkpointing,
         "fused_loss": cfg.trainer.fused_loss,
         "tokens_per_s_per_gpu": tok_s_gpu,

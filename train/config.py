@@ -154,7 +154,7 @@ class TrainerSection:
     num_nodes: int = 1
     """Nodes."""
     strategy: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
-    """auto: DeepSpeed on GPUs, DDP for several CPU processes, else single device."""
+    """auto: DeepSpeed on several GPUs, DDP for several CPU processes, else one device."""
     zero_stage: Literal[1, 2, 3] = 2
     """DeepSpeed ZeRO stage."""
     offload_optimizer: bool = False
@@ -163,9 +163,10 @@ class TrainerSection:
     """auto: bf16-mixed on GPU, 32 on CPU."""
     grad_checkpointing: bool = False
     """Recompute each block's activations in the backward pass."""
-    compile: bool = False
-    """torch.compile each block (Inductor). Off by default: on CUDA the compiled RWKV-7 block's
-    backward returns a [C] gradient for a [1, 1, C] parameter (torch 2.11, see docs/perf.md)."""
+    compile: Literal["auto"] | bool = "auto"
+    """torch.compile each block (Inductor). auto: on when training on GPUs (1.5x the eager step
+    on RWKV-LM's demo recipe, docs/perf.md), off on the CPU (Inductor's C++ build of every block
+    takes minutes there)."""
     fused_loss: bool = True
     """Compute head, cross entropy and L2Wrap in chunks of rows, never holding the float32 logits
     of the whole batch (same loss and gradients as the plain form within float32 rounding)."""

@@ -53,9 +53,12 @@ class LMModule(L.LightningModule):
             if s.kind == "auto_exp"
             else None
         )
-        self._step_losses: list[float] = []
+        self._step_losses: list[torch.Tensor] = []
+        self._pending_loss: torch.Tensor | None = None
+        """The mean loss of a step whose micro-batches are done, until its optimizer step reads it."""
         self.last_step_loss: float | None = None
-        self.grad_norm: float | None = None
+        self.grad_norm: torch.Tensor | None = None
+        """The global gradient norm before clipping (a device tensor: read it only to log)."""
         self.skipped_steps = 0
         self._skip_update = False
 
@@ -72,8 +75,11 @@ class LMModule(L.LightningModule):
         o = self.cfg.optim
         deepspeed = is_deepspeed(self.trainer.strategy)
         offload = self.cfg.trainer.offload_optimizer and deepspeed
+        # The fused AdamW unscales fp16 gradients inside its step, after on_before_optimizer_step
+        # would have clipped them; with bf16 or fp32 there is nothing to unscale.
+        fused = self.trainer.precision != "16-mixed"
         return build_optimizer(
-            self.model, self.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload, fused=deepspeed
+            self.model, self.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload, fused=fused
         )
 
     def _set_lr(self) -> None:
@@ -122,18 +128,25 @@ class LMModule(L.LightningModule):
         return loss
 
     def _record(self, loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        self._step_losses.append(value)
-        # every rank takes part, so all of them decide the same for the step
+        """Keep the micro-batch loss on the device: the host reads a step's loss once, in
+        on_before_optimizer_step, so it never waits for the GPU between micro-batches."""
+        self._step_losses.append(loss.detach().float())
+        if len(self._step_losses) == self.plan.accumulate:
+            self._pending_loss = torch.stack(self._step_losses).mean()
+            self._step_losses = []
+
+    def _finish_step_loss(self) -> None:
+        """The step's loss to the host (one synchronisation per step), the non-finite decision
+        (every rank takes part, so all of them decide the same) and the auto_exp decay update."""
+        value = float(self._pending_loss)
+        self._pending_loss = None
         if self.trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False):
             self._on_nonfinite(value)
-        if len(self._step_losses) == self.plan.accumulate:
-            self.last_step_loss = sum(self._step_losses) / len(self._step_losses)
-            self._step_losses = []
-            if self.auto_decay is not None and self.decay_start is None:
-                tokens = self.tokens_seen + self.plan.tokens_per_step
-                if self.auto_decay.update(tokens, self.last_step_loss):
-                    self.decay_start = tokens
+        self.last_step_loss = value
+        if self.auto_decay is not None and self.decay_start is None:
+            tokens = self.tokens_seen + self.plan.tokens_per_step
+            if self.auto_decay.update(tokens, value):
+                self.decay_start = tokens
 
     def _on_nonfinite(self, value: float) -> None:
         step = self.global_step + 1
@@ -154,6 +167,8 @@ class LMModule(L.LightningModule):
                 )
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._pending_loss is not None:
+            self._finish_step_loss()
         if self._skip_update:  # the optimizer skips parameters without a gradient: no update
             self._skip_update = False
             for group in optimizer.param_groups:
@@ -161,9 +176,12 @@ class LMModule(L.LightningModule):
                     p.grad = None
             self.grad_norm = None
             return
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            self.grad_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        if is_deepspeed(self.trainer.strategy):  # DeepSpeed clips and measures the norm itself
+            return
+        grads = [p for p in self.model.parameters() if p.grad is not None]
+        if grads:  # clipped here rather than by Lightning, which refuses it for the fused AdamW
+            clip = self.cfg.optim.grad_clip or math.inf
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(grads, clip, foreach=True).detach()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skein"] = {

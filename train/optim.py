@@ -38,10 +38,10 @@ def build_optimizer(
     cpu_offload: bool = False,
     fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`: the fused CUDA implementation with `fused` (only where the
-    strategy clips gradients itself, as DeepSpeed does: Lightning refuses to clip for an optimizer
-    that unscales internally), else the multi-tensor one; DeepSpeed's CPU Adam when the optimizer
-    states are offloaded to the CPU (ZeRO-Offload needs it)."""
+    """AdamW over `param_groups`: the fused CUDA implementation with `fused` on CUDA parameters
+    (one kernel for all tensors; not with fp16 loss scaling, see LMModule), else the multi-tensor
+    one; DeepSpeed's CPU Adam when the optimizer states are offloaded to the CPU (ZeRO-Offload
+    needs it)."""
     groups = param_groups(model, weight_decay)
     if cpu_offload:
         from deepspeed.ops.adam import DeepSpeedCPUAdam

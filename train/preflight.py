@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from skein.train.config import RunConfig
+from skein.train.strategy import resolve_strategy
 from skein.train.typed import ConfigError
 
 
@@ -115,8 +116,7 @@ def _hardware(cfg: RunConfig) -> list[str]:
         problems.append(
             "trainer.strategy=single runs one process: set trainer.strategy=auto or trainer.devices=1"
         )
-    deepspeed = tc.strategy == "deepspeed" or (tc.strategy == "auto" and gpu)
-    if cfg.optim.on_nonfinite == "skip" and deepspeed:
+    if cfg.optim.on_nonfinite == "skip" and resolve_strategy(tc, gpu) == "deepspeed":
         problems.append(
             "optim.on_nonfinite=skip runs with trainer.strategy ddp or single; with DeepSpeed use stop"
         )

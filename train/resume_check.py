@@ -4,8 +4,8 @@ Checked before anything is written. Once a checkpoint exists, a key may change o
 alter what the checkpoint holds or the stages already started (done or in progress):
 
 - allowed: run.name, run.out_dir (another spelling of the same directory), run.stop_after_steps,
-  data.num_workers, trainer.accelerator / devices / num_nodes / grad_checkpointing /
-  deterministic, all of checkpoint.*, log.* and eval.*; every key of a stage not started yet
+  data.num_workers, trainer.accelerator / devices / num_nodes / grad_checkpointing / compile /
+  fused_loss / loss_chunk_tokens / deterministic, all of checkpoint.*, log.* and eval.*; every key of a stage not started yet
   (stages may be added or removed after the current one); optim.lr_init / lr_final when every
   started stage sets its own lr_init / lr_final.
 - refused: model.* (weights), data.train / weights / tokenizer and run.seed (the data order),
@@ -27,7 +27,7 @@ from typing import Any
 from skein.train.checkpoint import write_text_atomic
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.lock import is_global_zero
-from skein.train.strategy import use_gpu
+from skein.train.strategy import resolve_precision, resolve_strategy, use_gpu
 from skein.train.typed import ConfigError, plain
 
 ALLOWED = (
@@ -39,13 +39,16 @@ ALLOWED = (
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.grad_checkpointing",
+    "trainer.compile",
+    "trainer.fused_loss",
+    "trainer.loss_chunk_tokens",
     "trainer.deterministic",
     "checkpoint.",
     "log.",
     "eval.",
 )
-# Refused only when they change what they resolve to (`auto` is DeepSpeed on GPUs, DDP or a
-# single process on the CPU; ddp and single write the same checkpoint).
+# Refused only when they change what they resolve to (`auto` is DeepSpeed on several GPUs, one
+# device on one GPU, DDP or a single process on the CPU; ddp and single write the same checkpoint).
 ENGINE_KEYS = ("trainer.strategy", "trainer.zero_stage", "trainer.offload_optimizer", "trainer.precision")
 ABSENT = "<absent>"
 
@@ -75,8 +78,8 @@ def _engine(cfg: RunConfig) -> tuple[Any, ...]:
     offload) or a plain Lightning checkpoint, and the precision."""
     tc = cfg.trainer
     gpu = use_gpu(tc)
-    deepspeed = tc.strategy == "deepspeed" or (tc.strategy == "auto" and gpu)
-    precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if gpu else "32")
+    deepspeed = resolve_strategy(tc, gpu) == "deepspeed"
+    precision = resolve_precision(tc, gpu)
     return (deepspeed, tc.zero_stage, tc.offload_optimizer) if deepspeed else (False,), precision
 
 
@@ -148,6 +151,19 @@ def check_resume_config(
     if allowed and is_global_zero():
         print(f"skein train: resuming {out_dir} with a changed config: {'; '.join(allowed)}")
     return allowed
+
+
+def check_checkpoint_engine(ckpt: Path, deepspeed: bool) -> None:
+    """A checkpoint from the middle of a stage resumes only under the kind of strategy that wrote
+    it: DeepSpeed writes model.ckpt as a directory of ZeRO shards, DDP and one device a file. (A
+    finished stage hands over weights only, which any strategy loads.)"""
+    if ckpt.is_dir() == deepspeed:
+        return
+    wrote, want = ("DeepSpeed", "deepspeed") if ckpt.is_dir() else ("DDP or one device", "single or ddp")
+    raise ConfigError(
+        f"{ckpt}: written by {wrote}, which the resumed stage must run under: set trainer.strategy={want} "
+        "(trainer.strategy=auto picks deepspeed for several GPUs and one device for one GPU)"
+    )
 
 
 def write_run_config(cfg: RunConfig, out_dir: Path) -> None:

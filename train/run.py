@@ -33,13 +33,16 @@ from skein.train.module import LMModule
 from skein.train.plan import StagePlan, stage_plans
 from skein.train.plots import plot_loss_curve
 from skein.train.preflight import check_run
-from skein.train.resume_check import check_resume_config, write_run_config
+from skein.train.resume_check import check_checkpoint_engine, check_resume_config, write_run_config
 from skein.train.slurm import cluster_plugins, requeue_if_stopped
 from skein.train.strategy import (
     apply_compile,
     apply_grad_checkpointing,
     build_strategy,
     is_deepspeed,
+    resolve_compile,
+    resolve_strategy,
+    use_gpu,
 )
 from skein.train.weights import load_into, load_source
 
@@ -99,18 +102,20 @@ def build_training_model(
         load_into(model, sd, source)
     if cfg.trainer.grad_checkpointing:
         apply_grad_checkpointing(model)
-    if cfg.trainer.compile:
+    if resolve_compile(cfg.trainer):
         apply_compile(model)
     return model
 
 
-def step_args(cfg: RunConfig, plan: StagePlan) -> dict[str, Any]:
+def step_args(cfg: RunConfig, plan: StagePlan, deepspeed: bool) -> dict[str, Any]:
     """The L.Trainer arguments that shape an optimizer step (accumulation, clipping) and switch
-    off what a stage does not use (Lightning's own checkpoints, validation, bars, summaries)."""
+    off what a stage does not use (Lightning's own checkpoints, validation, bars, summaries).
+    Lightning clips only under DeepSpeed (which clips inside its step); elsewhere LMModule clips
+    in on_before_optimizer_step."""
     return {
         "max_epochs": -1,
         "accumulate_grad_batches": plan.accumulate,
-        "gradient_clip_val": cfg.optim.grad_clip or None,
+        "gradient_clip_val": (cfg.optim.grad_clip or None) if deepspeed else None,
         "use_distributed_sampler": False,
         "enable_checkpointing": False,
         "enable_progress_bar": False,
@@ -162,6 +167,9 @@ def _train_locked(
             weights = (load_weights(path), str(path))
         else:
             start_stage, ckpt_path, start_step = meta.stage_index, path / "model.ckpt", meta.step
+            check_checkpoint_engine(
+                ckpt_path, resolve_strategy(cfg.trainer, use_gpu(cfg.trainer)) == "deepspeed"
+            )
     elif init_from is not None:  # any source `skein export` reads: run dir, checkpoint, .pth, ...
         weights = (load_source(init_from).model.state_dict(), init_from)
 
@@ -189,7 +197,7 @@ def _train_locked(
         module = LMModule(cfg, si, model, plan)
         trainer = L.Trainer(
             **hw,
-            **step_args(cfg, plan),
+            **step_args(cfg, plan, is_deepspeed(hw["strategy"])),
             max_steps=plan.steps,
             logger=_loggers(cfg, out_dir) or False,
             callbacks=callbacks,

@@ -21,18 +21,38 @@ def use_gpu(tc: TrainerSection) -> bool:
     return tc.accelerator == "gpu" or (tc.accelerator == "auto" and torch.cuda.is_available())
 
 
+def resolve_strategy(tc: TrainerSection, gpu: bool) -> str:
+    """trainer.strategy with `auto` resolved: DeepSpeed ZeRO on several GPUs, DDP for several CPU
+    processes, else one device. On one GPU ZeRO partitions nothing, and its optimizer path (flat
+    buffer copies, fp32 master update) cost 69 ms a step where one device's fused AdamW takes 9
+    (docs/perf.md)."""
+    if tc.strategy != "auto":
+        return tc.strategy
+    if tc.devices * tc.num_nodes == 1:
+        return "single"
+    return "deepspeed" if gpu else "ddp"
+
+
+def resolve_compile(tc: TrainerSection) -> bool:
+    """trainer.compile with `auto` resolved: on with GPUs, off on the CPU."""
+    return use_gpu(tc) if tc.compile == "auto" else tc.compile
+
+
+def resolve_precision(tc: TrainerSection, gpu: bool) -> str:
+    """trainer.precision with `auto` resolved: bf16-mixed on GPUs, 32 on the CPU."""
+    return tc.precision if tc.precision != "auto" else ("bf16-mixed" if gpu else "32")
+
+
 def build_strategy(tc: TrainerSection) -> dict[str, Any]:
     """Keyword arguments for L.Trainer: accelerator, devices, num_nodes, strategy, precision."""
     gpu = use_gpu(tc)
     world = tc.devices * tc.num_nodes
-    kind = tc.strategy
-    if kind == "auto":
-        kind = "deepspeed" if gpu else ("ddp" if world > 1 else "single")
+    kind = resolve_strategy(tc, gpu)
     if kind == "deepspeed" and not gpu:
         raise ValueError("trainer.strategy=deepspeed needs GPUs; use ddp or single on the CPU")
     if kind == "single" and world > 1:
         raise ValueError(f"trainer.strategy=single with {world} processes; use ddp or deepspeed")
-    precision = tc.precision if tc.precision != "auto" else ("bf16-mixed" if gpu else "32")
+    precision = resolve_precision(tc, gpu)
     if kind == "deepspeed":
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
@@ -65,25 +85,42 @@ def is_deepspeed(strategy: Any) -> bool:
 def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
     """torch.compile each block's forward in place (the modules, their parameter names and the
     state-dict layout are unchanged). With gradient checkpointing (applied before or after) the
-    checkpoint wraps the compiled forward, so the backward pass recomputes through the compiled
-    graph. Blocks of one architecture share code, so they share compiled graphs."""
+    compiled graph holds the checkpoint: Dynamo traces it as a region to recompute, and the
+    backward graph recomputes it (a checkpoint around a compiled forward instead replays the
+    compiled function under saved-tensor hooks, which Dynamo may run as a different graph the
+    second time). Blocks of one architecture share code, so they share compiled graphs."""
+    # Inductor's mix-order reduction (torch >= 2.10, Triton only) fuses a row reduction (a norm's
+    # backward) with the column reduction of a broadcast parameter's gradient (the [1, 1, C]
+    # mixing vectors summed over batch and time); on CUDA it returns those gradients as [C]
+    # ("invalid gradient ... got [768] but expected shape compatible with [1, 1, 768]") or wrong
+    # (pytorch/pytorch#178080, #193061). Off for skein's blocks.
+    options = {"triton.mix_order_reduction": False} if backend == "inductor" else None
     for block in model.blocks:
-        if getattr(block, "_skein_compiled", False):
-            continue
-        attr = "_skein_inner" if getattr(block, "_skein_checkpointed", False) else "forward"
-        setattr(block, attr, torch.compile(getattr(block, attr), backend=backend, dynamic=False))
-        block._skein_compiled = True
+        if getattr(block, "_skein_compile", None) is None:
+            block._skein_compile = {"backend": backend, "dynamic": False, "options": options}
+            _wrap(block)
 
 
 def apply_grad_checkpointing(model: CausalLM) -> None:
     """Recompute each block in the backward pass (non-reentrant checkpointing, so any positional
-    signature and tuple outputs work, with DeepSpeed, the custom kernels and a compiled forward)."""
+    signature and tuple outputs work, with DeepSpeed, the custom kernels and torch.compile)."""
     for block in model.blocks:
-        if getattr(block, "_skein_checkpointed", False):
-            continue
+        if not getattr(block, "_skein_checkpointed", False):
+            block._skein_checkpointed = True
+            _wrap(block)
+
+
+def _wrap(block: torch.nn.Module) -> None:
+    """block.forward = compile(checkpoint(the block's own forward)), each part as asked."""
+    if not hasattr(block, "_skein_inner"):
         block._skein_inner = block.forward
-        block.forward = functools.partial(_checkpointed, block)
-        block._skein_checkpointed = True
+    fn = (
+        functools.partial(_checkpointed, block)
+        if getattr(block, "_skein_checkpointed", False)
+        else block._skein_inner
+    )
+    compile_args = getattr(block, "_skein_compile", None)
+    block.forward = torch.compile(fn, **compile_args) if compile_args else fn
 
 
 def _checkpointed(block: torch.nn.Module, *args: Any) -> Any:

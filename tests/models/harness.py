@@ -41,7 +41,7 @@ def perturb_parameters(model: CausalLM, std: float = 0.05, seed: int = 2) -> Non
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+            p.add_((torch.randn(p.shape, generator=g, dtype=p.dtype) * std).to(p.device))
 
 
 def check_segmented_and_stepwise(

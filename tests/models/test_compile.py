@@ -98,44 +98,88 @@ def test_rwkv7_block_graph_has_no_break_or_float64() -> None:
             assert val.dtype != torch.float64, node.format_node()
 
 
+def _saved_numel(model: CausalLM, idx: torch.Tensor) -> int:
+    """Elements the forward pass keeps for the backward pass."""
+    sizes = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits, _ = model(idx)
+    logits.float().pow(2).mean().backward()
+    return sum(sizes)
+
+
 @pytest.mark.parametrize("compile_first", [False, True])
 def test_checkpointing_and_compile_in_either_order(compile_first: bool) -> None:
-    """Both wrappers take effect whatever the order: Dynamo compiles the block's forward, and the
-    backward pass recomputes it (a second forward run per block)."""
+    """Both wrappers take effect whatever the order: Dynamo compiles each block with the checkpoint
+    inside its graph, so the forward keeps far fewer activations than the compiled blocks without
+    checkpointing, and the gradients stay those of the eager model."""
     torch._dynamo.reset()
     counters.clear()
-    model = build_model(TINY["llama"])
+    eager = build_model(TINY["llama"])
+    perturb_parameters(eager)
+    plain, both = copy.deepcopy(eager), copy.deepcopy(eager)
+    apply_compile(plain, backend=BACKEND)
     steps = [apply_grad_checkpointing, lambda m: apply_compile(m, backend=BACKEND)]
     for step in reversed(steps) if compile_first else steps:
-        step(model)
-    calls = []
-    inner = model.blocks[0]._skein_inner
-    model.blocks[0]._skein_inner = lambda *a: calls.append(1) or inner(*a)
-    logits, _ = model(random_tokens(97, T=16))
-    logits.float().pow(2).mean().backward()
-    assert counters["frames"]["ok"] > 0
-    assert len(calls) == 2  # forward, then the recomputation in the backward pass
+        step(both)
+    idx = random_tokens(97, B=4, T=64)
+    kept_plain, kept_both = _saved_numel(plain, idx), _saved_numel(both, idx)
+    assert counters["frames"]["ok"] > 0 and not counters["graph_break"], dict(counters["graph_break"])
+    assert kept_both < kept_plain / 2, (kept_both, kept_plain)
+    _saved_numel(eager, idx)
+    for (n, p), q in zip(eager.named_parameters(), both.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def _check_inductor_on_cuda(cfg: dict, B: int, T: int) -> None:
+    """Eager and compiled under bf16 autocast, each against the eager model in float32: the
+    compiled model is no further from it than the eager bf16 model, within a margin (Inductor
+    keeps fused intermediates in float32 where eager rounds them to bf16, so it is not expected
+    to match eager bf16 bit for bit)."""
+    torch._dynamo.reset()
+    counters.clear()
+    eager = build_model(cfg).cuda()
+    perturb_parameters(eager)
+    compiled = copy.deepcopy(eager)
+    apply_grad_checkpointing(compiled)
+    apply_compile(compiled)
+    V = cfg["vocab_size"]
+    idx = random_tokens(V, B=B, T=T, seed=5).cuda()
+    y = random_tokens(V, B=B, T=T, seed=6).cuda()
+    ref_logits, _, ref_grads = _loss_and_grads(eager, idx, y)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf_logits, _, bf_grads = _loss_and_grads(eager, idx, y)
+        logits, _, grads = _loss_and_grads(compiled, idx, y)
+    assert counters["frames"]["ok"] > 0 and not counters["graph_break"], dict(counters["graph_break"])
+
+    def err(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+    assert err(logits, ref_logits) <= 1.5 * err(bf_logits, ref_logits) + 1e-3
+    for n, g in ref_grads.items():
+        e, e_bf = err(grads[n], g), err(bf_grads[n], g)
+        assert e <= 1.5 * e_bf + 1e-2, f"{n}: compiled {e:.3g}, eager bf16 {e_bf:.3g} from float32"
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ARCHS)
 def test_inductor_on_cuda_bf16_matches_eager(name: str) -> None:
     """The GPU setting: Triton kernels, bf16 autocast, checkpointed blocks compiled by Inductor;
-    logits and gradients within bf16 noise of the eager model."""
-    torch._dynamo.reset()
-    cfg = {**TINY[name], "d_model": 128, "vocab_size": 512}
-    eager = build_model(cfg).cuda()
-    perturb_parameters(eager)
-    compiled = copy.deepcopy(eager)
-    apply_grad_checkpointing(compiled)
-    apply_compile(compiled)
-    idx = random_tokens(512, B=4, T=128, seed=5).cuda()
-    y = random_tokens(512, B=4, T=128, seed=6).cuda()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        ref_logits, _, ref_grads = _loss_and_grads(eager, idx, y)
-        logits, _, grads = _loss_and_grads(compiled, idx, y)
-    scale = ref_logits.float().abs().max()
-    assert (logits.float() - ref_logits.float()).abs().max() <= 2e-2 * scale
-    for n, g in ref_grads.items():
-        err = (grads[n].float() - g.float()).norm() / g.float().norm().clamp_min(1e-12)
-        assert err < 5e-2, f"{n}: relative error {err:.3g}"
+    logits and gradients within bf16 noise of the eager model, and each block one graph (the
+    kernels are custom ops Dynamo keeps whole; a break would split the block's fusion)."""
+    # the GPU kernels take power-of-two head sizes (the CPU model's expand_v 1.5 gives V = 48)
+    kernel_sizes = {"expand_v": 2.0} if name == "gated_deltaproduct2" else {}
+    _check_inductor_on_cuda({**TINY[name], "vocab_size": 512, **kernel_sizes}, B=4, T=128)
+
+
+@pytest.mark.gpu
+def test_inductor_on_cuda_at_training_size() -> None:
+    """RWKV-7 at the demo recipe's width and batch (8192 rows): Inductor picks other reduction
+    schedules at this size than at the tiny one (its mix-order reduction returned [C] gradients
+    for the [1, 1, C] mixing vectors here, which apply_compile now turns off)."""
+    cfg = {"arch": "rwkv7", "vocab_size": 4096, "n_layer": 2, "d_model": 768, "head_size": 64}
+    _check_inductor_on_cuda(cfg, B=16, T=512)

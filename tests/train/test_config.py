@@ -9,6 +9,7 @@ import yaml
 
 from skein.train.cli import main
 from skein.train.config import ConfigError, load_config
+from skein.train.strategy import resolve_compile
 from tests.train.helpers import tiny_run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,9 +152,12 @@ def test_cuda_kernel_name_is_refused(tmp_path: Path) -> None:
 
 def test_trainer_compile_and_fused_loss_keys(tmp_path: Path) -> None:
     path = write_config(tiny_run("c", tmp_path), tmp_path / "run.yaml")
-    assert load_config(path).trainer.compile is False
+    cfg = load_config(path)
+    assert cfg.trainer.compile == "auto"
+    assert resolve_compile(cfg.trainer) is False  # this test's config trains on the CPU
     cfg = load_config(path, ["trainer.compile=true", "trainer.fused_loss=false"])
     assert cfg.trainer.compile is True and cfg.trainer.fused_loss is False
+    assert resolve_compile(cfg.trainer) is True
     with pytest.raises(ConfigError, match="trainer.compile"):
         load_config(path, ["trainer.compile=sometimes"])
     with pytest.raises(ConfigError, match="loss_chunk_tokens"):

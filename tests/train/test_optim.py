@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
+import pytest
 import torch
 
 from skein.rwkv import build_model
@@ -13,7 +15,7 @@ from skein.train.optim import param_groups
 from skein.train.run import train_from_config
 from skein.train.strategy import apply_grad_checkpointing
 from tests.models.harness import random_tokens
-from tests.train.helpers import losses, tiny_run, write_config
+from tests.train.helpers import losses, metric_rows, tiny_run, write_config
 from tests.utils import assert_close
 
 RWKV4 = {"arch": "rwkv4", "vocab_size": 97, "n_layer": 2, "d_model": 32}
@@ -74,3 +76,53 @@ def test_segmented_stage_trains_with_exact_first_loss(corpus: str, tmp_path: Pat
     whole, segs = curves
     assert abs(whole[(0, 1)] - segs[(0, 1)]) < 1e-5
     assert segs[(0, 8)] < segs[(0, 1)] - 0.3
+
+
+class _GradNorms(L.Callback):
+    """The global gradient norm each step: before clipping (callbacks run before the module's
+    on_before_optimizer_step) and as the optimizer used it (read in a step post-hook)."""
+
+    def __init__(self) -> None:
+        self.before: list[float] = []
+        self.at_step: list[float] = []
+        self.recorded: list[float] = []
+
+    @staticmethod
+    def _norm(module: L.LightningModule) -> float:
+        return float(
+            torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None])
+            )
+        )
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.optimizers[0].register_step_post_hook(lambda *_: self.at_step.append(self._norm(module)))
+
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        self.before.append(self._norm(module))
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.recorded.append(float(module.grad_norm))
+
+
+def test_gradients_are_clipped_to_grad_clip_and_the_norm_before_is_logged(
+    corpus: str, tmp_path: Path
+) -> None:
+    clip = 0.05
+    cfg = tiny_run(
+        corpus,
+        tmp_path / "run",
+        optim={"grad_clip": clip},
+        stages=[{"ctx_len": 32, "tokens": 32 * 4 * 4, "micro_bsz": 4}],
+    )
+    norms = _GradNorms()
+    summary = train_from_config(
+        load_config(write_config(cfg, tmp_path / "run.yaml")), extra_callbacks=[norms]
+    )
+    assert summary["steps"] == 4 and len(norms.at_step) == 4
+    assert min(norms.before) > 2 * clip  # the clip really bites on this model
+    for before, at_step, recorded in zip(norms.before, norms.at_step, norms.recorded):
+        assert abs(at_step - clip) < 1e-3 * clip
+        assert abs(recorded - before) < 1e-4 * before
+    logged = [float(r["grad_norm"]) for r in metric_rows(tmp_path / "run")]
+    assert logged == [pytest.approx(b, rel=1e-5) for b in norms.before]

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from skein.train.checkpoint import resume_checkpoint
 from skein.train.config import ConfigError, RunConfig
-from skein.train.resume_check import check_resume_config, classify, write_run_config
+from skein.train.resume_check import check_checkpoint_engine, check_resume_config, classify, write_run_config
+from skein.train.run import train_from_config
 from skein.train.typed import from_dict
 from tests.train.helpers import losses, run_cli, tiny_run, write_config
 
@@ -161,3 +163,25 @@ def test_unreadable_stored_config_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("model: {arch: llama}\nstages: [{ctx_len: -1}]\n")
     with pytest.raises(ConfigError, match="config.yaml.*cannot be read to check this resume"):
         check_resume_config(_cfg(_two_stage(tmp_path)), tmp_path, tmp_path / "checkpoints" / "s0-1", 0, None)
+
+
+def test_mid_stage_checkpoint_resumes_only_under_the_engine_that_wrote_it(
+    corpus: str, tmp_path: Path
+) -> None:
+    """A real checkpoint written by one device (a model.ckpt file) is refused for DeepSpeed, and a
+    DeepSpeed-shaped one (model.ckpt a directory of shards) for one device, naming the fix."""
+    cfg = from_dict(RunConfig, tiny_run(corpus, tmp_path / "run", run={"stop_after_steps": 3}))
+    summary = train_from_config(cfg)
+    assert summary["interrupted"] and summary["steps"] == 3  # stopped mid-stage
+    ckpt = resume_checkpoint(tmp_path / "run")[0] / "model.ckpt"
+    assert ckpt.is_file()
+    check_checkpoint_engine(ckpt, deepspeed=False)
+    with pytest.raises(
+        ConfigError, match=r"model.ckpt: written by DDP or one device.*trainer.strategy=single or ddp"
+    ):
+        check_checkpoint_engine(ckpt, deepspeed=True)
+    shards = tmp_path / "ds" / "model.ckpt"
+    (shards / "checkpoint").mkdir(parents=True)
+    check_checkpoint_engine(shards, deepspeed=True)
+    with pytest.raises(ConfigError, match="written by DeepSpeed.*trainer.strategy=deepspeed"):
+        check_checkpoint_engine(shards, deepspeed=False)

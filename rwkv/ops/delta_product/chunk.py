@@ -308,6 +308,10 @@ def _dp_bwd_state_kernel(
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
 
+# Read once at import: inside a compiled block, Dynamo cannot inspect the kernel object and
+# would break the graph at the check.
+_INTERPRETED = is_interpreted(_dp_fwd_kernel)
+
 _FWD_SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor? state, float scale, int chunk, "
     "int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, bool bwd_two_pass, int bwd_warps) "
@@ -452,7 +456,7 @@ def chunk_delta_product(
         ValueError: unsupported device, dtype, shape, head size, n_h or launch parameter.
     """
     op = "chunk_delta_product"
-    check_device(op, is_interpreted(_dp_fwd_kernel), q=q, k=k, v=v, beta=beta, g=g, state=state)
+    check_device(op, _INTERPRETED, q=q, k=k, v=v, beta=beta, g=g, state=state)
     check_dtypes(op, q=q, k=k, v=v, beta=beta, g=g)
     if k.dim() != 5 or v.dim() != 5:
         raise ValueError(f"{op}: k and v must be [B, T, n_h, H, K/V], got {tuple(k.shape)}, {tuple(v.shape)}")

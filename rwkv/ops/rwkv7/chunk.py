@@ -346,6 +346,10 @@ def bwd_launch_options(K: int, BV: int, dtype: torch.dtype, launch: Rwkv7Launch)
     return opts
 
 
+# Read once at import: inside a compiled block, Dynamo cannot inspect the kernel object and
+# would break the graph at the check.
+_INTERPRETED = is_interpreted(_rwkv7_fwd_kernel)
+
 _FWD_SCHEMA = (
     "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor? state, float scale, "
     "int chunk, int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, bool bwd_two_pass, "
@@ -523,7 +527,7 @@ def chunk_rwkv7(
         ValueError: unsupported device, dtype, shape, head size or launch parameter.
     """
     op = "chunk_rwkv7"
-    check_device(op, is_interpreted(_rwkv7_fwd_kernel), r=r, w=w, k=k, v=v, a=a, b=b, state=state)
+    check_device(op, _INTERPRETED, r=r, w=w, k=k, v=v, a=a, b=b, state=state)
     check_dtypes(op, r=r, w=w, k=k, v=v, a=a, b=b)
     if r.dim() != 4 or v.dim() != 4:
         raise ValueError(

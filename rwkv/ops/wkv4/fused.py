@@ -382,6 +382,10 @@ def _block_c(B: int, C: int, device: torch.device) -> int:
     return bc
 
 
+# Read once at import: inside a compiled block, Dynamo cannot inspect the kernel object and
+# would break the graph at the check.
+_INTERPRETED = is_interpreted(_wkv4_fwd_kernel)
+
 _FWD_SCHEMA = (
     "(Tensor w, Tensor u, Tensor k, Tensor v, Tensor? aa, Tensor? bb, Tensor? pp, int block_c, bool save, "
     "int time_split) "
@@ -523,7 +527,7 @@ def fused_wkv4(
     """
     op = "fused_wkv4"
     aa, bb, pp = state if state is not None else (None, None, None)
-    check_device(op, is_interpreted(_wkv4_fwd_kernel), w=w, u=u, k=k, v=v, aa=aa, bb=bb, pp=pp)
+    check_device(op, _INTERPRETED, w=w, u=u, k=k, v=v, aa=aa, bb=bb, pp=pp)
     check_dtypes(op, k=k, v=v)
     if k.dim() != 3:
         raise ValueError(f"{op}: k must be [B, T, C], got {tuple(k.shape)}")
