@@ -136,9 +136,9 @@ class SnapshotCallback(L.Callback):
 
 
 def drop_rows_after(path: Path, fields: tuple[str, ...], stage_index: int, step: int) -> int:
-    """Rewrite metrics.csv without the rows past (stage_index, step) (logged before a kill, to be
-    logged again by the resume), with `fields` as its columns, atomically: a temporary file in
-    the run directory, renamed. Returns how many rows were dropped."""
+    """Rewrite a run's CSV log (metrics.csv, eval.csv) without the rows past (stage_index, step)
+    (logged before a kill, to be logged again by the resume), with `fields` as its columns,
+    atomically: a temporary file in the run directory, renamed. Returns how many rows were dropped."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)

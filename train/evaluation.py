@@ -1,6 +1,7 @@
 """Evaluation during training: `PeriodicEval` runs named evaluators every N optimizer steps and
 appends their numbers to <run>/eval.csv (and the loggers). `ValidationLoss` is the first
-evaluator: the mean next-token loss on fixed held-out samples. Other suites plug in as more
+evaluator: the mean next-token loss on fixed held-out samples (with `chunk_tokens`, through the
+fused chunked head, so no logits of the whole batch exist at long contexts). Other suites plug in as more
 evaluators: any callable model -> {metric: value} run on every rank, reducing across ranks itself.
 """
 
@@ -16,8 +17,8 @@ import torch
 
 from skein.data.dataset import PretrainDataset
 from skein.rwkv.models import CausalLM
-from skein.train.callbacks import step_done
-from skein.train.losses import lm_loss
+from skein.train.callbacks import drop_rows_after, step_done
+from skein.train.losses import model_loss
 
 Evaluator = Callable[[CausalLM, L.Trainer], dict[str, float]]
 
@@ -26,9 +27,17 @@ class ValidationLoss:
     """Mean loss over the first `samples` samples of the held-out shards (the same samples at every
     evaluation); the samples are split over the ranks and the sums reduced."""
 
-    def __init__(self, prefixes: list[str], ctx_len: int, samples: int, micro_bsz: int, seed: int) -> None:
+    def __init__(
+        self,
+        prefixes: list[str],
+        ctx_len: int,
+        samples: int,
+        micro_bsz: int,
+        seed: int,
+        chunk_tokens: int | None = None,
+    ) -> None:
         self.dataset = PretrainDataset(prefixes, None, ctx_len, seed=seed)
-        self.samples, self.micro_bsz = samples, micro_bsz
+        self.samples, self.micro_bsz, self.chunk_tokens = samples, micro_bsz, chunk_tokens
 
     @torch.no_grad()
     def __call__(self, model: CausalLM, trainer: L.Trainer) -> dict[str, float]:
@@ -48,15 +57,18 @@ class ValidationLoss:
             batch = [self.dataset[n] for n in mine[i : i + self.micro_bsz]]
             x = torch.stack([b[0] for b in batch]).to(device)
             y = torch.stack([b[1] for b in batch]).to(device)
-            logits, _ = model(x)
-            total[0] += lm_loss(logits, y).double() * len(batch)
+            total[0] += model_loss(model, x, y, chunk_tokens=self.chunk_tokens)[0].double() * len(batch)
             total[1] += len(batch)
         return total
 
 
 class PeriodicEval(L.Callback):
     """Every `every_steps` optimizer steps (and at the end of the stage), run each evaluator on
-    every rank; rank 0 appends `stage, step, tokens, metric, value` rows to <run>/eval.csv."""
+    every rank; rank 0 appends `stage, step, tokens, metric, value` rows to <run>/eval.csv. A resume
+    first drops the rows past the restored step (written before a kill; the resume writes them
+    again)."""
+
+    FIELDS = ("stage", "step", "tokens", "metric", "value")
 
     def __init__(
         self, out_dir: Path, every_steps: int, tokens_before: int, evaluators: list[Evaluator]
@@ -64,6 +76,10 @@ class PeriodicEval(L.Callback):
         self.path = out_dir / "eval.csv"
         self.every_steps, self.tokens_before, self.evaluators = every_steps, tokens_before, evaluators
         self._last_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        if trainer.is_global_zero and self.path.exists():
+            drop_rows_after(self.path, self.FIELDS, module.stage_index, trainer.global_step)
 
     def _run(self, trainer: L.Trainer, module: Any) -> None:
         step = trainer.global_step
@@ -80,7 +96,7 @@ class PeriodicEval(L.Callback):
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
             if new:
-                writer.writerow(["stage", "step", "tokens", "metric", "value"])
+                writer.writerow(self.FIELDS)
             for name, value in results.items():
                 writer.writerow([module.stage_index, step, tokens, name, value])
         for logger in trainer.loggers:

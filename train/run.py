@@ -186,8 +186,9 @@ def _train_locked(
         if cfg.checkpoint.snapshot_every_steps:
             callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint, si))
         if cfg.eval.every_steps:
+            chunk = cfg.trainer.loss_chunk_tokens if cfg.trainer.fused_loss else None
             val = ValidationLoss(
-                cfg.eval.val, stage.ctx_len, cfg.eval.val_samples, cfg.eval.micro_bsz, cfg.run.seed
+                cfg.eval.val, stage.ctx_len, cfg.eval.val_samples, cfg.eval.micro_bsz, cfg.run.seed, chunk
             )
             callbacks.append(PeriodicEval(out_dir, cfg.eval.every_steps, tokens_before, [val]))
         callbacks += extra_callbacks or []

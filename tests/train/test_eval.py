@@ -51,3 +51,22 @@ def test_validation_loss_every_n_steps(split_corpus: str, tmp_path: Path) -> Non
 def test_eval_needs_held_out_shards(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eval.val names no held-out shards"):
         load_config(write_config(tiny_run("c", tmp_path, eval={"every_steps": 10}), tmp_path / "c.yaml"))
+
+
+def test_resume_drops_eval_rows_past_the_checkpoint(split_corpus: str, tmp_path: Path) -> None:
+    """Rows a killed run wrote after its newest checkpoint are dropped by the resume, which writes
+    them again: every (step, metric) once, the values those of the resumed run."""
+    ev = {"every_steps": 2, "val": [split_corpus + "_val"], "val_samples": 6, "micro_bsz": 3}
+    cfg = tiny_run(split_corpus, tmp_path / "run", eval=ev, run={"stop_after_steps": 4})
+    summary = train_from_config(load_config(write_config(cfg, tmp_path / "c.yaml")))
+    assert summary["interrupted"] and summary["steps"] == 4  # stopped at step 4 with its checkpoint
+    path = tmp_path / "run" / "eval.csv"
+    # what a run killed after step 6's evaluation but before its checkpoint leaves behind
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerows([[0, 6, 6 * 256, "val_loss", 123.0], [0, 8, 8 * 256, "val_loss", 456.0]])
+    cfg["run"]["stop_after_steps"] = None
+    train_from_config(load_config(write_config(cfg, tmp_path / "c.yaml")))
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert all(float(r["value"]) < 10 for r in rows)

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from skein.data.tokenizer import load_tokenizer
+from skein.train.config import TrainerSection
 from skein.train.eval.common import autocast, held_out, load, pick_device, run_ctx_len, token_bytes
 from skein.train.eval.output import ResultsDir, table
 from skein.train.evaluation import ValidationLoss
@@ -54,7 +55,9 @@ def loss(
         )
     out = ResultsDir(output)
     held_out(data, ctx_len, seed)  # one-line error for bad shards before the evaluator opens them
-    evaluator = ValidationLoss(data, ctx_len, samples, micro_bsz, seed)
+    # the fused chunked head, as training runs it by default: no logits of the whole batch
+    chunk = TrainerSection.loss_chunk_tokens
+    evaluator = ValidationLoss(data, ctx_len, samples, micro_bsz, seed, chunk_tokens=chunk)
     with autocast(dev):
         total = evaluator.sums(src.model).cpu()
     nats = float(total[0] / total[1])
