@@ -313,14 +313,18 @@ class RunConfig:
                 lr = getattr(stage, name)
                 if lr is not None and not 0 < lr < 1:
                     raise ConfigError(f"stages[{i}].{name}={lr} must lie in (0, 1), e.g. 3e-4")
-            lr_init = stage.lr_init or self.optim.lr_init
-            lr_final = stage.lr_final or self.optim.lr_final
+            lr_init, lr_final = self.stage_lrs(i)
             if lr_final > lr_init:
                 raise ConfigError(
                     f"stages[{i}]: lr_final={lr_final} exceeds lr_init={lr_init}; lower lr_final or raise lr_init"
                 )
         self.plans: list[StagePlan] = stage_plans(self)
         """Derived per-stage numbers (steps, accumulation, tokens per step); not a config key."""
+
+    def stage_lrs(self, index: int) -> tuple[float, float]:
+        """(lr_init, lr_final) of stage `index`: its own, else optim's."""
+        stage = self.stages[index]
+        return stage.lr_init or self.optim.lr_init, stage.lr_final or self.optim.lr_final
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -41,9 +41,9 @@ def lr_curve(config: str, overrides: list[str] | None = None, points: int = 400)
     """(total tokens, lr) pairs over every stage of a run config (auto_exp shown without decay)."""
     cfg = load_config(config, overrides)
     out, before = [], 0
-    for stage, plan in zip(cfg.stages, cfg.plans):
+    for si, plan in enumerate(cfg.plans):
         total = plan.total_tokens
-        lr_init, lr_final = stage.lr_init or cfg.optim.lr_init, stage.lr_final or cfg.optim.lr_final
+        lr_init, lr_final = cfg.stage_lrs(si)
         n = max(points // len(cfg.stages), 2)
         for i in range(n):
             t = total * i // (n - 1)

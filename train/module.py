@@ -44,8 +44,7 @@ class LMModule(L.LightningModule):
         self.plan = plan or cfg.plans[stage_index]
         self.model = model if model is not None else build_model(cfg.model)
         s = self.schedule = cfg.schedule
-        self.lr_init = self.stage.lr_init or cfg.optim.lr_init
-        self.lr_final = self.stage.lr_final or cfg.optim.lr_final
+        self.lr_init, self.lr_final = cfg.stage_lrs(stage_index)
         self.decay_start: int | None = None
         """auto_exp: the token count at which the decay began (None: not yet)."""
         self.auto_decay = (
