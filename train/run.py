@@ -40,6 +40,7 @@ from skein.train.strategy import (
     apply_grad_checkpointing,
     build_strategy,
     is_deepspeed,
+    release_engine,
     resolve_compile,
     resolve_strategy,
     use_gpu,
@@ -208,6 +209,7 @@ def _train_locked(
         data = StageDataModule(cfg, stage.ctx_len, stage.micro_bsz, plan.global_batch, start_step)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
         ckpt_cb.save_stage_end(trainer, module)
+        release_engine(trainer.strategy)
         summary.update(steps=trainer.global_step, tokens=tokens_before + module.tokens_seen)
         ckpt_path, start_step = None, 0
         if ckpt_cb.interrupted:

@@ -82,6 +82,14 @@ def is_deepspeed(strategy: Any) -> bool:
     return type(strategy).__name__ == "DeepSpeedStrategy"
 
 
+def release_engine(strategy: Any) -> None:
+    """Remove the gradient hooks a DeepSpeed engine put on the model's parameters. The next stage
+    builds a new engine on the same model; with the old hooks still there, each gradient is
+    reduced by the first engine and then found missing by the second."""
+    if is_deepspeed(strategy):
+        strategy.deepspeed_engine.destroy()
+
+
 def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
     """torch.compile each block's forward in place (the modules, their parameter names and the
     state-dict layout are unchanged). With gradient checkpointing (applied before or after) the

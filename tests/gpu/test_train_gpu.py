@@ -85,6 +85,30 @@ def test_zero2_segmented_stage_learns_and_follows_the_whole_sequence_curve(
         assert curves["segments"][key] == pytest.approx(value, rel=3e-2), f"step {key}"
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_zero2_second_stage_in_the_same_process_trains(corpus: str, tmp_path: Path) -> None:
+    """A context-extension run under ZeRO-2: stage 0 at ctx 256, stage 1 at ctx 1024 in 256-token
+    segments, in one invocation (each stage builds its own DeepSpeed engine on the same model)."""
+    cfg = _gpu_run(corpus, tmp_path / "run", devices=1, steps=6)
+    cfg["stages"].append(
+        {
+            "ctx_len": 1024,
+            "tokens": 1024 * 4 * 6,
+            "micro_bsz": 4,
+            "tokens_per_step": 1024 * 4,
+            "segment_len": 256,
+        }
+    )
+    res = run_cli(["train", str(write_config(cfg, tmp_path / "run.yaml"))], timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt, meta = latest_checkpoint(tmp_path / "run")
+    assert meta.stage_index == 1 and meta.stage_done and meta.step == 6
+    curve = losses(tmp_path / "run")
+    assert max(step for stage, step in curve if stage == 1) == 6
+    assert curve[(1, 6)] < curve[(0, 1)] - 0.5
+
+
 @pytest.mark.multigpu
 @pytest.mark.slow
 def test_two_gpu_zero2_matches_one_gpu_curve(corpus: str, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from skein.rwkv.models import CausalLM, detach_state
 from skein.train.config import ConfigError, load_config
 from skein.train.losses import lm_loss
 from skein.train.segments import compact_state, segmented_loss
-from skein.train.strategy import apply_grad_checkpointing
+from skein.train.strategy import apply_compile, apply_grad_checkpointing
 from tests.models.harness import TINY, perturb_parameters, random_tokens
 from tests.train.helpers import losses, run_cli, start_cli, tiny_run, wait_for, write_config
 from tests.utils import assert_close, rel_err
@@ -117,6 +117,26 @@ def test_nested_in_block_checkpointing() -> None:
         if ref_model is not None:
             want = _grads(ref_model, _truncated_reference(ref_model, x, y, bptt))
         _assert_grads_close(got, want, 2e-5, f"checkpointed blocks, bptt={bptt}")
+
+
+def test_compiled_blocks_run_eagerly_inside_segments() -> None:
+    """The checkpoint's forward and recompute must save the same tensors; a compiled block may run
+    as a different graph in the recompute (Dynamo disabled there), so segments run blocks eagerly:
+    Dynamo compiles nothing and the gradient is the whole sequence's."""
+    model = _model("rwkv7")
+    x, y = _batch(model)
+    want = _grads(model, lm_loss(model(x)[0], y, L2WRAP))
+    compiled = copy.deepcopy(model)
+    apply_grad_checkpointing(compiled)
+    apply_compile(compiled, backend="eager")
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    got = _grads(compiled, segmented_loss(compiled, x, y, SEG, bptt=0, l2wrap=L2WRAP))
+    assert counters["stats"]["unique_graphs"] == 0, dict(counters["stats"])
+    _assert_grads_close(got, want, 2e-5, "compiled blocks inside segments")
+    compiled(x)  # outside segments the same blocks do compile
+    assert counters["stats"]["unique_graphs"] > 0
 
 
 def test_backward_recomputes_one_segment_at_a_time_last_first() -> None:
