@@ -28,15 +28,9 @@ class ValidationLoss:
     evaluation); the samples are split over the ranks and the sums reduced."""
 
     def __init__(
-        self,
-        prefixes: list[str],
-        ctx_len: int,
-        samples: int,
-        micro_bsz: int,
-        seed: int,
-        chunk_tokens: int | None = None,
+        self, dataset: PretrainDataset, samples: int, micro_bsz: int, chunk_tokens: int | None = None
     ) -> None:
-        self.dataset = PretrainDataset(prefixes, None, ctx_len, seed=seed)
+        self.dataset = dataset
         self.samples, self.micro_bsz, self.chunk_tokens = samples, micro_bsz, chunk_tokens
 
     @torch.no_grad()

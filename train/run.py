@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from skein.data.dataset import PretrainDataset
 from skein.rwkv.models import CausalLM, build_model
 from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, StagePosition
 from skein.train.checkpoint import (
@@ -188,9 +189,8 @@ def _train_locked(
             callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint, si))
         if cfg.eval.every_steps:
             chunk = cfg.trainer.loss_chunk_tokens if cfg.trainer.fused_loss else None
-            val = ValidationLoss(
-                cfg.eval.val, stage.ctx_len, cfg.eval.val_samples, cfg.eval.micro_bsz, cfg.run.seed, chunk
-            )
+            held_out = PretrainDataset(cfg.eval.val, None, stage.ctx_len, seed=cfg.run.seed)
+            val = ValidationLoss(held_out, cfg.eval.val_samples, cfg.eval.micro_bsz, chunk)
             callbacks.append(PeriodicEval(out_dir, cfg.eval.every_steps, tokens_before, [val]))
         callbacks += extra_callbacks or []
         # Last: a checkpoint is published only after every row its step logs is on disk, so a

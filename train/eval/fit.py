@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from skein.data.mqar import IGNORE
 from skein.train.eval.common import autocast
+from skein.train.typed import ConfigError
 
 CALIBRATION = (5, 15)
 """Steps between which the time per step is measured for a time budget (after warm-up)."""
@@ -39,6 +41,11 @@ class FitConfig:
     """Training time budget, counted from the end of the first step (after kernel compilation):
     after a few timed steps the planned steps (and the cosine schedule with them) shrink to what
     fits; the result says how many ran."""
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} {getattr(self, name)} must be at least 1")
 
 
 @torch.no_grad()
@@ -74,9 +81,10 @@ def fit(
     seed: int,
     desc: str = "",
     progress: bool = True,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Train on `train`, score on `test` after every epoch; returns the final test accuracy, the
-    best one, the last training loss and the epochs run."""
+    final (correct, counted) per position (`score`), the best accuracy, the last training loss and
+    the epochs run."""
     model.to(device).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
@@ -133,8 +141,10 @@ def fit(
                     left = cfg.max_seconds - (time.monotonic() - started)
                     total = min(total, step + max(0, int(left / per_step)))
                     bar.total = total
-        acc = accuracy(*score(model, *test, cfg.eval_batch_size, device))
+        per_position = score(model, *test, cfg.eval_batch_size, device)
+        acc = accuracy(*per_position)
         result.update(
+            per_position=per_position,
             accuracy=acc,
             best_accuracy=max(result["best_accuracy"], acc),
             train_loss=float(loss.detach()),

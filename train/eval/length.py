@@ -75,14 +75,15 @@ def length(
     dev = pick_device(device)
     samples = min(samples, 4) if quick else samples
     out = ResultsDir(output)
-    names, rows, windows = _names(models), [], {}
+    names, rows, windows, ds = _names(models), [], {}, None
     for path, name in zip(models, names):
         src = load(path, dev)
         ctx_len = ctx_len or run_ctx_len(src)
         if ctx_len is None:
             raise ConfigError(f"--models {path}: no run config with a ctx_len; pass --ctx_len")
-        T = factor * ctx_len
-        ds = held_out(data, T, seed)
+        T = factor * ctx_len  # ctx_len is the first model's for all
+        if ds is None:
+            ds = held_out(data, T, seed)
         total = torch.zeros(T, dtype=torch.float64)
         for i in tqdm(range(0, samples, micro_bsz), desc=name, disable=not progress, leave=False):
             batch = [ds[n] for n in range(i, min(i + micro_bsz, samples))]

@@ -54,10 +54,9 @@ def loss(
             f"--model {model}: no tokenizer recorded; pass --tokenizer (byte, hf:<file>, rwkv_world)"
         )
     out = ResultsDir(output)
-    held_out(data, ctx_len, seed)  # one-line error for bad shards before the evaluator opens them
     # the fused chunked head, as training runs it by default: no logits of the whole batch
     chunk = TrainerSection.loss_chunk_tokens
-    evaluator = ValidationLoss(data, ctx_len, samples, micro_bsz, seed, chunk_tokens=chunk)
+    evaluator = ValidationLoss(held_out(data, ctx_len, seed), samples, micro_bsz, chunk_tokens=chunk)
     with autocast(dev):
         total = evaluator.sums(src.model).cpu()
     nats = float(total[0] / total[1])

@@ -15,7 +15,7 @@ import torch
 from skein.data.groups import GROUPS, group_table, word_problems
 from skein.rwkv.models import build_model, model_config_from_dict
 from skein.train.eval.common import pick_device
-from skein.train.eval.fit import FitConfig, accuracy, fit, score
+from skein.train.eval.fit import FitConfig, accuracy, fit
 from skein.train.eval.output import ResultsDir, table
 from skein.train.typed import ConfigError
 
@@ -118,7 +118,7 @@ def state(
             max_seconds=None if run_minutes is None else 60 * run_minutes,
         )
         r = fit(lm, train, test, fit_cfg, dev, seed, desc=g, progress=progress)
-        correct, counted = score(lm, *test, fit_cfg.eval_batch_size, dev)
+        correct, counted = r["per_position"]
         by_pos = (correct / counted).tolist()
         rows += [[g, t + 1, a] for t, a in enumerate(by_pos)]
         per_group[g] = {
