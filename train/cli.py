@@ -38,8 +38,6 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "status": "skein.train.status:status",
     "eval": EVAL_SUITES,
 }
-# Commands with a parser of their own (Slurm-style flags: --gpus-per-node, a bare --dry-run).
-OWN_PARSERS = {"skein.train.submit:submit": "skein.train.submit:parse_args"}
 GLOBAL_FLAGS = ("--debug", "--verbose")
 
 
@@ -112,10 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     from skein.train.errors import explain
 
     try:
-        if target in OWN_PARSERS:
-            kwargs = _resolve(OWN_PARSERS[target])(args)
-        else:
-            kwargs = cli_args.parse(prog, cli_args.read_signature(target), args)
+        kwargs = cli_args.parse(prog, cli_args.read_signature(target), args)
         fn = _resolve(target)
         if not verbose:  # after the import: Lightning sets its loggers' levels when imported
             quiet.silence_libraries()

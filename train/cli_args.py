@@ -4,7 +4,7 @@ signature (read with `ast`) gives the arguments, its docstring's Args section th
 
 Arguments without a default are positional; the others are `--name value` options. `list[...]`
 options take one or more values (`--inputs a.jsonl b.jsonl`, also repeated or as `--inputs+`),
-bools take `--flag`, `--flag true` or `--flag false`. A function with a `config` parameter also
+bools take `--flag`, `--flag true` or `--flag false`; `--some_name` is also `--some-name`. A function with a `config` parameter also
 takes `--config FILE` (LightningCLI's spelling), and one with an `overrides` parameter takes
 dotted overrides as `key=value`, `--key value` or `--key=value`, like every other config command.
 """
@@ -178,18 +178,26 @@ def build_parser(prog: str, sig: Signature) -> OneLineParser:
             p.add_argument(q.name, type=_scalar(q.annotation), help=help_text)
         elif q.annotation.startswith("list["):
             item = _scalar(q.annotation[5 : q.annotation.index("]")])
-            p.add_argument(f"--{q.name}", f"--{q.name}+", type=item, nargs="+", action=_Extend, **keep)
+            flags = [f for name in _spellings(q.name) for f in (name, f"{name}+")]
+            p.add_argument(*flags, dest=q.name, type=item, nargs="+", action=_Extend, **keep)
         elif q.annotation == "bool":
-            p.add_argument(f"--{q.name}", type=_yes_no, nargs="?", const=True, **keep)
+            p.add_argument(*_spellings(q.name), dest=q.name, type=_yes_no, nargs="?", const=True, **keep)
         else:
-            p.add_argument(f"--{q.name}", type=_scalar(q.annotation), metavar=q.name.upper(), **keep)
+            p.add_argument(
+                *_spellings(q.name), dest=q.name, type=_scalar(q.annotation), metavar=q.name.upper(), **keep
+            )
     return p
+
+
+def _spellings(name: str) -> list[str]:
+    """`--dry_run` and `--dry-run` (the spelling of Slurm's and most Unix tools' flags)."""
+    return list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"]))
 
 
 def _bare_flags(argv: list[str], sig: Signature) -> list[str]:
     """`--flag` before a word that is not true/false means `--flag=true` (so a bool option never
     swallows the next positional argument)."""
-    flags = {f"--{q.name}" for q in sig.params if q.annotation == "bool"}
+    flags = {f for q in sig.params if q.annotation == "bool" for f in _spellings(q.name)}
     words = {"true", "false", "yes", "no", "1", "0"}
     return [
         f"{a}=true" if a in flags and (i + 1 == len(argv) or argv[i + 1].lower() not in words) else a

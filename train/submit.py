@@ -10,7 +10,6 @@ trainer.devices; the --nodes / --gpus-per-node flags only check them (a mismatch
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -19,33 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from skein.train.checkpoint import write_text_atomic
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.typed import ConfigError
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "train.sbatch"
-
-
-def parse_args(argv: list[str]) -> dict[str, Any]:
-    """Keyword arguments of `submit` from the command line (`skein submit --help`)."""
-    p = argparse.ArgumentParser(prog="skein submit", description=_summary())
-    p.add_argument("config", help="run YAML (see configs/)")
-    p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, as for skein train")
-    p.add_argument("--nodes", type=int, default=None, help="must equal trainer.num_nodes")
-    p.add_argument("--gpus-per-node", type=int, default=None, help="must equal trainer.devices")
-    p.add_argument("--partition", default=None, help="overrides slurm.partition")
-    p.add_argument("--time", default=None, help="overrides slurm.time, e.g. 2-00:00:00")
-    p.add_argument("--account", default=None, help="overrides slurm.account")
-    p.add_argument("--qos", default=None, help="overrides slurm.qos")
-    p.add_argument("--init_from", default=None, help="weights to start from (passed to skein train)")
-    p.add_argument("--dry-run", action="store_true", help="print the script; write and queue nothing")
-    return vars(p.parse_args(argv))
-
-
-def _summary() -> str:
-    return (submit.__doc__ or "").strip().split("\n")[0]
 
 
 def submit(
@@ -61,7 +39,20 @@ def submit(
     dry_run: bool = False,
 ) -> str | None:
     """Queue a run config as a Slurm job that checkpoints and requeues itself on preemption.
-    Returns the job id (None for a dry run)."""
+    Returns the job id (None for a dry run).
+
+    Args:
+        config: run YAML (see configs/).
+        overrides: dotted overrides, as for skein train.
+        nodes: must equal trainer.num_nodes (a check, not a setting).
+        gpus_per_node: must equal trainer.devices (a check, not a setting).
+        partition: overrides slurm.partition.
+        time: overrides slurm.time, e.g. 2-00:00:00.
+        account: overrides slurm.account.
+        qos: overrides slurm.qos.
+        init_from: weights to start from (passed to skein train).
+        dry_run: print the script; write and queue nothing.
+    """
     flags = {"partition": partition, "time": time, "account": account, "qos": qos}
     cfg = load_config(config, list(overrides or []) + [f"slurm.{k}={v}" for k, v in flags.items() if v])
     check_layout(cfg, nodes, gpus_per_node)

@@ -213,3 +213,21 @@ def test_cli_exits_with_a_one_line_error_for_a_mismatch(
     assert code not in (0, None) and captured.out == ""
     (line,) = (captured.err if isinstance(code, int) else str(code)).strip().splitlines()
     assert re.fullmatch(r"skein submit: .*--gpus-per-node 8 but trainer.devices=1.*", line)
+
+
+def test_cli_takes_config_option_dashed_overrides_and_either_flag_spelling(
+    tmp_path: Path, fake_sbatch: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`skein submit` parses like every config command: --config FILE, key=value and --key value
+    overrides, and `--dry-run` / `--dry_run`, `--gpus-per-node` / `--gpus_per_node` alike."""
+    path = write_config(tiny_run("shards/x", tmp_path / "run"), tmp_path / "c.yaml")
+    for argv in (
+        ["--config", str(path), "--trainer.num_nodes", "2", "slurm.partition=big", "--nodes", "2",
+         "--gpus-per-node", "1", "--dry-run"],
+        [str(path), "--trainer.num_nodes=2", "--slurm.partition", "big", "--nodes", "2",
+         "--gpus_per_node", "1", "--dry_run", "true"],
+    ):  # fmt: skip
+        main(["submit", *argv])
+        script = capsys.readouterr().out
+        assert "#SBATCH --nodes=2" in script and "#SBATCH --partition=big" in script, script
+    assert not (tmp_path / "run").exists() and not fake_sbatch.exists()
