@@ -93,7 +93,8 @@ def fit(
         lr=cfg.lr,
         betas=cfg.betas,
     )
-    steps_per_epoch = math.ceil(len(train[0]) / cfg.batch_size)
+    inputs, labels = (t.to(device) for t in train)  # once, not a copy per batch
+    steps_per_epoch = math.ceil(len(inputs) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, int(cfg.warmup_fraction * total))
 
@@ -111,12 +112,12 @@ def fit(
     for epoch in range(cfg.epochs):
         if step >= total:
             break
-        order = torch.randperm(len(train[0]), generator=gen)
+        order = torch.randperm(len(inputs), generator=gen).to(device)
         for i in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
             idx = order[i : i + cfg.batch_size]
-            x, y = train[0][idx].to(device), train[1][idx].to(device)
+            x, y = inputs[idx], labels[idx]
             with autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
