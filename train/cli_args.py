@@ -2,11 +2,12 @@
 signature (read with `ast`) gives the arguments, its docstring's Args section their help. So
 `skein <command> --help` costs no torch or Lightning import; the function is imported only to run.
 
-Arguments without a default are positional; the others are `--name value` options. `list[...]`
-options take one or more values (`--inputs a.jsonl b.jsonl`, also repeated or as `--inputs+`),
-bools take `--flag`, `--flag true` or `--flag false`; `--some_name` is also `--some-name`. A function with a `config` parameter also
-takes `--config FILE` (LightningCLI's spelling), and one with an `overrides` parameter takes
-dotted overrides as `key=value`, `--key value` or `--key=value`, like every other config command.
+Arguments without a default are positional; the others are `--name value` options, also spelt
+with dashes (`--dry_run` or `--dry-run`). `list[...]` options take one or more values (`--inputs
+a.jsonl b.jsonl`, also repeated or as `--inputs+`), bools take `--flag`, `--flag true` or `--flag
+false`. A function with a `config` parameter also takes `--config FILE` (LightningCLI's spelling),
+and one with an `overrides` parameter takes dotted overrides as `key=value`, `--key value` or
+`--key=value`, like every other config command.
 """
 
 from __future__ import annotations
