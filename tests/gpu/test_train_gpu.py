@@ -102,7 +102,7 @@ def test_zero2_second_stage_in_the_same_process_trains(corpus: str, tmp_path: Pa
     )
     res = run_cli(["train", str(write_config(cfg, tmp_path / "run.yaml"))], timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    ckpt, meta = latest_checkpoint(tmp_path / "run")
+    _, meta = latest_checkpoint(tmp_path / "run")
     assert meta.stage_index == 1 and meta.stage_done and meta.step == 6
     curve = losses(tmp_path / "run")
     assert max(step for stage, step in curve if stage == 1) == 6
