@@ -103,6 +103,9 @@ def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
     # ("invalid gradient ... got [768] but expected shape compatible with [1, 1, 768]") or wrong
     # (pytorch/pytorch#178080, #193061). Off for skein's blocks.
     options = {"triton.mix_order_reduction": False} if backend == "inductor" else None
+    # Graphs per block code: first block or not, with or without gradients (segments, validation),
+    # and each stage's shapes; past Dynamo's default limit of 8 the remaining calls run eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for block in model.blocks:
         if getattr(block, "_skein_compile", None) is None:
             block._skein_compile = {"backend": backend, "dynamic": False, "options": options}

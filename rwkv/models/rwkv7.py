@@ -115,6 +115,9 @@ class TimeMix(nn.Module):
         super().__init__()
         C = cfg.d_model
         self.layer_id = layer_id
+        # What the forward branches on: a bool, so compiled blocks share two graphs (first, rest)
+        # instead of one per layer_id (Dynamo specialises on integer module attributes).
+        self.first = layer_id == 0
         self.n_head, self.head_size = cfg.n_head, cfg.head_size
         self.kernel = cfg.kernel
         # Registration order follows RWKV-LM, so state_dict() lists the tensors in its order.
@@ -154,7 +157,7 @@ class TimeMix(nn.Module):
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        if self.layer_id == 0:
+        if self.first:
             v_first = v
         else:
             v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)

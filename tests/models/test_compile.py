@@ -183,3 +183,17 @@ def test_inductor_on_cuda_at_training_size() -> None:
     for the [1, 1, C] mixing vectors here, which apply_compile now turns off)."""
     cfg = {"arch": "rwkv7", "vocab_size": 4096, "n_layer": 2, "d_model": 768, "head_size": 64}
     _check_inductor_on_cuda(cfg, B=16, T=512)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_blocks_of_a_deep_model_share_compiled_graphs(name: str) -> None:
+    """Ten checkpointed compiled blocks need at most two graphs (the first block may differ): a
+    graph per layer would exhaust Dynamo's recompile limit (8) and leave later blocks eager."""
+    model = build_model({**TINY[name], "n_layer": 10})
+    apply_grad_checkpointing(model)
+    apply_compile(model, backend="eager")
+    torch._dynamo.reset()
+    counters.clear()
+    idx = random_tokens(model.config.vocab_size, B=2, T=16, seed=3)
+    model(idx)[0].float().logsumexp(-1).mean().backward()
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
