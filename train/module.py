@@ -122,6 +122,7 @@ class LMModule(L.LightningModule):
             self.stage.bptt_segments,
             self.cfg.optim.l2wrap,
             self._loss_chunk_tokens(),
+            partitioned_params=is_deepspeed(self.trainer.strategy) and self.cfg.trainer.zero_stage == 3,
         )
         self._record(loss)
         return loss
