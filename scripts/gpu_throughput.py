@@ -48,6 +48,24 @@ RUNS = [
         120,
     ),
     ("1.5B ctx4096 compile, fused", BIG, [*BIG_STAGE, "trainer.compile=true"], 8, 3, 2, 240),
+    (
+        "1.5B ctx4096 compile, fused, selective ckpt",
+        BIG,
+        [*BIG_STAGE, "trainer.compile=true", "trainer.grad_checkpointing=selective"],
+        8,
+        3,
+        2,
+        240,
+    ),
+    (
+        "demo compile, fused, selective ckpt",
+        DEMO,
+        ["trainer.compile=true", "trainer.grad_checkpointing=selective"],
+        30,
+        5,
+        0,
+        120,
+    ),
 ]
 
 

@@ -161,8 +161,10 @@ class TrainerSection:
     """DeepSpeed: keep optimizer states on the CPU."""
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     """auto: bf16-mixed on GPU, 32 on CPU."""
-    grad_checkpointing: bool = False
-    """Recompute each block's activations in the backward pass."""
+    grad_checkpointing: Literal["selective"] | bool = False
+    """Recompute each block's activations in the backward pass. selective: keep the outputs of the
+    matmuls, attention and recurrence kernels, and recompute only the rest (norms, activations,
+    elementwise work): more memory than true, no second matmul."""
     compile: Literal["auto"] | bool = "auto"
     """torch.compile each block (Inductor). auto: on when training on GPUs (1.5x the eager step
     on RWKV-LM's demo recipe, docs/perf.md), off on the CPU (Inductor's C++ build of every block

@@ -103,7 +103,7 @@ def build_training_model(
         sd, source = weights
         load_into(model, sd, source)
     if cfg.trainer.grad_checkpointing:
-        apply_grad_checkpointing(model)
+        apply_grad_checkpointing(model, selective=cfg.trainer.grad_checkpointing == "selective")
     if resolve_compile(cfg.trainer):
         apply_compile(model)
     return model

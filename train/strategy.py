@@ -9,7 +9,7 @@ import functools
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from skein.rwkv.models import CausalLM
 from skein.train.config import TrainerSection
@@ -112,12 +112,13 @@ def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
             _wrap(block)
 
 
-def apply_grad_checkpointing(model: CausalLM) -> None:
+def apply_grad_checkpointing(model: CausalLM, selective: bool = False) -> None:
     """Recompute each block in the backward pass (non-reentrant checkpointing, so any positional
-    signature and tuple outputs work, with DeepSpeed, the custom kernels and torch.compile)."""
+    signature and tuple outputs work, with DeepSpeed, the custom kernels and torch.compile).
+    `selective` keeps the outputs of the operators in SAVED_OPS and recomputes the rest."""
     for block in model.blocks:
         if not getattr(block, "_skein_checkpointed", False):
-            block._skein_checkpointed = True
+            block._skein_checkpointed = "selective" if selective else True
             _wrap(block)
 
 
@@ -134,5 +135,30 @@ def _wrap(block: torch.nn.Module) -> None:
     block.forward = torch.compile(fn, **compile_args) if compile_args else fn
 
 
+# Operators whose outputs selective checkpointing keeps: the matmuls, attention and the recurrence
+# kernels' forwards, the costly part of a block's recompute.
+SAVED_OPS = frozenset(
+    {
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::_scaled_dot_product_flash_attention",
+        "aten::_scaled_dot_product_efficient_attention",
+        "aten::_scaled_dot_product_cudnn_attention",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "skein::rwkv7_fwd",
+        "skein::delta_product_fwd",
+        "skein::wkv4_fwd",
+    }
+)
+
+
+def _keep_saved_ops(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op.name() in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
 def _checkpointed(block: torch.nn.Module, *args: Any) -> Any:
+    if block._skein_checkpointed == "selective":
+        context = functools.partial(create_selective_checkpoint_contexts, _keep_saved_ops)
+        return checkpoint(block._skein_inner, *args, use_reentrant=False, context_fn=context)
     return checkpoint(block._skein_inner, *args, use_reentrant=False)

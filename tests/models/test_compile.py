@@ -12,10 +12,12 @@ generates C++ code and takes a minute or more on a cold cache, so it is marked s
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from skein.rwkv import build_model
 from skein.rwkv.models import CausalLM
@@ -37,7 +39,7 @@ def _loss_and_grads(model: CausalLM, idx: torch.Tensor, y: torch.Tensor):
     return logits.detach(), loss.detach(), grads
 
 
-def _check_compiled_matches(name: str, backend: str, checkpointing: bool, tol: float = 1e-5) -> None:
+def _check_compiled_matches(name: str, backend: str, checkpointing: bool | str, tol: float = 1e-5) -> None:
     torch._dynamo.reset()
     counters.clear()
     eager = build_model(TINY[name])
@@ -45,7 +47,7 @@ def _check_compiled_matches(name: str, backend: str, checkpointing: bool, tol: f
     compiled = copy.deepcopy(eager)
     names = list(eager.state_dict())
     if checkpointing:
-        apply_grad_checkpointing(compiled)
+        apply_grad_checkpointing(compiled, selective=checkpointing == "selective")
     apply_compile(compiled, backend=backend)
     assert list(compiled.state_dict()) == names
     idx = random_tokens(TINY[name]["vocab_size"], B=2, T=24, seed=5)
@@ -197,3 +199,40 @@ def test_blocks_of_a_deep_model_share_compiled_graphs(name: str) -> None:
     idx = random_tokens(model.config.vocab_size, B=2, T=16, seed=3)
     model(idx)[0].float().logsumexp(-1).mean().backward()
     assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+
+
+@pytest.mark.parametrize("name", ["llama", pytest.param("rwkv7", marks=pytest.mark.slow)])
+def test_compiled_selective_checkpointing_matches_eager(name: str) -> None:
+    _check_compiled_matches(name, BACKEND, checkpointing="selective")
+
+
+class _CountMatmuls(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.calls += func.name() in ("aten::mm", "aten::addmm", "aten::bmm")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_selective_checkpointing_reruns_no_matmul(name: str) -> None:
+    """Selective checkpointing gives the gradients of no checkpointing, and its backward runs the
+    same matmuls (those of the gradients); full checkpointing runs the forward's again."""
+    model = build_model(TINY[name])
+    perturb_parameters(model)
+    idx = random_tokens(TINY[name]["vocab_size"], B=2, T=24, seed=5)
+    results = {}
+    for mode in ("none", "full", "selective"):
+        m = copy.deepcopy(model)
+        if mode != "none":
+            apply_grad_checkpointing(m, selective=mode == "selective")
+        loss = m(idx)[0].float().logsumexp(-1).mean()
+        with _CountMatmuls() as count:
+            loss.backward()
+        results[mode] = count.calls, {n: p.grad for n, p in m.named_parameters()}
+    assert results["full"][0] > results["none"][0] > 0
+    assert results["selective"][0] == results["none"][0]
+    for n, g in results["none"][1].items():
+        torch.testing.assert_close(results["selective"][1][n], g, rtol=1e-5, atol=1e-6, msg=n)

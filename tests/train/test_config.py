@@ -9,6 +9,7 @@ import yaml
 
 from skein.train.cli import main
 from skein.train.config import ConfigError, load_config
+from skein.train.run import build_training_model
 from skein.train.strategy import resolve_compile
 from tests.train.helpers import tiny_run, write_config
 
@@ -162,6 +163,16 @@ def test_trainer_compile_and_fused_loss_keys(tmp_path: Path) -> None:
         load_config(path, ["trainer.compile=sometimes"])
     with pytest.raises(ConfigError, match="loss_chunk_tokens"):
         load_config(path, ["trainer.loss_chunk_tokens=0"])
+
+
+def test_grad_checkpointing_key_reaches_every_block(tmp_path: Path) -> None:
+    """trainer.grad_checkpointing: false, true or selective, as the trainer builds the model."""
+    path = write_config(tiny_run("g", tmp_path), tmp_path / "run.yaml")
+    for value, want in (("false", None), ("true", True), ("selective", "selective")):
+        model = build_training_model(load_config(path, [f"trainer.grad_checkpointing={value}"]))
+        assert [getattr(b, "_skein_checkpointed", None) for b in model.blocks] == [want] * len(model.blocks)
+    with pytest.raises(ConfigError, match="trainer.grad_checkpointing"):
+        load_config(path, ["trainer.grad_checkpointing=sometimes"])
 
 
 def test_a_numeric_choice_reads_from_yaml_and_overrides(tmp_path: Path) -> None:
