@@ -87,6 +87,20 @@ def test_delta_product(shape: tuple, dtype: str) -> None:
     check_vs_reference(*delta_product_pair(), cast(inputs, torch_dtype, keep=("state",)), tol)
 
 
+@pytest.mark.parametrize("V", [256, 96])
+def test_delta_product_dispatch_splits_value_heads(V: int) -> None:
+    """head_v_dim 256 (the shipped DeltaProduct configs) and 96 run through the dispatch as kernel
+    pieces of 128 and 32 columns, against float64."""
+    from skein.rwkv.ops.delta_product import delta_product
+
+    def kernel(q, k, v, beta, g, state):
+        return delta_product(q, k, v, beta, g, state, 0.3, backend="triton")
+
+    _, reference = delta_product_pair()
+    inputs = delta_product_inputs(2, 300, 2, 2, 128, V, True, seed=V, device="cuda")
+    check_vs_reference(kernel, reference, cast(inputs, torch.bfloat16, keep=("state",)), BF16_TOL)
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("variant", list(RWKV7_VARIANTS))
 def test_rwkv7_launch_variants(variant: str, dtype: str) -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from skein.rwkv.ops.common.kernel_checks import head_piece
 from skein.rwkv.ops.delta_product import delta_product, delta_product_naive
 from skein.rwkv.ops.delta_product.parallel import delta_product_parallel
 from tests.utils import assert_close
@@ -162,3 +163,10 @@ def test_dispatch_backends_agree_and_keep_dtypes() -> None:
 def test_chunk_size_validation() -> None:
     with pytest.raises(ValueError, match="chunk_size"):
         delta_product_parallel(**make_inputs(T=4, n_h=1, gate=False, beta_max=1.0), chunk_size=0)
+
+
+@pytest.mark.parametrize(("size", "piece"), [(64, 64), (128, 128), (256, 128), (96, 32), (48, 16), (40, 40)])
+def test_kernel_head_piece(size: int, piece: int) -> None:
+    """The V pieces the dispatch hands the kernel: the largest power of two in [16, 128] dividing
+    head_v_dim (40 has none: the kernel's own check refuses it)."""
+    assert head_piece(size) == piece

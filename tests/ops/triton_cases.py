@@ -295,6 +295,19 @@ def delta_product_dispatch() -> None:
     assert_close(o, delta_product_naive(**inputs)[0], FP32_TOL, "dispatched output")
 
 
+def delta_product_dispatch_v_pieces() -> None:
+    """A head_v_dim the kernel does not take (48: not a power of two) runs as three 16-column
+    pieces; outputs, state and every gradient against float64."""
+    from skein.rwkv.ops.delta_product import delta_product
+
+    def kernel(q, k, v, beta, g, state):
+        return delta_product(q, k, v, beta, g, state, 0.3, backend="triton")
+
+    _, reference = delta_product_pair()
+    inputs = delta_product_inputs(1, 9, 2, 2, 16, 48, gate=True, seed=13)
+    check_vs_reference(kernel, reference, inputs, FP32_TOL)
+
+
 def _raises(fn: Callable, *args, match: str, **kw) -> None:
     try:
         fn(*args, **kw)
@@ -386,6 +399,7 @@ CASES: dict[str, Callable[[], None]] = {
     "delta_product_bf16": delta_product_bf16,
     "delta_product_segments": delta_product_segments,
     "delta_product_dispatch": delta_product_dispatch,
+    "delta_product_dispatch_v_pieces": delta_product_dispatch_v_pieces,
     "delta_product_c32_vsplit_T37": delta_product_variant("c32_vsplit", 37, 2, True),
     "delta_product_c32_vsplit_T100_nh1": delta_product_variant("c32_vsplit", 100, 1, False),
     "delta_product_c64_atomic_T37_nh3": delta_product_variant("c64_atomic", 37, 3, True),

@@ -10,6 +10,15 @@ KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MIN_HEAD, MAX_HEAD = 16, 128
 
 
+def head_piece(size: int) -> int:
+    """The largest power of two in [MIN_HEAD, MAX_HEAD] dividing `size` (a kernel head size that
+    tiles it), or `size` itself when none does (the kernel's check then refuses it)."""
+    piece = MAX_HEAD
+    while piece >= MIN_HEAD and size % piece:
+        piece //= 2
+    return piece if piece >= MIN_HEAD else size
+
+
 def check_device(op: str, interpreted: bool, **tensors: Tensor | None) -> None:
     """All tensors on one device: CUDA, or the CPU when the kernels run in Triton's interpreter."""
     devices = {name: t.device for name, t in tensors.items() if t is not None}
