@@ -22,6 +22,14 @@ class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or out of range."""
 
 
+def _describe(tp: Any) -> str:
+    """A type annotation in a user's words: `selective or true or false`, `an integer or null`."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(str(a) for a in typing.get_args(tp))
+    names = {bool: "true or false", type(None): "null", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     """Coerce/check one value against a type annotation; raise ConfigError naming the key."""
     origin = typing.get_origin(tp)
@@ -34,7 +42,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
                 return _check_type(value, option, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
+        expected = " or ".join(_describe(option) for option in typing.get_args(tp))
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     if tp is type(None):
         if value is None:
             return None
