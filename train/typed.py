@@ -36,12 +36,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _check_type(value, option, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         expected = " or ".join(_describe(option) for option in typing.get_args(tp))
         raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     if tp is type(None):
