@@ -73,7 +73,8 @@ class _Segment(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: Tensor | None, *grad_state: Tensor | None) -> Any:
-        wants = ctx.needs_input_grad[4:]
+        lead = len(ctx.needs_input_grad) - len(ctx.saved_tensors) - len(ctx.params)  # run .. n_state
+        wants = ctx.needs_input_grad[lead:]
         state_in = [
             s if s is None else s.detach().requires_grad_(w) for s, w in zip(ctx.saved_tensors, wants)
         ]
@@ -92,7 +93,7 @@ class _Segment(torch.autograd.Function):
         result: list[Tensor | None] = [None] * len(inputs)
         for i, g in zip(wrt, got):
             result[i] = g
-        return (None, None, None, None, *result)
+        return (*[None] * lead, *result)
 
 
 def _checkpointed_segment(run: Run, state: State | None) -> tuple[Tensor, State]:
