@@ -20,6 +20,12 @@ train_log.txt has one line per 40320 samples) and then runs RWKV-LM's train.py u
 and --my_exit_tokens = steps * 8192 (it stops after `steps` steps; its cosine ends there), with
 the demo script's --kernel @rwkv3 (its H100 WKV kernel; RWKV-LM compiles its CUDA ops on first use,
 so nvcc and ninja must be on the GPU machine).
+
+Those builds (eight CUDA extensions and DeepSpeed's fused Adam) take minutes, one after the other.
+With --ext_cache DIR each is built once into DIR/<name>/ and later runs load DIR/<name>/<name>.so;
+--prebuild builds them all at once, one process each, and exits:
+
+    python scripts/side_by_side_rwkv_lm.py --rwkv_lm ... --rwkv_lm_site ... --ext_cache ~/rwkv_lm_ext --prebuild
 skein runs configs/recipes/rwkv_lm_demo.yaml with the shard and stages.0.tokens = steps * 8192.
 
 Same data: both read the shard in RWKV-LM's magic-prime order with the same prime (skein's
@@ -47,10 +53,64 @@ RECIPE = ROOT / "configs" / "recipes" / "rwkv_lm_demo.yaml"
 CTX, MICRO_BSZ = 512, 16
 TOKENS_PER_STEP = CTX * MICRO_BSZ
 
-LAUNCHER = '''"""Runs RWKV-LM's train.py, appending "step loss seconds" per optimizer step to LOSS_FILE."""
-import os, runpy, sys, time
+LAUNCHER = '''"""Runs RWKV-LM's train.py, appending "step loss seconds" per optimizer step to LOSS_FILE.
 
+With SKEIN_SBS_EXT_CACHE set, every torch.utils.cpp_extension.load (RWKV-LM's CUDA ops and
+DeepSpeed's fused Adam) builds into CACHE/<name>/, and a later run loads CACHE/<name>/<name>.so
+without building; with SKEIN_SBS_PREBUILD=1 it only builds them, one process per extension."""
+import json, os, runpy, subprocess, sys, time
+
+import torch
+import torch.utils.cpp_extension as cpp
+
+CACHE = os.environ.get("SKEIN_SBS_EXT_CACHE")
+PREBUILD = os.environ.get("SKEIN_SBS_PREBUILD") == "1"
+_load, _jobs = cpp.load, {}
+BUILD_ONE = "import json, sys; from torch.utils.cpp_extension import load; load(**json.loads(sys.argv[1]))"
+
+
+def cached_load(name, sources, **kw):
+    if not CACHE:
+        return _load(name=name, sources=sources, **kw)
+    where = os.path.join(CACHE, name)
+    lib = os.path.join(where, name + ".so")
+    if os.path.exists(lib):
+        if kw.get("is_python_module", True):
+            return cpp._import_module_from_library(name, where, True)
+        torch.ops.load_library(lib)
+        return lib
+    os.makedirs(where, exist_ok=True)
+    kw.update(name=name, sources=[os.path.abspath(s) for s in sources], build_directory=where)
+    if PREBUILD:
+        _jobs[name] = subprocess.Popen([sys.executable, "-c", BUILD_ONE, json.dumps(kw)])
+        return None
+    return _load(**kw)
+
+
+cpp.load = cached_load
 sys.path.insert(0, os.getcwd())
+if PREBUILD:
+    os.environ.update(RWKV_MY_TESTING="x070", RWKV_KERNEL=os.environ.get("SKEIN_SBS_KERNEL", ""),
+                      RWKV_CTXLEN="512", RWKV_HEAD_SIZE="64", RWKV_HEAD_L2WRAP_CE_CHUNK="0",
+                      RWKV_FLOAT_MODE="bf16", RWKV_JIT_ON="1")
+    # src/model.py registers each op right after loading it; without the library that fails, so
+    # run its top-level statements one by one and let those fail: every load still starts a build
+    import ast
+
+    body = ast.parse(open("src/model.py").read()).body
+    ns = {"__name__": "rwkv_lm_model", "__file__": os.path.abspath("src/model.py")}
+    for node in body:
+        try:
+            exec(compile(ast.Module([node], []), "src/model.py", "exec"), ns)
+        except Exception:
+            pass
+    from deepspeed.ops.op_builder import FusedAdamBuilder
+
+    FusedAdamBuilder().load()
+    failed = [name for name, job in _jobs.items() if job.wait() != 0]
+    print(f"built {sorted(set(_jobs) - set(failed))}; failed {failed}", flush=True)
+    sys.exit(1 if failed else 0)
+
 import src.trainer as T
 
 _orig = T.train_callback.on_train_batch_end
@@ -119,6 +179,29 @@ def rwkv_lm_args(shard: str, steps: int, prime: int, proj_dir: Path) -> list[str
     return out
 
 
+def rwkv_lm_env(a: argparse.Namespace) -> dict[str, str]:
+    """RWKV-LM's environment: its own site folder instead of skein's PYTHONPATH, and the extension
+    cache when one is given."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(Path(a.rwkv_lm_site).resolve()), SKEIN_SBS_KERNEL=a.rwkv_lm_kernel)
+    if a.ext_cache:
+        env.update(SKEIN_SBS_EXT_CACHE=str(Path(a.ext_cache).resolve()))
+    return env
+
+
+def prebuild(a: argparse.Namespace, out: Path) -> None:
+    """Build RWKV-LM's CUDA extensions and DeepSpeed's fused Adam into --ext_cache, in parallel."""
+    out.mkdir(parents=True, exist_ok=True)
+    launcher = out / "launch.py"
+    launcher.write_text(LAUNCHER)
+    env = {**rwkv_lm_env(a), "SKEIN_SBS_PREBUILD": "1"}
+    t0 = time.time()
+    rc = subprocess.run([sys.executable, str(launcher)], cwd=a.rwkv_lm, env=env).returncode
+    print(f"prebuild: rc {rc} in {time.time() - t0:.0f} s into {a.ext_cache}", flush=True)
+    if rc != 0:
+        raise SystemExit(rc)
+
+
 def run_rwkv_lm(a: argparse.Namespace, prime: int, out: Path) -> tuple[list[float], list[float]]:
     """Losses and step seconds of RWKV-LM's run."""
     work = out / "rwkv_lm"
@@ -129,8 +212,8 @@ def run_rwkv_lm(a: argparse.Namespace, prime: int, out: Path) -> tuple[list[floa
     args = rwkv_lm_args(str(Path(a.shard).resolve()), a.steps, prime, work / "proj")
     if a.rwkv_lm_kernel:
         args += ["--kernel", a.rwkv_lm_kernel]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(Path(a.rwkv_lm_site).resolve()), SKEIN_SBS_LOSS_FILE=str(losses))
+    env = rwkv_lm_env(a)
+    env.update(SKEIN_SBS_LOSS_FILE=str(losses))
     log = work / "log.txt"
     print(f"RWKV-LM: {a.rwkv_lm} (log {log})", flush=True)
     with open(log, "w") as f:
@@ -206,7 +289,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rwkv_lm", required=True, help="RWKV-LM's RWKV-v7/train_temp folder")
     ap.add_argument("--rwkv_lm_site", required=True, help="--target folder with pytorch-lightning 1.9.5 etc.")
-    ap.add_argument("--shard", required=True, help="binidx prefix (vocab 65536, e.g. RWKV World minipile)")
+    ap.add_argument("--shard", help="binidx prefix (vocab 65536, e.g. RWKV World minipile)")
     ap.add_argument("--steps", type=int, default=366, help="optimizer steps of each trainer")
     ap.add_argument("--skip", type=int, default=10, help="first steps left out of the step-time median")
     ap.add_argument("--rwkv_lm_kernel", default="@rwkv3", help="RWKV-LM --kernel ('': its default op)")
@@ -214,10 +297,23 @@ def main() -> None:
         "--skein", default="", help="skein trainer overrides, e.g. 'compile=false fused_loss=false'"
     )
     ap.add_argument("--only", choices=["both", "rwkv_lm", "skein"], default="both")
+    ap.add_argument(
+        "--ext_cache",
+        default=os.environ.get("SKEIN_SBS_EXT_CACHE", ""),
+        help="folder where RWKV-LM's CUDA extensions are built once and loaded by later runs",
+    )
+    ap.add_argument("--prebuild", action="store_true", help="only build the extensions into --ext_cache")
     a = ap.parse_args()
     a.skein_trainer = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.skein.split())}
     if not (Path(a.rwkv_lm) / "train.py").is_file():
         raise SystemExit(f"--rwkv_lm {a.rwkv_lm}: no train.py there (want RWKV-LM/RWKV-v7/train_temp)")
+    out = Path(os.environ.get("OUT") or "side_by_side_out").resolve()
+    if a.prebuild:
+        if not a.ext_cache:
+            raise SystemExit("--prebuild needs --ext_cache")
+        return prebuild(a, out / "prebuild")
+    if not a.shard:
+        raise SystemExit("--shard is required (a binidx prefix)")
     if a.steps <= a.skip + 1:
         raise SystemExit(f"--steps {a.steps} must exceed --skip {a.skip} + 1")
     from skein.data.sampler import magic_prime
@@ -226,7 +322,6 @@ def main() -> None:
     prime = magic_prime((n - 1) // CTX)
     if prime / (n // CTX) <= 0.9:
         raise SystemExit(f"{a.shard}: {n} tokens is too small for RWKV-LM's magic-prime check at ctx {CTX}")
-    out = Path(os.environ.get("OUT") or "side_by_side_out").resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rl = run_rwkv_lm(a, prime, out) if a.only != "skein" else None
