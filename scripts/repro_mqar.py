@@ -46,6 +46,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--groups", nargs="+", default=[g[0] for g in GROUPS], help="groups to run (shares rescaled)"
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script end to end")
     a = p.parse_args()
 
@@ -55,11 +58,15 @@ def main() -> None:
     out = Path(a.out)
     results_dir = ResultsDir(out)
     sizes = dict(settings=a.settings, lrs=a.lrs, num_train=a.num_train, num_test=a.num_test, epochs=a.epochs)
-    groups = GROUPS
+    unknown = set(a.groups) - {g[0] for g in GROUPS}
+    if unknown:
+        raise SystemExit(f"--groups: unknown {sorted(unknown)}; choose from {[g[0] for g in GROUPS]}")
+    kept = [g for g in GROUPS if g[0] in a.groups]
+    groups = [(n, m, d, share / sum(g[3] for g in kept)) for n, m, d, share in kept]
     if a.smoke:
         sizes = dict(settings=["32:4", "64:8"], lrs=a.lrs, num_train=256, num_test=32, epochs=2,
                      vocab_size=64, batch_size=32)  # fmt: skip
-        groups = [(n, m, [32], s) for n, m, _, s in GROUPS]
+        groups = [(n, m, [32], s) for n, m, _, s in groups]
     start, summary, best, ran, skipped, errors = time.monotonic(), [], [], [], [], {}
     for name, mixer, d_models, share in groups:
         runs = len(d_models) * len(sizes["settings"]) * len(sizes["lrs"])
