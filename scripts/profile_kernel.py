@@ -1,12 +1,12 @@
-"""Run one of skein's recurrence kernels, forward and backward, a few times at a benchmark shape, so a
-profiler sees exactly those launches (nothing is timed here; `skein bench kernels` times them).
+"""Run one kernel of `skein bench kernels` (skein's or a peer's), forward and backward, a few times at a
+benchmark shape, so a profiler sees exactly those launches (nothing is timed here).
 
-    ncu --clock-control none --kernel-name regex:bwd --launch-skip 1 --launch-count 1 \\
+    ncu --clock-control none --kernel-name regex:_rwkv7_bwd --launch-skip 1 --launch-count 1 \\
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
-        python scripts/profile_kernel.py --op rwkv7
-    nsys profile -o rwkv7 python scripts/profile_kernel.py --op rwkv7 --repeats 5
+        python scripts/profile_kernel.py --case "skein chunk_rwkv7"
+    nsys profile -o rwkv7 python scripts/profile_kernel.py --case "skein chunk_rwkv7" --repeats 5
 
-Shapes and inputs are those of `skein bench kernels` (train/bench_kernels.py).
+Cases, shapes and inputs are those of `skein bench kernels` (train/bench_kernels.py).
 """
 
 from __future__ import annotations
@@ -15,17 +15,12 @@ import argparse
 
 import torch
 
-from skein.train.bench_kernels import (
-    BenchShape,
-    delta_product_bench_inputs,
-    rwkv7_bench_inputs,
-    wkv4_bench_inputs,
-)
+from skein.train.bench_kernels import REGISTRY, BenchShape
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--op", choices=["rwkv7", "delta_product", "wkv4"], default="rwkv7")
+    p.add_argument("--case", choices=sorted(REGISTRY), default="skein chunk_rwkv7")
     p.add_argument("--B", type=int, default=8)
     p.add_argument("--T", type=int, default=4096)
     p.add_argument("--H", type=int, default=32)
@@ -34,27 +29,11 @@ def main() -> None:
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_kernel: needs a CUDA device")
-    s = BenchShape(a.B, a.T, a.H, a.K, torch.float32 if a.op == "wkv4" else torch.bfloat16)
-    if a.op == "rwkv7":
-        from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
-
-        x = rwkv7_bench_inputs(s)
-        step = lambda: chunk_rwkv7(*x)[0]  # noqa: E731
-    elif a.op == "delta_product":
-        from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
-
-        x = delta_product_bench_inputs(s)
-        step = lambda: chunk_delta_product(*x)[0]  # noqa: E731
-    else:
-        from skein.rwkv.ops.wkv4.fused import fused_wkv4
-
-        x = list(wkv4_bench_inputs(s))
-        step = lambda: fused_wkv4(*x)[0]  # noqa: E731
+    runner = REGISTRY[a.case].build(BenchShape(a.B, a.T, a.H, a.K, torch.bfloat16))
     for _ in range(a.repeats):
-        y = step()
-        y.backward(torch.randn_like(y))
+        runner.fwd_bwd()
     torch.cuda.synchronize()
-    print(f"profile_kernel: {a.op} B{a.B} T{a.T} H{a.H} K{a.K}, {a.repeats} forward + backward")
+    print(f"profile_kernel: {a.case} B{a.B} T{a.T} H{a.H} K{a.K}, {a.repeats} forward + backward")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ With --ext_cache DIR each is built once into DIR/<name>/ and later runs load DIR
 --prebuild builds them all at once, one process each, and exits:
 
     python scripts/side_by_side_rwkv_lm.py --rwkv_lm ... --rwkv_lm_site ... --ext_cache ~/rwkv_lm_ext --prebuild
+
 skein runs configs/recipes/rwkv_lm_demo.yaml with the shard and stages.0.tokens = steps * 8192.
 
 Same data: both read the shard in RWKV-LM's magic-prime order with the same prime (skein's
