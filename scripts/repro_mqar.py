@@ -32,6 +32,7 @@ GROUPS = [
     ("rwkv7_conv4", "rwkv7_conv4", [128], 0.2),
     ("attention", "attention", [128], 0.2),
 ]
+GROUP_NAMES = [g[0] for g in GROUPS]
 SETTINGS = ["64:4", "128:8", "256:16", "512:64"]
 
 
@@ -46,9 +47,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--groups", nargs="+", default=[g[0] for g in GROUPS], help="groups to run (shares rescaled)"
-    )
+    p.add_argument("--groups", nargs="+", default=list(GROUP_NAMES), help="groups to run (shares rescaled)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script end to end")
     a = p.parse_args()
 
@@ -58,11 +57,12 @@ def main() -> None:
     out = Path(a.out)
     results_dir = ResultsDir(out)
     sizes = dict(settings=a.settings, lrs=a.lrs, num_train=a.num_train, num_test=a.num_test, epochs=a.epochs)
-    unknown = set(a.groups) - {g[0] for g in GROUPS}
+    unknown = set(a.groups) - set(GROUP_NAMES)
     if unknown:
-        raise SystemExit(f"--groups: unknown {sorted(unknown)}; choose from {[g[0] for g in GROUPS]}")
+        raise SystemExit(f"--groups: unknown {sorted(unknown)}; choose from {GROUP_NAMES}")
     kept = [g for g in GROUPS if g[0] in a.groups]
-    groups = [(n, m, d, share / sum(g[3] for g in kept)) for n, m, d, share in kept]
+    total = sum(g[3] for g in kept)
+    groups = [(n, m, d, share / total) for n, m, d, share in kept]
     if a.smoke:
         sizes = dict(settings=["32:4", "64:8"], lrs=a.lrs, num_train=256, num_test=32, epochs=2,
                      vocab_size=64, batch_size=32)  # fmt: skip

@@ -51,7 +51,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "recipes" / "rwkv_lm_demo.yaml"
-CTX, MICRO_BSZ = 512, 16
+CTX, MICRO_BSZ, HEAD_SIZE = 512, 16, 64
 TOKENS_PER_STEP = CTX * MICRO_BSZ
 
 LAUNCHER = '''"""Runs RWKV-LM's train.py, appending "step loss seconds" per optimizer step to LOSS_FILE.
@@ -91,10 +91,8 @@ def cached_load(name, sources, **kw):
 cpp.load = cached_load
 sys.path.insert(0, os.getcwd())
 if PREBUILD:
-    os.environ.update(RWKV_MY_TESTING="x070", RWKV_KERNEL=os.environ.get("SKEIN_SBS_KERNEL", ""),
-                      RWKV_CTXLEN="512", RWKV_HEAD_SIZE="64", RWKV_HEAD_L2WRAP_CE_CHUNK="0",
-                      RWKV_FLOAT_MODE="bf16", RWKV_JIT_ON="1")
-    # src/model.py registers each op right after loading it; without the library that fails, so
+    # src/model.py reads the RWKV_* variables train.py would set (given by the caller); it
+    # registers each op right after loading it; without the library that fails, so
     # run its top-level statements one by one and let those fail: every load still starts a build
     import ast
 
@@ -157,7 +155,7 @@ def rwkv_lm_args(shard: str, steps: int, prime: int, proj_dir: Path) -> list[str
         "micro_bsz": MICRO_BSZ,
         "n_layer": 12,
         "n_embd": 768,
-        "head_size": 64,
+        "head_size": HEAD_SIZE,
         "head_chunk": 0,
         "lr_init": 6e-4,
         "lr_final": 6e-5,
@@ -184,7 +182,7 @@ def rwkv_lm_env(a: argparse.Namespace) -> dict[str, str]:
     """RWKV-LM's environment: its own site folder instead of skein's PYTHONPATH, and the extension
     cache when one is given."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(Path(a.rwkv_lm_site).resolve()), SKEIN_SBS_KERNEL=a.rwkv_lm_kernel)
+    env.update(PYTHONPATH=str(Path(a.rwkv_lm_site).resolve()))
     if a.ext_cache:
         env.update(SKEIN_SBS_EXT_CACHE=str(Path(a.ext_cache).resolve()))
     return env
@@ -196,6 +194,10 @@ def prebuild(a: argparse.Namespace, out: Path) -> None:
     launcher = out / "launch.py"
     launcher.write_text(LAUNCHER)
     env = {**rwkv_lm_env(a), "SKEIN_SBS_PREBUILD": "1"}
+    # what RWKV-LM's train.py would set from rwkv_lm_args' flags before importing its model
+    env.update(RWKV_MY_TESTING="x070", RWKV_KERNEL=a.rwkv_lm_kernel, RWKV_CTXLEN=str(CTX),
+               RWKV_HEAD_SIZE=str(HEAD_SIZE), RWKV_HEAD_L2WRAP_CE_CHUNK="0", RWKV_FLOAT_MODE="bf16",
+               RWKV_JIT_ON="1")  # fmt: skip
     t0 = time.time()
     rc = subprocess.run([sys.executable, str(launcher)], cwd=a.rwkv_lm, env=env).returncode
     print(f"prebuild: rc {rc} in {time.time() - t0:.0f} s into {a.ext_cache}", flush=True)
