@@ -28,6 +28,7 @@ from torch import Tensor
 
 from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch, chunk_delta_product
 from skein.rwkv.ops.delta_product.naive import delta_product_naive
+from skein.rwkv.ops.rwkv7.bwd_cuda import CONFIGS as CUDA_CONFIGS
 from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
 from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
 from skein.rwkv.ops.wkv4.fused import fused_wkv4
@@ -44,7 +45,11 @@ from skein.train.bench_kernels import (
 )
 
 RWKV7_VARIANTS = {
-    "c16 bwd per head": Rwkv7Launch(chunk=16),
+    **{
+        f"c16 cuda bwd c{c}": Rwkv7Launch(chunk=16, bwd_kernel="cuda", cuda_config=c)
+        for c in CUDA_CONFIGS[64]
+    },
+    "c16 bwd per head": Rwkv7Launch(chunk=16, bwd_kernel="triton"),
     "c16 two-pass bwd_bv32 sum": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_two_pass=True),
     "c16 fwd_w8 two-pass bwd_bv32 atomic": Rwkv7Launch(
         chunk=16, fwd_warps=8, bwd_block_v=32, bwd_reduce="atomic", bwd_two_pass=True
@@ -52,12 +57,13 @@ RWKV7_VARIANTS = {
     "c16 two-pass": Rwkv7Launch(chunk=16, bwd_two_pass=True),
     "c16 bwd_bv32 sum": Rwkv7Launch(chunk=16, bwd_block_v=32),
     "c16 bwd_bv32 atomic": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_reduce="atomic"),
-    "c16 fwd_bv32 (old fwd) bwd per head": Rwkv7Launch(chunk=16, block_v=32),
+    "c16 fwd_bv32 (old fwd) bwd per head": Rwkv7Launch(chunk=16, block_v=32, bwd_kernel="triton"),
     "c32 two-pass bwd_bv32 sum": Rwkv7Launch(chunk=32, bwd_block_v=32, bwd_two_pass=True),
     "c32 bwd_bv32 sum": Rwkv7Launch(chunk=32, bwd_block_v=32),
     "c64 bwd_bv32 sum": Rwkv7Launch(chunk=64, bwd_block_v=32),
 }
-"""Forward: V in one program (64 columns) unless fwd_bv says otherwise."""
+"""Forward: V in one program (64 columns) unless fwd_bv says otherwise. "cuda bwd cN": the CUDA
+backward in launch configuration N (bwd_cuda.CONFIGS)."""
 DELTA_PRODUCT_VARIANTS = {
     "c16 bwd per head": DeltaProductLaunch(chunk=16),
     "c16 two-pass bwd_bv32 sum": DeltaProductLaunch(chunk=16, bwd_block_v=32, bwd_two_pass=True),
@@ -184,7 +190,7 @@ def _shape_name(s: BenchShape) -> str:
     return f"B{s.B} T{s.T} H{s.H} K{s.K}"
 
 
-def sweep_rwkv7(rows: list[Row], s: BenchShape, rwkv_lm: str | None) -> None:
+def sweep_rwkv7(rows: list[Row], s: BenchShape, rwkv_lm: str | None, with_fla: bool = True) -> None:
     budget = BF16_BUDGET if s.dtype == torch.bfloat16 else FP32_BUDGET
 
     def cut_in(n: str, t: Tensor) -> Tensor:
@@ -216,7 +222,7 @@ def sweep_rwkv7(rows: list[Row], s: BenchShape, rwkv_lm: str | None) -> None:
             )
 
         _guarded(rows, Row("rwkv7", _shape_name(s), f"skein {name}"), run)
-    peers = [("fla chunk_rwkv7", REGISTRY["fla chunk_rwkv7"].build)]
+    peers = [("fla chunk_rwkv7", REGISTRY["fla chunk_rwkv7"].build)] if with_fla else []
     if rwkv_lm:
         peers.insert(0, ("RWKV-LM clampw_v3 (no state)", rwkv_lm_cuda_case(rwkv_lm)))
     for name, build in peers:
@@ -330,6 +336,9 @@ def main() -> None:
     )
     p.add_argument("--variants", default="", help="comma-separated variant names to keep (default: all)")
     p.add_argument(
+        "--no_fla", dest="fla", action="store_false", help="leave fla's rwkv7 kernel out (slow to compile)"
+    )
+    p.add_argument(
         "--shapes", default="large,small", help="rwkv7 shapes: large (B8 T4096 H32), small (B16 T512 H12)"
     )
     args = p.parse_args()
@@ -348,9 +357,9 @@ def main() -> None:
     t0 = time.time()
     if "rwkv7" in ops:
         if "large" in args.shapes:
-            sweep_rwkv7(rows, BenchShape(8, 4096, 32, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm))
+            sweep_rwkv7(rows, BenchShape(8, 4096, 32, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm), args.fla)
         if "small" in args.shapes:
-            sweep_rwkv7(rows, BenchShape(16, 512, 12, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm))
+            sweep_rwkv7(rows, BenchShape(16, 512, 12, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm), args.fla)
     if "delta_product" in ops:
         sweep_delta_product(rows, BenchShape(8, 4096, 32, 64, torch.bfloat16, n_h=2))
     if "wkv4" in ops:

@@ -86,11 +86,16 @@ def rwkv7_bench_inputs(s: BenchShape) -> list[Tensor]:
     return [_leaf(x, s.dtype) for x in (r, w, k * s.K**-0.5, v, a, b)]
 
 
-def _skein_rwkv7(s: BenchShape) -> Runner:
-    from skein.rwkv.ops.rwkv7.chunk import chunk_rwkv7
+def _skein_rwkv7(s: BenchShape, bwd_kernel: str = "triton") -> Runner:
+    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
 
+    launch = Rwkv7Launch(bwd_kernel=bwd_kernel)
     x = rwkv7_bench_inputs(s)
-    return autograd_runner(lambda: chunk_rwkv7(*x)[:1], x)
+    return autograd_runner(lambda: chunk_rwkv7(*x, launch=launch)[:1], x)
+
+
+def _skein_rwkv7_cuda_bwd(s: BenchShape) -> Runner:
+    return _skein_rwkv7(s, "cuda")
 
 
 def _fla_rwkv7(s: BenchShape) -> Runner:
@@ -253,6 +258,7 @@ REGISTRY: dict[str, BenchCase] = {
     c.name: c
     for c in (
         BenchCase("skein chunk_rwkv7", "rwkv7", _skein_rwkv7),
+        BenchCase("skein chunk_rwkv7, CUDA backward", "rwkv7", _skein_rwkv7_cuda_bwd),
         BenchCase("fla chunk_rwkv7", "rwkv7", _fla_rwkv7, peer=True),
         BenchCase("skein fused_wkv4 (fp32)", "wkv4", _skein_wkv4),
         BenchCase("fla fused_recurrent_rwkv4 (fp32)", "wkv4", _fla_wkv4, peer=True),

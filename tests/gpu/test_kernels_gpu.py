@@ -31,6 +31,7 @@ from tests.ops.kernel_checks import (
 
 pytest.importorskip("triton")
 
+from skein.rwkv.ops.rwkv7.bwd_cuda import CONFIGS  # noqa: E402
 from tests.ops.triton_cases import DELTA_PRODUCT_VARIANTS, RWKV7_VARIANTS  # noqa: E402
 
 pytestmark = [
@@ -45,6 +46,15 @@ DTYPES = {"bf16": (torch.bfloat16, BF16_TOL), "fp32": (torch.float32, FP32_TOL)}
 
 # (B, T, H, K, V); chunks are 16 tokens by default
 RWKV7_SHAPES = [(2, 1000, 4, 64, 64), (1, 1, 1, 64, 64), (1, 257, 1, 128, 128), (3, 100, 2, 32, 64)]
+# (B, T, H, K = V) for the CUDA backward: T below, at and across its 8- and 16-token boundaries
+RWKV7_CUDA_SHAPES = [
+    (2, 1000, 4, 64),
+    (1, 1, 1, 64),
+    (1, 7, 2, 64),
+    (1, 9, 1, 64),
+    (2, 16, 2, 64),
+    (2, 37, 3, 32),
+]
 # (B, T, C)
 WKV4_SHAPES = [(2, 1000, 512), (1, 1, 64), (1, 333, 100)]
 # (B, T, n_h, H, K, V, gated)
@@ -62,6 +72,38 @@ def test_rwkv7(shape: tuple[int, ...], dtype: str) -> None:
     torch_dtype, tol = DTYPES[dtype]
     inputs = cast(rwkv7_inputs(*shape, seed=sum(shape), device="cuda"), torch_dtype, keep=("state",))
     check_vs_reference(*rwkv7_pair(), inputs, tol)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", RWKV7_CUDA_SHAPES, ids=str)
+def test_rwkv7_cuda_backward(shape: tuple[int, ...], dtype: str) -> None:
+    B, T, H, N = shape
+    torch_dtype, tol = DTYPES[dtype]
+    inputs = cast(rwkv7_inputs(B, T, H, N, N, seed=T, device="cuda"), torch_dtype, keep=("state",))
+    check_vs_reference(*rwkv7_pair(bwd_kernel="cuda"), inputs, tol)
+
+
+@pytest.mark.parametrize("config", CONFIGS[64])
+@pytest.mark.parametrize("decay", ["model", "slow", "fast"])
+def test_rwkv7_cuda_backward_configs_and_decays(decay: str, config: int) -> None:
+    """Every launch configuration; "fast" decays (w in [-6, -2]) take the path that recomputes a
+    row forward instead of undoing steps."""
+    inputs = rwkv7_inputs(2, 300, 2, 64, 64, decay, seed=config, device="cuda")
+    check_vs_reference(*rwkv7_pair(bwd_kernel="cuda", cuda_config=config), inputs, FP32_TOL)
+
+
+def test_rwkv7_cuda_backward_is_what_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skein.rwkv.ops.rwkv7 import bwd_cuda
+    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
+
+    calls = []
+    real = bwd_cuda.rwkv7_bwd_cuda
+    monkeypatch.setattr(bwd_cuda, "rwkv7_bwd_cuda", lambda *a: calls.append(1) or real(*a))
+    x = cast(rwkv7_inputs(1, 40, 2, 64, 64, seed=3, device="cuda"), torch.bfloat16, keep=("state",))
+    leaves = [x[n].requires_grad_() for n in (*"rwkvab", "state")]
+    o, sT = chunk_rwkv7(*leaves, launch=Rwkv7Launch(bwd_kernel="cuda"))
+    (o.float().square().sum() + sT.sum()).backward()
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("decay", ["slow", "fast"])

@@ -126,12 +126,32 @@ def rwkv7_custom_op() -> None:
 
     x = rwkv7_inputs(1, 5, 1, 16, 32, seed=42)
     args = [x[n].requires_grad_() for n in (*"rwkvab", "state")]
-    _opcheck(torch.ops.skein.rwkv7_fwd.default, (*args, 0.8, 16, 16, 4, True, 16, False, True, 4, 0))
+    _opcheck(
+        torch.ops.skein.rwkv7_fwd.default,
+        (*args, 0.8, 16, 16, 4, True, False, 16, False, True, 4, 0, 0),
+    )
     states = torch.randn(1, 1, 16, 32)
-    do, dsT = torch.randn_like(x["v"]), torch.randn_like(x["state"])
+    do, dsT, sT = torch.randn_like(x["v"]), torch.randn_like(x["state"]), torch.randn_like(x["state"])
+    no_u = torch.empty(0)
     _opcheck(
         torch.ops.skein.rwkv7_bwd.default,
-        (*(t.detach() for t in args[:6]), do, dsT, states, 0.8, 16, 16, False, True, 4, 0, True),
+        (
+            *(t.detach() for t in args[:6]),
+            do,
+            dsT,
+            states,
+            sT,
+            no_u,
+            0.8,
+            16,
+            16,
+            False,
+            True,
+            4,
+            0,
+            0,
+            True,
+        ),
     )
     launch = Rwkv7Launch(bwd_block_v=16, bwd_two_pass=True)
 
@@ -140,6 +160,35 @@ def rwkv7_custom_op() -> None:
         return (o * o).sum() + sT.sin().sum()
 
     _compile_matches_eager(loss, args)
+
+
+def rwkv7_saves_u() -> None:
+    """With save_u the forward also writes u_t = S_{t-1}^T a_t, which the CUDA backward reads:
+    checked against a float64 token loop (T = 37 crosses chunk boundaries), with the saved
+    chunk-start states."""
+    import skein.rwkv.ops.rwkv7.chunk  # noqa: F401  (registers the op)
+
+    x = rwkv7_inputs(2, 37, 2, 32, 32, seed=9)
+    r, w, k, v, a, b, s0 = (x[n] for n in (*"rwkvab", "state"))
+    o, sT, states, u = torch.ops.skein.rwkv7_fwd(
+        r, w, k, v, a, b, s0, 0.8, 16, 0, 4, True, True, 32, False, False, 8, 0, 0
+    )
+    S = s0.double()
+    us, starts = [], []
+    for t in range(37):
+        if t % 16 == 0:
+            starts.append(S.flatten(0, 1))
+        us.append(torch.einsum("bhk,bhkv->bhv", a[:, t].double(), S))
+        S = (
+            w[:, t].double().exp().unsqueeze(-1) * S
+            + b[:, t].double().unsqueeze(-1) * us[-1].unsqueeze(-2)
+            + k[:, t].double().unsqueeze(-1) * v[:, t].double().unsqueeze(-2)
+        )
+    assert u.shape == (2, 37, 2, 32) and u.dtype == torch.float32
+    assert us[5].abs().mean() > 0.05
+    assert_close(u, torch.stack(us, 1), FP32_TOL, "u")
+    assert_close(states, torch.stack(starts, 1), FP32_TOL, "chunk-start states")
+    assert_close(sT, S, FP32_TOL, "final state")
 
 
 def wkv4_fp32(T: int, spread: float = 3.0) -> Callable[[], None]:
@@ -380,6 +429,7 @@ CASES: dict[str, Callable[[], None]] = {
     **{f"rwkv7_{name}_T{T}": rwkv7_variant(name, T) for name in RWKV7_VARIANTS for T in (37, 100)},
     "rwkv7_variant_bf16": rwkv7_variant_bf16,
     "rwkv7_custom_op": rwkv7_custom_op,
+    "rwkv7_saves_u": rwkv7_saves_u,
     **{f"wkv4_fp32_T{T}": wkv4_fp32(T) for T in (1, 7, 33)},
     "wkv4_large_k": wkv4_fp32(20, spread=30.0),
     "wkv4_empty_state": wkv4_empty_state,

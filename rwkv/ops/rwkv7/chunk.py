@@ -34,6 +34,9 @@ from skein.rwkv.ops.common.triton_utils import (
     sum_parts,
     tri_inverse,
 )
+from skein.rwkv.ops.rwkv7 import bwd_cuda
+from skein.rwkv.ops.rwkv7.bwd_cuda import CONFIGS, KERNELS
+from skein.rwkv.ops.rwkv7.bwd_cuda import DEFAULT_CONFIG as DEFAULT_CUDA_CONFIG
 
 CHUNK = 16
 """Default tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w
@@ -67,6 +70,12 @@ class Rwkv7Launch:
     """Warps per backward program; 0 picks from the tile size."""
     bwd_stages: int = 0
     """Software-pipelining stages of the backward; 0 lets Triton choose (1 for large fp32 tiles)."""
+    bwd_kernel: str = "triton"
+    """Backward kernel: "triton" (the chunked kernels here) or "cuda" (bwd_cuda.py: the token
+    recurrence in reverse, built with nvcc on first use; K = V in 32 or 64, chunk 16, no V split,
+    r, w, k, v, a, b in one dtype, bf16 or fp32). Triton is the faster on an H200 (docs/kernels.md)."""
+    cuda_config: int = DEFAULT_CUDA_CONFIG
+    """Threads per state row and column of the CUDA backward (bwd_cuda.CONFIGS)."""
 
     def check(self, V: int) -> None:
         op = "chunk_rwkv7"
@@ -78,6 +87,11 @@ class Rwkv7Launch:
                 raise ValueError(f"{op}: {name} = {bv} must be a power of two in [16, V = {V}]")
         if self.bwd_reduce not in ("sum", "atomic"):
             raise ValueError(f"{op}: bwd_reduce = {self.bwd_reduce!r} must be 'sum' or 'atomic'")
+        if self.bwd_kernel not in KERNELS:
+            raise ValueError(f"{op}: bwd_kernel = {self.bwd_kernel!r} must be one of {KERNELS}")
+        configs = CONFIGS.get(V, (DEFAULT_CUDA_CONFIG,))
+        if self.cuda_config not in configs:
+            raise ValueError(f"{op}: cuda_config = {self.cuda_config} must be one of {configs} for V = {V}")
         for name in ("fwd_warps", "bwd_warps"):
             nw = getattr(self, name)
             if nw and nw not in (1, 2, 4, 8, 16):
@@ -123,9 +137,9 @@ def _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale):
 
 @triton.jit
 def _rwkv7_fwd_kernel(
-    r, w, k, v, a, b, s0, o, sT, states, scale, T, H,
+    r, w, k, v, a, b, s0, o, sT, states, u, scale, T, H,
     K: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, LOG2_C: tl.constexpr,
-    HAS_S0: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
+    HAS_S0: tl.constexpr, SAVE: tl.constexpr, SAVE_U: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -161,6 +175,8 @@ def _rwkv7_fwd_kernel(
         # u_t = S_{t-1}^T a_t for the whole chunk: U = (I - M_ab)^-1 (A0 S + M_ak V)
         X = tl.dot(A0, S, input_precision=PREC) + tl.dot(M_ak, v_c, input_precision=PREC)
         U = tl.dot(P_inv, X, input_precision=PREC)
+        if SAVE_U:
+            tl.store(u + pv, U, mask=mt)
         O = tl.dot(R0, S, input_precision=PREC)
         O += tl.dot(M_rb, U, input_precision=PREC) + tl.dot(M_rk, v_c, input_precision=PREC)
         tl.store(o + pv, O.to(o.dtype.element_ty), mask=mt)
@@ -352,43 +368,48 @@ _INTERPRETED = is_interpreted(_rwkv7_fwd_kernel)
 
 _FWD_SCHEMA = (
     "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor? state, float scale, "
-    "int chunk, int block_v, int num_warps, bool save, int bwd_block_v, bool bwd_atomic, bool bwd_two_pass, "
-    "int bwd_warps, int bwd_stages) -> (Tensor, Tensor, Tensor)"
+    "int chunk, int block_v, int num_warps, bool save, bool save_u, int bwd_block_v, bool bwd_atomic, "
+    "bool bwd_two_pass, int bwd_warps, int bwd_stages, int cuda_config) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
 )
 _BWD_SCHEMA = (
     "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor do, Tensor? dsT, Tensor states, "
-    "float scale, int chunk, int block_v, bool atomic, bool two_pass, int num_warps, int num_stages, bool want_ds0) "
+    "Tensor sT, Tensor u, float scale, int chunk, int block_v, bool atomic, bool two_pass, int num_warps, "
+    "int num_stages, int cuda_config, bool want_ds0) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 
 @torch.library.custom_op("skein::rwkv7_fwd", mutates_args=(), schema=_FWD_SCHEMA)
-def rwkv7_fwd(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, *bwd_launch):
-    """o [B, T, H, V], the final state [B, H, K, V] (fp32) and, when `save`, the chunk-start
-    states [B * H, NT, K, V] (fp32; else an empty tensor). `bwd_launch` (V block, atomic
-    reduction, two passes, warps, stages) is kept for the backward."""
+def rwkv7_fwd(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, save_u, *bwd_launch):
+    """o [B, T, H, V], the final state [B, H, K, V] (fp32), when `save` the chunk-start states
+    [B * H, NT, K, V] and when `save_u` every u_t = S_{t-1}^T a_t [B, T, H, V] (fp32; else empty
+    tensors). `bwd_launch` (V block, atomic reduction, two passes, warps, stages, CUDA config) is
+    kept for the backward; `save_u` picks the CUDA backward."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, chunk)
     o = torch.empty_like(v)
     sT = v.new_empty(B, H, K, V, dtype=torch.float32)
     states = v.new_empty((B * H, NT, K, V) if save else (0,), dtype=torch.float32)
+    u = v.new_empty((B, T, H, V) if save_u else (0,), dtype=torch.float32)
     bv = block_v or block_v_for(V)
     _rwkv7_fwd_kernel[(V // bv, B * H)](
-        r, w, k, v, a, b, state, o, sT, states if save else None, scale, T, H,
+        r, w, k, v, a, b, state, o, sT, states if save else None, u if save_u else None, scale, T, H,
         K=K, V=V, BV=bv, C=chunk, LOG2_C=chunk.bit_length() - 1,
-        HAS_S0=state is not None, SAVE=save, PREC=dot_precision(v.dtype), num_warps=num_warps,
+        HAS_S0=state is not None, SAVE=save, SAVE_U=save_u, PREC=dot_precision(v.dtype), num_warps=num_warps,
     )  # fmt: skip
-    return o, sT, states
+    return o, sT, states, u
 
 
 @rwkv7_fwd.register_fake
-def _(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, *bwd_launch):
+def _(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, save_u, *bwd_launch):
     B, T, H, K = r.shape
     V = v.shape[-1]
     NT = (T + chunk - 1) // chunk
     states = v.new_empty((B * H, NT, K, V) if save else (0,), dtype=torch.float32)
-    return torch.empty_like(v), v.new_empty(B, H, K, V, dtype=torch.float32), states
+    u = v.new_empty((B, T, H, V) if save_u else (0,), dtype=torch.float32)
+    return torch.empty_like(v), v.new_empty(B, H, K, V, dtype=torch.float32), states, u
 
 
 @torch.library.custom_op("skein::rwkv7_bwd", mutates_args=(), schema=_BWD_SCHEMA)
@@ -402,6 +423,8 @@ def rwkv7_bwd(
     do,
     dsT,
     states,
+    sT,
+    u,
     scale,
     chunk,
     block_v,
@@ -409,10 +432,17 @@ def rwkv7_bwd(
     two_pass,
     num_warps,
     num_stages,
+    cuda_config,
     want_ds0,
 ):
     """Gradients of r, w, k, v, a, b (each in its input's dtype) and of the initial state (fp32
-    [B, H, K, V], or an empty tensor unless `want_ds0`)."""
+    [B, H, K, V], or an empty tensor unless `want_ds0`). With `u` saved (not empty) the CUDA
+    kernel runs (bwd_cuda.py)."""
+    if u.numel():
+        grads = bwd_cuda.rwkv7_bwd_cuda(
+            (r, w, k, v, a, b), do, u, states, sT, dsT, scale, want_ds0, cuda_config
+        )
+        return tuple(grads)
     B, T, H, K = r.shape
     V = v.shape[-1]
     bv = block_v or V
@@ -462,6 +492,8 @@ def _(
     do,
     dsT,
     states,
+    sT,
+    u,
     scale,
     chunk,
     block_v,
@@ -469,6 +501,7 @@ def _(
     two_pass,
     num_warps,
     num_stages,
+    cuda_config,
     want_ds0,
 ):
     B, _, H, K = r.shape
@@ -478,21 +511,24 @@ def _(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    r, w, k, v, a, b, state, scale, chunk, _, _, _, *bwd_launch = inputs
-    ctx.save_for_backward(r, w, k, v, a, b, output[2])
+    r, w, k, v, a, b, state, scale, chunk, _, _, _, save_u, *bwd_launch = inputs
+    _, sT, states, u = output
+    # the final state is kept only for the CUDA backward (u not empty), which starts from it
+    ctx.save_for_backward(r, w, k, v, a, b, sT if save_u else u, states, u)
     ctx.scale, ctx.chunk, ctx.has_state, ctx.bwd_launch = scale, chunk, state is not None, bwd_launch
 
 
-def _backward(ctx, do, dsT, _dstates):
-    r, w, k, v, a, b, states = ctx.saved_tensors
-    bv, atomic, two_pass, warps, stages = ctx.bwd_launch
+def _backward(ctx, do, dsT, _dstates, _du):
+    r, w, k, v, a, b, sT, states, u = ctx.saved_tensors
+    bv, atomic, two_pass, warps, stages, cuda_config = ctx.bwd_launch
     want_ds0 = ctx.has_state and ctx.needs_input_grad[6]
     do = torch.zeros_like(v) if do is None else do.contiguous()
     dsT = None if dsT is None else dsT.contiguous()
     *grads, ds0 = torch.ops.skein.rwkv7_bwd(
-        r, w, k, v, a, b, do, dsT, states, ctx.scale, ctx.chunk, bv, atomic, two_pass, warps, stages, want_ds0,
+        r, w, k, v, a, b, do, dsT, states, sT, u, ctx.scale, ctx.chunk, bv, atomic, two_pass, warps, stages,
+        cuda_config, want_ds0,
     )  # fmt: skip
-    return (*grads, ds0 if want_ds0 else None, *([None] * 11))
+    return (*grads, ds0 if want_ds0 else None, *([None] * 12))
 
 
 rwkv7_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -557,11 +593,24 @@ def chunk_rwkv7(
     )
     bv = launch.bwd_block_v or V
     opts = bwd_launch_options(K, bv, v.dtype, launch)
-    o, sT, _ = rwkv7_fwd(
-        r, w, k, v, a, b, state, float(scale), launch.chunk, launch.block_v, launch.fwd_warps, save,
+    save_u = save and _cuda_backward(launch, (r, w, k, a, b), v)
+    o, sT, _, _ = rwkv7_fwd(
+        r, w, k, v, a, b, state, float(scale), launch.chunk, launch.block_v, launch.fwd_warps, save, save_u,
         bv, launch.bwd_reduce == "atomic", launch.bwd_two_pass, opts["num_warps"], opts.get("num_stages", 0),
+        launch.cuda_config,
     )  # fmt: skip
     return o, sT
+
+
+def _cuda_backward(launch: Rwkv7Launch, kin: tuple[Tensor, ...], v: Tensor) -> bool:
+    """Whether the backward runs the CUDA kernel; raises if it was asked for and cannot take
+    these inputs. The kernel is built at the first backward that runs it."""
+    if launch.bwd_kernel == "triton":
+        return False
+    why = bwd_cuda.unsupported(kin, v, launch.chunk, launch.bwd_block_v, launch.bwd_two_pass)
+    if why:
+        raise ValueError(f"chunk_rwkv7: bwd_kernel='cuda' cannot take {why}")
+    return True
 
 
 __all__ = ["CHUNK", "CHUNKS", "DEFAULT_LAUNCH", "Rwkv7Launch", "chunk_rwkv7"]
