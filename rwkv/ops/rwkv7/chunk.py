@@ -35,8 +35,6 @@ from skein.rwkv.ops.common.triton_utils import (
     tri_inverse,
 )
 from skein.rwkv.ops.rwkv7 import bwd_cuda
-from skein.rwkv.ops.rwkv7.bwd_cuda import CONFIGS, KERNELS
-from skein.rwkv.ops.rwkv7.bwd_cuda import DEFAULT_CONFIG as DEFAULT_CUDA_CONFIG
 
 CHUNK = 16
 """Default tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w
@@ -74,7 +72,7 @@ class Rwkv7Launch:
     """Backward kernel: "triton" (the chunked kernels here) or "cuda" (bwd_cuda.py: the token
     recurrence in reverse, built with nvcc on first use; K = V in 32 or 64, chunk 16, no V split,
     r, w, k, v, a, b in one dtype, bf16 or fp32). Triton is the faster on an H200 (docs/kernels.md)."""
-    cuda_config: int = DEFAULT_CUDA_CONFIG
+    cuda_config: int = bwd_cuda.DEFAULT_CONFIG
     """Threads per state row and column of the CUDA backward (bwd_cuda.CONFIGS)."""
 
     def check(self, V: int) -> None:
@@ -87,9 +85,9 @@ class Rwkv7Launch:
                 raise ValueError(f"{op}: {name} = {bv} must be a power of two in [16, V = {V}]")
         if self.bwd_reduce not in ("sum", "atomic"):
             raise ValueError(f"{op}: bwd_reduce = {self.bwd_reduce!r} must be 'sum' or 'atomic'")
-        if self.bwd_kernel not in KERNELS:
-            raise ValueError(f"{op}: bwd_kernel = {self.bwd_kernel!r} must be one of {KERNELS}")
-        configs = CONFIGS.get(V, (DEFAULT_CUDA_CONFIG,))
+        if self.bwd_kernel not in bwd_cuda.KERNELS:
+            raise ValueError(f"{op}: bwd_kernel = {self.bwd_kernel!r} must be one of {bwd_cuda.KERNELS}")
+        configs = bwd_cuda.CONFIGS.get(V, (bwd_cuda.DEFAULT_CONFIG,))
         if self.cuda_config not in configs:
             raise ValueError(f"{op}: cuda_config = {self.cuda_config} must be one of {configs} for V = {V}")
         for name in ("fwd_warps", "bwd_warps"):
