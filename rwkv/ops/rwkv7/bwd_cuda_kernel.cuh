@@ -15,8 +15,9 @@
 // (RS threads share a row), a "column thread" CC columns' pieces of G (CS threads share a
 // column). Each sum is local to a thread plus a shuffle across its RS (CS) lanes; du passes from
 // column to row threads through shared memory, one barrier per token. A thread reads the token's
-// vectors from shared memory four floats at a time and uses each for its RR rows (CC columns):
-// shared-memory bandwidth, not arithmetic, is what limits this kernel.
+// vectors from shared memory four floats at a time and uses each for its RR rows (CC columns),
+// which cut its time by 30% against one float and one row or column per thread; on an H200 it
+// is limited by instruction issue (docs/kernels.md, "CUDA backward for RWKV-7").
 //
 // S_{t-1} comes from S_t by undoing the step, e^{w_t} S_{t-1} = S_t - b_t u_t^T - k_t v_t^T,
 // over at most 7 tokens: the forward saved S at every 16th token (its chunk starts) and the row
