@@ -22,8 +22,8 @@ import torch
 
 from skein.rwkv import build_model
 from skein.rwkv.convert import to_rwkv_lm
-from skein.train.export import load_source
-from skein.train.generate import sample_tokens
+from skein.train.commands.export import load_source
+from skein.train.commands.generate import sample_tokens
 
 OFFICIAL = r"""
 import json, os, sys, time

@@ -26,14 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch, chunk_delta_product
-from skein.rwkv.ops.delta_product.naive import delta_product_naive
-from skein.rwkv.ops.rwkv7.bwd_cuda import CONFIGS as CUDA_CONFIGS
-from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
-from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
-from skein.rwkv.ops.wkv4.fused import fused_wkv4
-from skein.rwkv.ops.wkv4.naive import wkv4_naive
-from skein.train.bench_kernels import (
+from skein.rwkv.ops.bench import (
     REGISTRY,
     BenchShape,
     Runner,
@@ -43,6 +36,13 @@ from skein.train.bench_kernels import (
     rwkv_lm_cuda_case,
     wkv4_bench_inputs,
 )
+from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch, chunk_delta_product
+from skein.rwkv.ops.delta_product.naive import delta_product_naive
+from skein.rwkv.ops.rwkv7.bwd_cuda import CONFIGS as CUDA_CONFIGS
+from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
+from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
+from skein.rwkv.ops.wkv4.fused import fused_wkv4
+from skein.rwkv.ops.wkv4.naive import wkv4_naive
 
 RWKV7_VARIANTS = {
     **{

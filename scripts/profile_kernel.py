@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from skein.train.bench_kernels import REGISTRY, BenchShape
+from skein.rwkv.ops.bench import REGISTRY, BenchShape
 
 
 def main() -> None:

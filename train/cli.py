@@ -27,15 +27,18 @@ from skein.train.eval import SUITES as EVAL_SUITES
 # subcommand -> "module:function" (or a group of them, e.g. `skein bench kernels`).
 COMMANDS: dict[str, str | dict[str, str]] = {
     "prepare": "skein.data.prepare:prepare",
-    "train": "skein.train.run:train",
-    "params": "skein.train.inspect:params",
-    "plot-lr": "skein.train.inspect:plot_lr",
-    "export": "skein.train.export:export",
-    "import": "skein.train.export:import_weights",
-    "generate": "skein.train.generate:generate",
-    "bench": {"kernels": "skein.train.bench_kernels:bench_kernels", "train": "skein.train.bench:bench_train"},
-    "submit": "skein.train.submit:submit",
-    "status": "skein.train.status:status",
+    "train": "skein.train.loop.run:train",
+    "params": "skein.train.commands.inspect:params",
+    "plot-lr": "skein.train.commands.inspect:plot_lr",
+    "export": "skein.train.commands.export:export",
+    "import": "skein.train.commands.export:import_weights",
+    "generate": "skein.train.commands.generate:generate",
+    "bench": {
+        "kernels": "skein.rwkv.ops.bench:bench_kernels",
+        "train": "skein.train.commands.bench:bench_train",
+    },
+    "submit": "skein.train.commands.submit:submit",
+    "status": "skein.train.commands.status:status",
     "eval": EVAL_SUITES,
 }
 GLOBAL_FLAGS = ("--debug", "--verbose")

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 
 from skein.rwkv.models import ModelConfig
+from skein.train.loop.schedule import ScheduleSection
 from skein.train.plan import StagePlan, derived_comment, stage_plans
-from skein.train.schedule import ScheduleSection
 from skein.train.typed import ConfigError, apply_override, from_dict, plain
 
 RECURRENT_ARCHS = ("rwkv4", "rwkv7", "deltaproduct")

@@ -68,6 +68,10 @@ def explain(e: BaseException) -> str | None:
 
     if isinstance(e, BinIdxError):
         return f"{e}; run `skein prepare` again for these shards"
+    from skein.rwkv.ops.bench import BenchError
+
+    if isinstance(e, BenchError):
+        return str(e)
     if isinstance(e, OSError):
         if e.filename is not None:
             return f"{e.filename}: {e.strerror or _first_line(e)}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from skein.train.config import RunConfig
-from skein.train.strategy import resolve_strategy
+from skein.train.parallel.strategy import resolve_strategy
 from skein.train.typed import ConfigError
 
 

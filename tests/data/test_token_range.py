@@ -14,8 +14,8 @@ from skein.data import token_range
 from skein.data.binidx import BinIdxDataset, BinIdxError, BinIdxWriter
 from skein.data.token_range import RANGE_SUFFIX, check_token_range, scan_range
 from skein.train.config import ConfigError, load_config
-from skein.train.data_module import check_vocab
-from skein.train.run import train_from_config
+from skein.train.loop.data_module import check_vocab
+from skein.train.loop.run import train_from_config
 from tests.train.helpers import tiny_run, write_config
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skein.train.generate import generate, sample_next, sample_tokens
+from skein.train.commands.generate import generate, sample_next, sample_tokens
 from tests.export.helpers import logits, save_skein_safetensors, tiny_model
 from tests.utils import assert_close
 

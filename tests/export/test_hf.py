@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from skein.rwkv.convert import read_hf, to_hf
-from skein.train.export import export
+from skein.train.commands.export import export
 from tests.export.helpers import logits, save_skein_safetensors, tiny_model
 from tests.models.harness import random_tokens
 from tests.utils import assert_close

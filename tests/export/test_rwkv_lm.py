@@ -13,8 +13,8 @@ import yaml
 from skein.rwkv import build_model
 from skein.rwkv.convert import from_rwkv_lm, infer_config, load_strict, read_safetensors, to_rwkv_lm
 from skein.rwkv.convert.rwkv_lm import detect_arch, fit_layout
-from skein.train.checkpoint import load_weights
-from skein.train.export import export, import_weights, load_source
+from skein.train.checkpoints.checkpoint import load_weights
+from skein.train.commands.export import export, import_weights, load_source
 from tests.export.helpers import TINY, logits, save_skein_safetensors, tiny_model
 from tests.models.harness import random_tokens
 

@@ -11,10 +11,10 @@ import torch
 
 from skein.data.prepare import prepare
 from skein.rwkv import build_model
+from skein.train.commands.export import export, load_source
+from skein.train.commands.generate import generate
 from skein.train.config import RunConfig, from_dict
-from skein.train.export import export, load_source
-from skein.train.generate import generate
-from skein.train.run import train_from_config
+from skein.train.loop.run import train_from_config
 from tests.export.helpers import logits
 from tests.models.harness import random_tokens
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skein.train.export import export
+from skein.train.commands.export import export
 from tests.export.helpers import logits, save_skein_safetensors, tiny_model
 from tests.models.harness import random_tokens
 from tests.utils import assert_close

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from skein.rwkv import build_model
-from skein.train.checkpoint import latest_checkpoint, load_weights
+from skein.train.checkpoints.checkpoint import latest_checkpoint, load_weights
 from tests.train.helpers import losses, run_cli, tiny_run, write_config
 
 

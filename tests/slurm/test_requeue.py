@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from skein.train.slurm import cluster_plugins, requeue_if_stopped
+from skein.train.loop.slurm import cluster_plugins, requeue_if_stopped
 
 SRUN_TASK = {
     "SLURM_JOB_ID": "77",

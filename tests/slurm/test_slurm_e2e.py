@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from skein.train.status import describe
+from skein.train.commands.status import describe
 from tests.slurm.cluster import LocalSlurm, install
 from tests.train.helpers import losses, run_cli, tiny_run, write_config
 

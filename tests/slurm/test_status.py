@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skein.train.checkpoint import CheckpointMeta
+from skein.train.checkpoints.checkpoint import CheckpointMeta
+from skein.train.checkpoints.lock import current_holder
+from skein.train.commands.status import describe
 from skein.train.config import dump_config, load_config
-from skein.train.lock import current_holder
-from skein.train.status import describe
 from skein.train.typed import ConfigError
 from tests.train.helpers import tiny_run, write_config
 

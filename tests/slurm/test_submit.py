@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from skein.train.cli import main
+from skein.train.commands.submit import render, submit
 from skein.train.config import load_config
-from skein.train.submit import render, submit
 from skein.train.typed import ConfigError
 from tests.train.helpers import tiny_run, write_config
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from skein.train.bench import PHASES
+from skein.train.commands.bench import PHASES
 from skein.train.config import ConfigError
 from tests.train.helpers import run_cli, tiny_run, write_config
 
@@ -66,7 +66,7 @@ def test_bench_train_cli_reports_real_steps(corpus: str, tmp_path: Path) -> None
 
 
 def test_bench_refuses_a_segmented_stage(corpus: str, tmp_path: Path) -> None:
-    from skein.train.bench import bench_train
+    from skein.train.commands.bench import bench_train
 
     cfg = tiny_run(
         corpus, tmp_path / "run", stages=[{"ctx_len": 32, "tokens": 1024, "micro_bsz": 4, "segment_len": 16}]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from skein.train.checkpoint import CheckpointMeta, latest_checkpoint, save_checkpoint
+from skein.train.checkpoints.checkpoint import CheckpointMeta, latest_checkpoint, save_checkpoint
 from skein.train.config import load_config
-from skein.train.data_module import check_vocab
+from skein.train.loop.data_module import check_vocab
 from tests.train.helpers import tiny_run, write_config
 
 
@@ -94,8 +94,8 @@ def test_a_step_is_logged_before_its_checkpoint_is_published(
     """A kill right after a save must not lose that step's metrics row: the resume starts after it."""
     import csv
 
-    import skein.train.callbacks as callbacks
-    from skein.train.run import train_from_config
+    import skein.train.loop.callbacks as callbacks
+    from skein.train.loop.run import train_from_config
 
     run_dir = tmp_path / "run"
     logged_at_save: list[tuple[int, set[int]]] = []

@@ -12,10 +12,10 @@ import torch
 from skein.data.dataset import PretrainDataset
 from skein.data.prepare import prepare
 from skein.rwkv import build_model
-from skein.train.checkpoint import latest_checkpoint, load_weights
+from skein.train.checkpoints.checkpoint import latest_checkpoint, load_weights
 from skein.train.config import ConfigError, load_config
-from skein.train.losses import lm_loss
-from skein.train.run import train_from_config
+from skein.train.loop.losses import lm_loss
+from skein.train.loop.run import train_from_config
 from tests.train.helpers import tiny_run, write_config
 
 

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from skein.data.dataset import PretrainDataset
 from skein.data.prepare import prepare
-from skein.train.checkpoint import latest_checkpoint
+from skein.train.checkpoints.checkpoint import latest_checkpoint
 from skein.train.cli import main
+from skein.train.commands.export import load_source
 from skein.train.config import load_config
-from skein.train.export import load_source
-from skein.train.run import train_from_config
+from skein.train.loop.run import train_from_config
 from tests.train.helpers import tiny_run, write_config
 
 

@@ -15,7 +15,7 @@ import lightning as L
 import pytest
 import torch
 
-from skein.train.checkpoint import (
+from skein.train.checkpoints.checkpoint import (
     CheckpointError,
     CheckpointMeta,
     latest_checkpoint,
@@ -23,8 +23,8 @@ from skein.train.checkpoint import (
     save_checkpoint,
 )
 from skein.train.config import load_config
-from skein.train.module import NonFiniteLossError
-from skein.train.run import train_from_config
+from skein.train.loop.module import NonFiniteLossError
+from skein.train.loop.run import train_from_config
 from tests.train.helpers import metric_rows, run_cli, tiny_run, write_config
 from tests.train.test_checkpoint import FakeTrainer
 
@@ -207,8 +207,8 @@ def test_stop_after_steps_stops_and_saves_without_a_temp_dir(
 
 
 def test_a_recorded_global_batch_that_cannot_be_kept_is_refused(corpus: str, tmp_path: Path) -> None:
-    from skein.train.module import StagePlan
-    from skein.train.run import _recorded_tokens_per_step
+    from skein.train.loop.module import StagePlan
+    from skein.train.loop.run import _recorded_tokens_per_step
     from skein.train.typed import ConfigError
 
     stage = _run(corpus, tmp_path).stages[0]  # micro_bsz 4, ctx_len 32

@@ -14,8 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from skein.train import lock
-from skein.train.lock import LOCK_NAME, RunDirBusy, acquire, current_holder, read_lock, release, run_lock
+from skein.train.checkpoints import lock
+from skein.train.checkpoints.lock import (
+    LOCK_NAME,
+    RunDirBusy,
+    acquire,
+    current_holder,
+    read_lock,
+    release,
+    run_lock,
+)
 from tests.train.helpers import run_cli, start_cli, tiny_run, wait_for, write_config
 
 

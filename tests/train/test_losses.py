@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skein.train.losses import fused_lm_loss, lm_loss
+from skein.train.loop.losses import fused_lm_loss, lm_loss
 
 
 def _case(seed: int, B: int = 3, T: int = 37, C: int = 48, V: int = 301):
@@ -76,7 +76,7 @@ def test_training_step_loss_is_the_same_fused_or_not(tmp_path) -> None:
     of every parameter (RWKV-7 tiny model, random tokens)."""
     from skein.rwkv import build_model
     from skein.train.config import load_config
-    from skein.train.module import LMModule
+    from skein.train.loop.module import LMModule
     from tests.models.harness import perturb_parameters
     from tests.train.helpers import tiny_run, write_config
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from skein.train.commands.inspect import lr_curve, stage_boundaries
+from skein.train.commands.plots import loss_points, plot_loss_curve, smooth
 from skein.train.config import load_config
-from skein.train.inspect import lr_curve, stage_boundaries
-from skein.train.plots import loss_points, plot_loss_curve, smooth
 from tests.train.helpers import tiny_run, write_config
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skein.train.checkpoint import latest_checkpoint
+from skein.train.checkpoints.checkpoint import latest_checkpoint
 from tests.train.helpers import (
     kill_then_resume,
     losses,

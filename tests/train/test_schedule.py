@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from skein.train.inspect import lr_curve, plot_lr
-from skein.train.schedule import AutoDecay, ScheduleSection
+from skein.train.commands.inspect import lr_curve, plot_lr
+from skein.train.loop.schedule import AutoDecay, ScheduleSection
 from tests.train.helpers import tiny_run, write_config
 
 

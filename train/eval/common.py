@@ -10,7 +10,7 @@ import torch
 
 from skein.data.dataset import PretrainDataset
 from skein.data.tokenizer import ByteTokenizer, RwkvWorldTokenizer, Tokenizer
-from skein.train.export import Source, load_source
+from skein.train.commands.export import Source, load_source
 from skein.train.typed import ConfigError
 
 

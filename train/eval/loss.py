@@ -11,7 +11,7 @@ from skein.data.tokenizer import load_tokenizer
 from skein.train.config import TrainerSection
 from skein.train.eval.common import autocast, held_out, load, pick_device, run_ctx_len, token_bytes
 from skein.train.eval.output import ResultsDir, table
-from skein.train.evaluation import ValidationLoss
+from skein.train.loop.evaluation import ValidationLoss
 from skein.train.typed import ConfigError
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from skein.train.checkpoint import latest_checkpoint
+from skein.train.checkpoints.checkpoint import latest_checkpoint
+from skein.train.checkpoints.lock import LockInfo, is_stale, read_lock
 from skein.train.config import load_config
-from skein.train.lock import LockInfo, is_stale, read_lock
 from skein.train.plan import stage_plans
 from skein.train.typed import ConfigError
 

@@ -60,7 +60,7 @@ def plot_lr(config: str, output: str = "lr.png", overrides: list[str] | None = N
         output: PNG path to write.
         overrides: dotted key=value overrides.
     """
-    from skein.train.plots import pyplot, save_figure
+    from skein.train.commands.plots import pyplot, save_figure
 
     cfg = load_config(config, overrides)
     curve = lr_curve(config, overrides)

@@ -18,25 +18,28 @@ import torch
 
 from skein.data.dataset import PretrainDataset
 from skein.rwkv.models import CausalLM, build_model
-from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, StagePosition
-from skein.train.checkpoint import (
+from skein.train.checkpoints.checkpoint import (
     CheckpointMeta,
     DirectCheckpointIO,
     latest_checkpoint,
     load_weights,
     resume_checkpoint,
 )
+from skein.train.checkpoints.lock import is_global_zero, run_lock
+from skein.train.checkpoints.resume_check import (
+    check_checkpoint_engine,
+    check_resume_config,
+    write_run_config,
+)
+from skein.train.checkpoints.weights import load_into, load_source
+from skein.train.commands.plots import plot_loss_curve
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
-from skein.train.data_module import StageDataModule
-from skein.train.evaluation import PeriodicEval, ValidationLoss
-from skein.train.lock import is_global_zero, run_lock
-from skein.train.module import LMModule
-from skein.train.plan import StagePlan, stage_plans
-from skein.train.plots import plot_loss_curve
-from skein.train.preflight import check_run
-from skein.train.resume_check import check_checkpoint_engine, check_resume_config, write_run_config
-from skein.train.slurm import cluster_plugins, requeue_if_stopped
-from skein.train.strategy import (
+from skein.train.loop.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, StagePosition
+from skein.train.loop.data_module import StageDataModule
+from skein.train.loop.evaluation import PeriodicEval, ValidationLoss
+from skein.train.loop.module import LMModule
+from skein.train.loop.slurm import cluster_plugins, requeue_if_stopped
+from skein.train.parallel.strategy import (
     apply_compile,
     apply_grad_checkpointing,
     build_strategy,
@@ -46,7 +49,8 @@ from skein.train.strategy import (
     resolve_strategy,
     use_gpu,
 )
-from skein.train.weights import load_into, load_source
+from skein.train.plan import StagePlan, stage_plans
+from skein.train.preflight import check_run
 
 
 def _loggers(cfg: RunConfig, out_dir: Path) -> list[Any]:

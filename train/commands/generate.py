@@ -15,7 +15,7 @@ from torch import Tensor
 
 from skein.data.tokenizer import load_tokenizer
 from skein.rwkv.models import CausalLM
-from skein.train.export import load_source
+from skein.train.commands.export import load_source
 
 
 def sample_next(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -15,9 +15,9 @@ import lightning as L
 import torch
 
 from skein.rwkv.convert.common import DTYPES
-from skein.train.checkpoint import CheckpointMeta, save_checkpoint
+from skein.train.checkpoints.checkpoint import CheckpointMeta, save_checkpoint
+from skein.train.commands.export import save_snapshot
 from skein.train.config import CheckpointSection, LogSection, RunSection
-from skein.train.export import save_snapshot
 
 # Dense bf16 peak of known GPUs, TFLOP/s, for MFU when log.peak_tflops is not set.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}

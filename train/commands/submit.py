@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from skein.train.checkpoint import write_text_atomic
+from skein.train.checkpoints.checkpoint import write_text_atomic
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.typed import ConfigError
 

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from skein.train.typed import ConfigError
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run here (no CUDA device); the CLI prints it as one line."""
 
 
 @dataclass(frozen=True)
@@ -351,10 +353,10 @@ def bench_kernels(
         One dict per kernel: name, op, status ("ok" or "refused: ..."), fwd_ms, fwd_bwd_ms,
         floor_fwd_mb, floor_fwd_bwd_mb, fwd_gbps, fwd_bwd_gbps.
     Raises:
-        ConfigError: no CUDA device.
+        BenchError: no CUDA device.
     """
     if not torch.cuda.is_available():
-        raise ConfigError(
+        raise BenchError(
             "bench kernels needs a CUDA device (the Triton kernels are GPU kernels); run it on a GPU machine"
         )
     if dtype not in ("bfloat16", "float16", "float32"):
@@ -378,6 +380,7 @@ def bench_kernels(
 __all__ = [
     "REGISTRY",
     "BenchCase",
+    "BenchError",
     "BenchShape",
     "Runner",
     "autograd_runner",

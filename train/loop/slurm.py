@@ -19,7 +19,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from skein.train.lock import is_global_zero
+from skein.train.checkpoints.lock import is_global_zero
 
 
 def in_slurm_job() -> bool:

@@ -12,12 +12,12 @@ import torch
 
 from skein.rwkv.models import CausalLM, build_model
 from skein.train.config import RunConfig
-from skein.train.losses import model_loss
-from skein.train.optim import build_optimizer
+from skein.train.loop.losses import model_loss
+from skein.train.loop.optim import build_optimizer
+from skein.train.loop.schedule import AutoDecay
+from skein.train.loop.segments import segmented_loss
+from skein.train.parallel.strategy import is_deepspeed
 from skein.train.plan import StagePlan
-from skein.train.schedule import AutoDecay
-from skein.train.segments import segmented_loss
-from skein.train.strategy import is_deepspeed
 from skein.train.typed import ConfigError
 
 

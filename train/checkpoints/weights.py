@@ -34,7 +34,7 @@ from skein.rwkv.convert import (
     read_safetensors,
 )
 from skein.rwkv.models import CausalLM
-from skein.train.checkpoint import latest_checkpoint, load_weights
+from skein.train.checkpoints.checkpoint import latest_checkpoint, load_weights
 from skein.train.typed import ConfigError
 
 RUN_DIR_DEPTH = 3

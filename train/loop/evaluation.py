@@ -17,8 +17,8 @@ import torch
 
 from skein.data.dataset import PretrainDataset
 from skein.rwkv.models import CausalLM
-from skein.train.callbacks import drop_rows_after, step_done
-from skein.train.losses import model_loss
+from skein.train.loop.callbacks import drop_rows_after, step_done
+from skein.train.loop.losses import model_loss
 
 Evaluator = Callable[[CausalLM, L.Trainer], dict[str, float]]
 

@@ -24,8 +24,8 @@ from skein.rwkv.convert import resolve_dtype, to_fla, to_hf, to_rwkv_lm, to_safe
 from skein.rwkv.convert.common import cpu_tensor
 from skein.rwkv.convert.safetensors_file import config_path
 from skein.rwkv.models import CausalLM
+from skein.train.checkpoints.weights import Source, load_source
 from skein.train.typed import plain
-from skein.train.weights import Source, load_source
 
 __all__ = ["FORMATS", "Source", "export", "import_weights", "load_source", "save_snapshot"]
 

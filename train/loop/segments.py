@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
 from skein.rwkv.models.common import CausalLM, State, detach_state, map_state
-from skein.train.losses import model_loss
+from skein.train.loop.losses import model_loss
 
 Run = Callable[[State | None], tuple[Tensor, State]]
 

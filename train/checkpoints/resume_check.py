@@ -24,10 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from skein.train.checkpoint import write_text_atomic
+from skein.train.checkpoints.checkpoint import write_text_atomic
+from skein.train.checkpoints.lock import is_global_zero
 from skein.train.config import RunConfig, dump_config, load_config
-from skein.train.lock import is_global_zero
-from skein.train.strategy import resolve_precision, resolve_strategy, use_gpu
+from skein.train.parallel.strategy import resolve_precision, resolve_strategy, use_gpu
 from skein.train.typed import ConfigError, plain
 
 ALLOWED = (

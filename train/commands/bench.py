@@ -33,13 +33,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from skein.train.callbacks import PEAK_TFLOPS, step_done
+from skein.train.checkpoints.lock import is_global_zero
 from skein.train.config import ConfigError, RunConfig, load_config
-from skein.train.data_module import StageDataModule, check_vocab
-from skein.train.lock import is_global_zero
-from skein.train.module import LMModule
-from skein.train.run import build_training_model, step_args
-from skein.train.strategy import build_strategy, is_deepspeed
+from skein.train.loop.callbacks import PEAK_TFLOPS, step_done
+from skein.train.loop.data_module import StageDataModule, check_vocab
+from skein.train.loop.module import LMModule
+from skein.train.loop.run import build_training_model, step_args
+from skein.train.parallel.strategy import build_strategy, is_deepspeed
 
 PHASES = ("data", "forward", "backward", "optimizer", "other")
 
