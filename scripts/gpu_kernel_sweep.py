@@ -36,6 +36,7 @@ from skein.rwkv.ops.bench import (
     rwkv_lm_cuda_case,
     wkv4_bench_inputs,
 )
+from skein.rwkv.ops.common.accuracy import Float64Check
 from skein.rwkv.ops.delta_product.chunk import DeltaProductLaunch, chunk_delta_product
 from skein.rwkv.ops.delta_product.naive import delta_product_naive
 from skein.rwkv.ops.rwkv7.bwd_cuda import CONFIGS as CUDA_CONFIGS
@@ -111,57 +112,6 @@ HEAD = (
 )
 
 
-def _rel(a: Tensor, b: Tensor) -> float:
-    a, b = a.double(), b.double()
-    if not torch.isfinite(a).all():
-        return float("inf")
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-class Checker:
-    """Largest relative RMS error of a kernel against a float64 reference: outputs and the
-    gradient of every input for fixed random cotangents, on a slice of the inputs; with it, the
-    error of the exact result merely rounded to the kernel's output dtype (the floor no kernel
-    can beat). The reference is computed once (on the first call) and reused for every variant."""
-
-    def __init__(
-        self,
-        reference: Callable[..., list[Tensor]],
-        inputs: dict[str, Tensor],
-        cut_in: Callable[[str, Tensor], Tensor],
-        cut_out: Callable[[int, Tensor], Tensor],
-    ) -> None:
-        self.reference, self.inputs, self.cut_in, self.cut_out = reference, inputs, cut_in, cut_out
-        self.cots: list[Tensor] | None = None
-        self.expected: dict[str, Tensor] = {}
-
-    def _reference(self, outs: list[Tensor]) -> None:
-        gen = torch.Generator(device=outs[0].device).manual_seed(1)
-        self.cots = [torch.randn(o.shape, device=o.device, generator=gen) for o in outs]
-        ref_in = {n: self.cut_in(n, t).detach().double().requires_grad_() for n, t in self.inputs.items()}
-        ref_out = self.reference(**ref_in)
-        ref_cots = [self.cut_out(i, c).double() for i, c in enumerate(self.cots)]
-        loss = sum((o * c).sum() for o, c in zip(ref_out, ref_cots))
-        grads = torch.autograd.grad(loss, list(ref_in.values()))
-        self.expected = {f"out{i}": o.detach() for i, o in enumerate(ref_out)}
-        self.expected.update({f"d{n}": g for n, g in zip(ref_in, grads)})
-
-    def __call__(self, kernel: Callable[..., list[Tensor]]) -> tuple[float, str, float]:
-        leaves = {n: t.detach().clone().requires_grad_() for n, t in self.inputs.items()}
-        outs = kernel(**leaves)
-        if self.cots is None:
-            self._reference(outs)
-        loss = sum((o.float() * c).sum() for o, c in zip(outs, self.cots))
-        grads = torch.autograd.grad(loss, list(leaves.values()))
-        got = {f"out{i}": self.cut_out(i, o) for i, o in enumerate(outs)}
-        got.update({f"d{n}": self.cut_in(n, g) for n, g in zip(leaves, grads)})
-        errs = {name: _rel(t, self.expected[name]) for name, t in got.items()}
-        worst = max(errs, key=errs.get)
-        # what rounding the exact result to the kernel's output dtype alone would cost
-        floor = _rel(self.expected[worst].to(got[worst].dtype), self.expected[worst])
-        return errs[worst], worst, floor
-
-
 def _time(runner: Runner) -> tuple[float, float, float]:
     from triton.testing import do_bench
 
@@ -205,17 +155,17 @@ def sweep_rwkv7(rows: list[Row], s: BenchShape, rwkv_lm: str | None, with_fla: b
     x = rwkv7_bench_inputs(s)
     inputs = dict(zip("rwkvab", (t.detach() for t in x)))
     inputs["state"] = 0.1 * torch.randn(s.B, s.H, s.K, s.K, device=s.device)
-    check = Checker(reference, inputs, cut_in, cut_out)
+    check = Float64Check(reference, inputs, cut_in, cut_out)
     for name, launch in RWKV7_VARIANTS.items():
 
         def run(row: Row, launch: Rwkv7Launch = launch) -> None:
             def kernel(**kw: Tensor) -> list[Tensor]:
                 return list(chunk_rwkv7(**kw, scale=1.0, launch=launch))
 
-            err, what, floor = check(kernel)
-            row.err = f"{err:.1e} ({what})"
-            row.note = f"rounding floor {floor:.1e}"
-            if err > max(budget, 1.5 * floor):
+            acc = check(kernel)
+            row.err = str(acc)
+            row.note = f"rounding floor {acc.floor:.1e}"
+            if acc.error > max(budget, 1.5 * acc.floor):
                 row.note += f"; OVER BUDGET {budget:.0e}"
             row.fwd_ms, row.fwd_bwd_ms, row.gbps = _time(
                 autograd_runner(lambda: chunk_rwkv7(*x, launch=launch)[:1], x)
@@ -224,13 +174,19 @@ def sweep_rwkv7(rows: list[Row], s: BenchShape, rwkv_lm: str | None, with_fla: b
         _guarded(rows, Row("rwkv7", _shape_name(s), f"skein {name}"), run)
     peers = [("fla chunk_rwkv7", REGISTRY["fla chunk_rwkv7"].build)] if with_fla else []
     if rwkv_lm:
-        peers.insert(0, ("RWKV-LM clampw_v3 (no state)", rwkv_lm_cuda_case(rwkv_lm)))
+        peers[:0] = [
+            ("RWKV-LM clampw_v3 (no state)", rwkv_lm_cuda_case(rwkv_lm)),
+            ("RWKV-LM clampw_v3 alt (no state)", rwkv_lm_cuda_case(rwkv_lm, "alt")),
+        ]
     for name, build in peers:
         _guarded(rows, Row("rwkv7", _shape_name(s), name), lambda row, build=build: _peer(row, build, s))
 
 
 def _peer(row: Row, build: Callable[[BenchShape], Runner], s: BenchShape) -> None:
-    row.fwd_ms, row.fwd_bwd_ms, row.gbps = _time(build(s))
+    runner = build(s)
+    row.fwd_ms, row.fwd_bwd_ms, row.gbps = _time(runner)
+    if runner.accuracy is not None:
+        row.err = str(runner.accuracy())
 
 
 def sweep_delta_product(rows: list[Row], s: BenchShape) -> None:
@@ -250,17 +206,17 @@ def sweep_delta_product(rows: list[Row], s: BenchShape) -> None:
     x = delta_product_bench_inputs(s)
     inputs = dict(zip(("q", "k", "v", "beta", "g"), (t.detach() for t in x)))
     inputs["state"] = 0.1 * torch.randn(s.B, s.H, s.K, s.K, device=s.device)
-    check = Checker(reference, inputs, cut_in, cut_out)
+    check = Float64Check(reference, inputs, cut_in, cut_out)
     for name, launch in DELTA_PRODUCT_VARIANTS.items():
 
         def run(row: Row, launch: DeltaProductLaunch = launch) -> None:
             def kernel(**kw: Tensor) -> list[Tensor]:
                 return list(chunk_delta_product(**kw, launch=launch))
 
-            err, what, floor = check(kernel)
-            row.err = f"{err:.1e} ({what})"
-            row.note = f"rounding floor {floor:.1e}"
-            if err > max(budget, 1.5 * floor):
+            acc = check(kernel)
+            row.err = str(acc)
+            row.note = f"rounding floor {acc.floor:.1e}"
+            if acc.error > max(budget, 1.5 * acc.floor):
                 row.note += f"; OVER BUDGET {budget:.0e}"
             runner = autograd_runner(lambda: chunk_delta_product(*x, launch=launch)[:1], x)
             row.fwd_ms, row.fwd_bwd_ms, row.gbps = _time(runner)
@@ -294,7 +250,7 @@ def sweep_wkv4(rows: list[Row], s: BenchShape) -> None:
     inputs["aa"] = torch.randn(s.B, C, device=s.device)
     inputs["bb"] = torch.rand(s.B, C, device=s.device) + 0.5
     inputs["pp"] = torch.randn(s.B, C, device=s.device)
-    check = Checker(reference, inputs, cut_in, cut_out)
+    check = Float64Check(reference, inputs, cut_in, cut_out)
     for name, (bc, ts) in WKV4_VARIANTS.items():
 
         def run(row: Row, bc: int = bc, ts: int = ts) -> None:
@@ -302,10 +258,10 @@ def sweep_wkv4(rows: list[Row], s: BenchShape) -> None:
                 y, st = fused_wkv4(w, u, k, v, (aa, bb, pp), block_c=bc, time_split=ts)
                 return [y, *st]
 
-            err, what, floor = check(kernel)
-            row.err = f"{err:.1e} ({what})"
-            row.note = f"rounding floor {floor:.1e}"
-            if err > max(FP32_BUDGET, 1.5 * floor):
+            acc = check(kernel)
+            row.err = str(acc)
+            row.note = f"rounding floor {acc.floor:.1e}"
+            if acc.error > max(FP32_BUDGET, 1.5 * acc.floor):
                 row.note += f"; OVER BUDGET {FP32_BUDGET:.0e}"
             row.fwd_ms, row.fwd_bwd_ms, row.gbps = _time(
                 autograd_runner(lambda: fused_wkv4(*x, block_c=bc, time_split=ts)[:1], x)

@@ -2,9 +2,15 @@
 bench_kernels(), which times them on one CUDA device next to peer kernels where those load.
 
 Peers: flash-linear-attention (fla 0.6.0 signatures) chunk_rwkv7, fused_recurrent_rwkv4,
-chunk_gated_delta_product and chunk_gated_delta_rule on the interleaved n_h * T sequence; RWKV-LM's rwkv7_clampw_v3 CUDA kernel, compiled from a directory the
-user gives (its sources are not part of skein); torch SDPA flash attention (causal) at the same
-shape. A peer that is missing or refuses the shape is listed with the reason instead of a time.
+chunk_gated_delta_product and chunk_gated_delta_rule on the interleaved n_h * T sequence; RWKV-LM's
+rwkv7_clampw_v3 CUDA kernel and its _alt variant, and wind_rwkv's chunked CUDA kernel, each
+built from a directory the user gives (their sources are not part of skein; rwkv7/peers.py);
+torch SDPA flash attention (causal) at the same shape. A peer that is missing or refuses the
+shape is listed with the reason instead of a time.
+
+Every RWKV-7 kernel runs on the same inputs and is checked, beside its time, against the float64
+token loop on a slice of them (batch 0, 4 heads, all of T): the largest relative RMS error of its
+output and of every input gradient, so no speed is bought with precision unseen.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from skein.rwkv.ops.common.accuracy import Accuracy, Float64Check
 
 
 class BenchError(RuntimeError):
@@ -47,6 +54,8 @@ class Runner:
     """Bytes of the forward's inputs and outputs, each read or written once."""
     floor_fwd_bwd: int
     """floor_fwd plus the output gradients read and the input gradients written once."""
+    accuracy: Callable[[], Accuracy] | None = None
+    """The error against the float64 reference, where the case has one."""
 
 
 @dataclass(frozen=True)
@@ -78,22 +87,52 @@ def _leaf(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.to(dtype).contiguous().requires_grad_()
 
 
-def rwkv7_bench_inputs(s: BenchShape) -> list[Tensor]:
-    """r, w, k, v, a, b like an RWKV-7 layer's: w = -exp(-softplus(-x) - 0.5), a = -kk, b = kk * iclr."""
+RWKV7_NAMES = ("r", "w", "k", "v", "a", "b")
+
+
+def rwkv7_bench_inputs(s: BenchShape, seed: int = 0) -> list[Tensor]:
+    """r, w, k, v, a, b like an RWKV-7 layer's: w = -exp(-softplus(-x) - 0.5), a = -kk, b = kk * iclr.
+    The same `seed` gives the same inputs, so every kernel of a shape runs on one set."""
     shape, dev = (s.B, s.T, s.H, s.K), s.device
-    kk = F.normalize(torch.randn(shape, device=dev), dim=-1)
-    w = -torch.exp(-F.softplus(-torch.randn(shape, device=dev)) - 0.5)
-    r, k, v = (torch.randn(shape, device=dev) for _ in range(3))
-    a, b = -kk, kk * torch.sigmoid(torch.randn(shape, device=dev))
+    gen = torch.Generator(device=dev).manual_seed(seed)
+
+    def randn() -> Tensor:
+        return torch.randn(shape, device=dev, generator=gen)
+
+    kk = F.normalize(randn(), dim=-1)
+    w = -torch.exp(-F.softplus(-randn()) - 0.5)
+    r, k, v = randn(), randn(), randn()
+    a, b = -kk, kk * torch.sigmoid(randn())
     return [_leaf(x, s.dtype) for x in (r, w, k * s.K**-0.5, v, a, b)]
+
+
+def rwkv7_runner(
+    inputs: dict[str, Tensor],
+    run: Callable[..., list[Tensor]],
+    to_skein_w: Callable[[Tensor], Tensor] = lambda w: w,
+) -> Runner:
+    """Runner of an RWKV-7 kernel `run(r=, w=, k=, v=, a=, b=) -> [o]` on `inputs` (skein's, or a
+    peer's whose w maps to skein's log decay by `to_skein_w`), with its float64 check on batch 0
+    and the first 4 heads."""
+    from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
+
+    def reference(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor) -> list[Tensor]:
+        return [rwkv7_naive(r, to_skein_w(w), k, v, a, b)[0]]
+
+    def cut(_: object, t: Tensor) -> Tensor:
+        return t[:1, :, :4]
+
+    check = Float64Check(reference, inputs, cut, cut)
+    runner = autograd_runner(lambda: run(**inputs), list(inputs.values()))
+    return Runner(runner.fwd, runner.fwd_bwd, runner.floor_fwd, runner.floor_fwd_bwd, lambda: check(run))
 
 
 def _skein_rwkv7(s: BenchShape, bwd_kernel: str = "triton") -> Runner:
     from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
 
     launch = Rwkv7Launch(bwd_kernel=bwd_kernel)
-    x = rwkv7_bench_inputs(s)
-    return autograd_runner(lambda: chunk_rwkv7(*x, launch=launch)[:1], x)
+    x = dict(zip(RWKV7_NAMES, rwkv7_bench_inputs(s), strict=True))
+    return rwkv7_runner(x, lambda **kw: [chunk_rwkv7(**kw, launch=launch)[0]])
 
 
 def _skein_rwkv7_cuda_bwd(s: BenchShape) -> Runner:
@@ -103,8 +142,34 @@ def _skein_rwkv7_cuda_bwd(s: BenchShape) -> Runner:
 def _fla_rwkv7(s: BenchShape) -> Runner:
     from fla.ops.rwkv7 import chunk_rwkv7
 
-    x = rwkv7_bench_inputs(s)
-    return autograd_runner(lambda: chunk_rwkv7(*x, scale=1.0)[:1], x)
+    x = dict(zip(RWKV7_NAMES, rwkv7_bench_inputs(s), strict=True))
+    return rwkv7_runner(x, lambda **kw: [chunk_rwkv7(**kw, scale=1.0)[0]])
+
+
+def rwkv_lm_cuda_case(directory: str, variant: str = "v3") -> Callable[[BenchShape], Runner]:
+    """RWKV-LM's rwkv7_clampw_v3 ("v3") or its _alt variant ("alt"): bf16, chunk 16, no state in
+    or out; built with torch.utils.cpp_extension from `directory` (RWKV-v7/train_temp/cuda)."""
+
+    def build(s: BenchShape) -> Runner:
+        from skein.rwkv.ops.rwkv7.peers import rwkv_lm_peer
+
+        peer = rwkv_lm_peer(directory, dict(zip(RWKV7_NAMES, rwkv7_bench_inputs(s), strict=True)), variant)
+        return rwkv7_runner(peer.inputs, peer.run, peer.to_skein_w)
+
+    return build
+
+
+def wind_rwkv_case(repo: str) -> Callable[[BenchShape], Runner]:
+    """wind_rwkv's chunked CUDA kernel (bf16 tensor-core tiles, chunk 16, state in and out) from
+    a checkout at `repo`, built on first use."""
+
+    def build(s: BenchShape) -> Runner:
+        from skein.rwkv.ops.rwkv7.peers import wind_rwkv_peer
+
+        peer = wind_rwkv_peer(repo, dict(zip(RWKV7_NAMES, rwkv7_bench_inputs(s), strict=True)))
+        return rwkv7_runner(peer.inputs, peer.run, peer.to_skein_w)
+
+    return build
 
 
 def wkv4_bench_inputs(s: BenchShape) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -207,55 +272,6 @@ def _sdpa_flash(s: BenchShape) -> Runner:
     return autograd_runner(fn, [q, k, v])
 
 
-RWKV_LM_SOURCES = ("rwkv7_clampw_v3.cpp", "rwkv7_clampw_v3_for_h100.cu")
-"""Files of RWKV-LM's RWKV-v7/train_temp/cuda needed for its H100 rwkv7 kernel."""
-
-
-def rwkv_lm_cuda_case(directory: str) -> Callable[[BenchShape], Runner]:
-    """RWKV-LM's rwkv7_clampw_v3 (bf16, chunk 16, no state in/out; it takes the raw w and
-    clamps the decay inside), compiled with torch.utils.cpp_extension.load from `directory`."""
-
-    def build(s: BenchShape) -> Runner:
-        from torch.utils.cpp_extension import load
-
-        if s.dtype != torch.bfloat16 or s.T % 16:
-            raise ValueError("rwkv7_clampw_v3 takes bf16 and T % 16 == 0")
-        sources = [Path(directory) / f for f in RWKV_LM_SOURCES]
-        missing = [str(p) for p in sources if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"missing {missing}")
-        load(
-            name=f"rwkv7_clampw_v3_n{s.K}",
-            sources=[str(p) for p in sources],
-            is_python_module=False,
-            extra_cuda_cflags=[
-                "-res-usage", "--use_fast_math", "-O3", "-Xptxas -O3", "--extra-device-vectorization",
-                f"-D_N_={s.K}", "-D_CHUNK_LEN_=16",
-            ],
-        )  # fmt: skip
-        ops = torch.ops.rwkv7_clampw_v3
-        r, w, k, v, a, b = (x.detach() for x in rwkv7_bench_inputs(s))
-        y = torch.empty_like(v)
-        st = torch.empty(s.B, s.H, s.T // 16, s.K, s.K, device=s.device, dtype=torch.float32)
-        sa = torch.empty(s.B, s.T, s.H, s.K, device=s.device, dtype=torch.float32)
-        dy = torch.randn_like(v)
-        grads = [torch.empty_like(x) for x in (r, w, k, v, a, b)]
-
-        def fwd() -> object:
-            ops.forward(r, w, k, v, a, b, y, st, sa)
-            return y
-
-        def fwd_bwd() -> object:
-            fwd()
-            ops.backward(r, w, k, v, a, b, dy, st, sa, *grads)
-            return grads
-
-        io = 7 * r.numel() * r.element_size()
-        return Runner(fwd, fwd_bwd, io, 2 * io)
-
-    return build
-
-
 REGISTRY: dict[str, BenchCase] = {
     c.name: c
     for c in (
@@ -306,22 +322,37 @@ def _row(case: BenchCase, shape: BenchShape, repeats: int) -> dict:
         fwd_gbps=runner.floor_fwd / fwd_ms / 1e6,
         fwd_bwd_gbps=runner.floor_fwd_bwd / fwd_bwd_ms / 1e6,
     )
+    if runner.accuracy is not None:
+        try:
+            acc = runner.accuracy()
+            row.update(error=acc.error, error_of=acc.what, error_floor=acc.floor)
+        except Exception as e:  # the timing stands; the check's failure is shown in its place
+            row["error_of"] = f"check failed: {type(e).__name__}"
+        finally:
+            torch.cuda.empty_cache()
     return row
 
 
 TABLE_HEAD = (
     f"{'kernel':36s} {'fwd ms':>8s} {'fwd+bwd ms':>11s} {'floor MB':>15s} {'fwd GB/s':>9s} {'f+b GB/s':>9s}"
+    f"  {'err vs f64 (worst; floor)':>26s}"
 )
 
 
 def format_row(r: dict) -> str:
-    """ms fwd, ms fwd+bwd, the floor (bytes of inputs and outputs once) and the floor over the
-    time (GB/s) of one row; the reason instead where the kernel refused."""
+    """ms fwd, ms fwd+bwd, the floor (bytes of inputs and outputs once), the floor over the time
+    (GB/s) and, where checked, the largest relative error against float64 with what it is in and
+    the rounding floor of that tensor's dtype; the reason instead where the kernel refused."""
     if r["status"] != "ok":
         return f"{r['name']:36s} {r['status']}"
+    if "error" in r:
+        err = f"{r['error']:.1e} ({r['error_of']}; {r['error_floor']:.1e})"
+    else:
+        err = r.get("error_of", "-")
     return (
         f"{r['name']:36s} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:11.3f} "
         f"{r['floor_fwd_mb']:7.0f}/{r['floor_fwd_bwd_mb']:<7.0f} {r['fwd_gbps']:9.0f} {r['fwd_bwd_gbps']:9.0f}"
+        f"  {err:>26s}"
     )
 
 
@@ -334,7 +365,9 @@ def bench_kernels(
     repeats: int = 20,
     peers: bool = True,
     rwkv_lm_cuda: str | None = None,
+    wind_rwkv: str | None = None,
     n_h: int = 2,
+    ops: str = "rwkv7,wkv4,delta_product,attention",
 ) -> list[dict]:
     """Time skein's kernels (and peers) at one shape on the current CUDA device; print a table.
 
@@ -345,13 +378,17 @@ def bench_kernels(
         K: head size (K = V); wkv4 runs with C = H * K channels in fp32, as RWKV-4's kernel does.
         dtype: "bfloat16", "float16" or "float32" for rwkv7, delta_product and attention.
         repeats: timed runs per measurement (median reported) after 3 warm-up runs.
-        peers: also time fla, torch SDPA and (with rwkv_lm_cuda) RWKV-LM's kernel.
-        rwkv_lm_cuda: directory holding RWKV-LM's rwkv7_clampw_v3.cpp and
-            rwkv7_clampw_v3_for_h100.cu (RWKV-v7/train_temp/cuda), compiled on first use.
+        peers: also time fla, torch SDPA and (with the paths below) RWKV-LM's and wind_rwkv's kernels.
+        rwkv_lm_cuda: RWKV-LM's RWKV-v7/train_temp/cuda directory: its rwkv7_clampw_v3 and
+            rwkv7_clampw_v3_for_h100_alt kernels are built there on first use and timed.
+        wind_rwkv: a checkout of wind_rwkv (github.com/johanwind/wind_rwkv): its chunked CUDA
+            RWKV-7 kernel is built on first use and timed.
         n_h: Householder steps per token for delta_product.
+        ops: which ops to time, comma-separated (rwkv7, wkv4, delta_product, attention).
     Returns:
         One dict per kernel: name, op, status ("ok" or "refused: ..."), fwd_ms, fwd_bwd_ms,
-        floor_fwd_mb, floor_fwd_bwd_mb, fwd_gbps, fwd_bwd_gbps.
+        floor_fwd_mb, floor_fwd_bwd_mb, fwd_gbps, fwd_bwd_gbps; and for RWKV-7 kernels error,
+        error_of, error_floor (the float64 check).
     Raises:
         BenchError: no CUDA device.
     """
@@ -361,12 +398,25 @@ def bench_kernels(
         )
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"dtype {dtype!r}: use bfloat16, float16 or float32")
+    wanted = [o.strip() for o in ops.split(",") if o.strip()]
+    known = sorted({c.op for c in REGISTRY.values()})
+    if not wanted or any(o not in known for o in wanted):
+        raise ValueError(f"ops {ops!r}: use a comma-separated subset of {','.join(known)}")
     shape = BenchShape(B, T, H, K, getattr(torch, dtype), n_h)
     cases = [c for c in REGISTRY.values() if peers or not c.peer]
-    if peers and rwkv_lm_cuda:
-        cases.insert(
-            2, BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", rwkv_lm_cuda_case(rwkv_lm_cuda), True)
-        )
+    if peers:
+        extra = []
+        if rwkv_lm_cuda:
+            extra += [
+                BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", rwkv_lm_cuda_case(rwkv_lm_cuda), True),
+                BenchCase(
+                    "RWKV-LM clampw_v3 alt (CUDA)", "rwkv7", rwkv_lm_cuda_case(rwkv_lm_cuda, "alt"), True
+                ),
+            ]
+        if wind_rwkv:
+            extra.append(BenchCase("wind_rwkv chunked_cuda", "rwkv7", wind_rwkv_case(wind_rwkv), True))
+        cases[2:2] = extra
+    cases = [c for c in cases if c.op in wanted]
     torch.manual_seed(0)
     print(f"{torch.cuda.get_device_name()}  B={B} T={T} H={H} K={K} {dtype} n_h={n_h}")
     print(TABLE_HEAD + "\n" + "-" * len(TABLE_HEAD), flush=True)
@@ -387,7 +437,10 @@ __all__ = [
     "bench_kernels",
     "delta_product_bench_inputs",
     "format_row",
+    "RWKV7_NAMES",
     "rwkv7_bench_inputs",
+    "rwkv7_runner",
     "rwkv_lm_cuda_case",
+    "wind_rwkv_case",
     "wkv4_bench_inputs",
 ]
