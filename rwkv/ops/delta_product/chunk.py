@@ -12,13 +12,20 @@ Both passes may split V across programs; the backward's reductions over V are su
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from skein.rwkv.ops.common.chunk_launch import (
+    CHUNKS,
+    ChunkLaunch,
+    backward_can_follow,
+    prepare_state,
+    resolve_launch,
+)
 from skein.rwkv.ops.common.kernel_checks import (
     check_device,
     check_dtypes,
@@ -44,47 +51,20 @@ so any log gate <= 0 is safe."""
 MAX_HOUSEHOLDER = 16
 """Largest n_h the kernel takes (NHP steps per token must fit in one chunk)."""
 
-CHUNKS = (16, 32, 64)
-
 
 @dataclass(frozen=True)
-class DeltaProductLaunch:
-    """Launch parameters of the DeltaProduct kernels; every choice computes the same function.
+class DeltaProductLaunch(ChunkLaunch):
+    """Launch parameters of the DeltaProduct kernels (ChunkLaunch's: chunk in steps, n_h per token
+    padded to a power of two; the V-summed gradients are those of q, k, beta, g); every choice
+    computes the same function.
 
     scripts/gpu_kernel_sweep.py times the variants; DEFAULT_LAUNCH holds the chosen one.
     """
 
     chunk: int = CHUNK
-    """Steps per chunk (n_h steps per token, padded to a power of two): 16, 32 or 64."""
-    block_v: int = 0
-    """V columns per forward program (power of two, 16..V); 0 means min(V, 64)."""
-    bwd_block_v: int = 0
-    """V columns per backward program; 0 means all of V (one program per batch and head)."""
-    bwd_reduce: str = "sum"
-    """How the parts of dq, dk, dbeta, dg from the V blocks are added: "sum" (fp32 parts summed
-    after the kernel) or "atomic" (fp32 atomic adds)."""
-    bwd_two_pass: bool = False
-    """Backward in two passes: a serial one that runs only the reverse state recurrence and
-    stores each chunk's dS' (fp32, as large as the saved states), then one program per
-    (chunk, V block, batch * head) for every gradient."""
-    fwd_warps: int = 4
-    bwd_warps: int = 0
-    """Warps per backward program; 0 picks from the tile size."""
 
-    def check(self, V: int) -> None:
-        op = "chunk_delta_product"
-        if self.chunk not in CHUNKS:
-            raise ValueError(f"{op}: chunk = {self.chunk} must be one of {CHUNKS}")
-        for name in ("block_v", "bwd_block_v"):
-            bv = getattr(self, name)
-            if bv and (bv < 16 or bv > V or bv & (bv - 1)):
-                raise ValueError(f"{op}: {name} = {bv} must be a power of two in [16, V = {V}]")
-        if self.bwd_reduce not in ("sum", "atomic"):
-            raise ValueError(f"{op}: bwd_reduce = {self.bwd_reduce!r} must be 'sum' or 'atomic'")
-        for name in ("fwd_warps", "bwd_warps"):
-            nw = getattr(self, name)
-            if nw and nw not in (1, 2, 4, 8, 16):
-                raise ValueError(f"{op}: {name} = {nw} must be 1, 2, 4, 8 or 16")
+    def check(self, V: int, op: str = "chunk_delta_product") -> None:
+        super().check(V, op)
 
 
 DEFAULT_LAUNCH = DeltaProductLaunch()
@@ -472,23 +452,14 @@ def chunk_delta_product(
     check_head_size(op, "V", V)
     if NH < 1 or NH > MAX_HOUSEHOLDER:
         raise ValueError(f"{op}: n_h = {NH} must be in [1, {MAX_HOUSEHOLDER}]")
-    launch = launch or DEFAULT_LAUNCH
-    if block_v is not None:
-        launch = replace(launch, block_v=block_v)
-    launch.check(V)
-    if state is not None:
-        check_shape(op, "state", state, (B, H, K, V))
-        if not state.is_floating_point():
-            raise ValueError(f"{op}: state must be floating point, got {state.dtype}")
-        state = state.float().contiguous()
+    launch = resolve_launch(op, launch, DEFAULT_LAUNCH, block_v, V)
+    state = prepare_state(op, state, (B, H, K, V))
     q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
     g = g.contiguous() if g is not None else None
     scale = K**-0.5 if scale is None else float(scale)
-    save = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (q, k, v, beta, g, state)
-    )
+    save = backward_can_follow(q, k, v, beta, g, state)
     bv = launch.bwd_block_v or V
-    warps = launch.bwd_warps or (4 if K * bv <= 32 * 32 else 8)
+    warps = launch.bwd_warps_for(K, bv)
     o, sT, _ = delta_product_fwd(
         q, k, v, beta, g, state, scale, launch.chunk, launch.block_v, launch.fwd_warps, save,
         bv, launch.bwd_reduce == "atomic", launch.bwd_two_pass, warps,

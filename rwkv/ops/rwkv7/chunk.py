@@ -10,13 +10,20 @@ Both passes split V across programs; the backward's reductions over V are summed
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from skein.rwkv.ops.common.chunk_launch import (
+    CHUNKS,
+    ChunkLaunch,
+    backward_can_follow,
+    prepare_state,
+    resolve_launch,
+)
 from skein.rwkv.ops.common.kernel_checks import (
     check_device,
     check_dtypes,
@@ -43,29 +50,14 @@ for every chunk size offered (16, 32, 64)."""
 
 
 @dataclass(frozen=True)
-class Rwkv7Launch:
-    """Launch parameters of the RWKV-7 kernels; every choice computes the same function.
+class Rwkv7Launch(ChunkLaunch):
+    """Launch parameters of the RWKV-7 kernels (ChunkLaunch's, and those below); every choice
+    computes the same function.
 
     scripts/gpu_kernel_sweep.py times the variants; DEFAULT_LAUNCH holds the chosen one.
     """
 
     chunk: int = CHUNK
-    """Tokens per chunk: 16, 32 or 64."""
-    block_v: int = 0
-    """V columns per forward program (power of two, 16..V); 0 means min(V, 64)."""
-    bwd_block_v: int = 0
-    """V columns per backward program; 0 means all of V (one program per batch and head)."""
-    bwd_reduce: str = "sum"
-    """How the backward adds the per-V-block parts of dr, dw, dk, da, db when bwd_block_v < V:
-    "sum" (fp32 parts per block, summed after the kernel; deterministic) or "atomic"
-    (fp32 atomic adds into one buffer)."""
-    bwd_two_pass: bool = False
-    """Backward in two passes: a serial one that runs only the reverse state recurrence and
-    stores each chunk's dS' (fp32, as large as the saved states), then one program per
-    (chunk, V block, batch * head) for every gradient."""
-    fwd_warps: int = 4
-    bwd_warps: int = 0
-    """Warps per backward program; 0 picks from the tile size."""
     bwd_stages: int = 0
     """Software-pipelining stages of the backward; 0 lets Triton choose (1 for large fp32 tiles)."""
     bwd_kernel: str = "triton"
@@ -75,28 +67,15 @@ class Rwkv7Launch:
     cuda_config: int = bwd_cuda.DEFAULT_CONFIG
     """Threads per state row and column of the CUDA backward (bwd_cuda.CONFIGS)."""
 
-    def check(self, V: int) -> None:
-        op = "chunk_rwkv7"
-        if self.chunk not in CHUNKS:
-            raise ValueError(f"{op}: chunk = {self.chunk} must be one of {CHUNKS}")
-        for name in ("block_v", "bwd_block_v"):
-            bv = getattr(self, name)
-            if bv and (bv < 16 or bv > V or bv & (bv - 1)):
-                raise ValueError(f"{op}: {name} = {bv} must be a power of two in [16, V = {V}]")
-        if self.bwd_reduce not in ("sum", "atomic"):
-            raise ValueError(f"{op}: bwd_reduce = {self.bwd_reduce!r} must be 'sum' or 'atomic'")
+    def check(self, V: int, op: str = "chunk_rwkv7") -> None:
+        super().check(V, op)
         if self.bwd_kernel not in bwd_cuda.KERNELS:
             raise ValueError(f"{op}: bwd_kernel = {self.bwd_kernel!r} must be one of {bwd_cuda.KERNELS}")
         configs = bwd_cuda.CONFIGS.get(V, (bwd_cuda.DEFAULT_CONFIG,))
         if self.cuda_config not in configs:
             raise ValueError(f"{op}: cuda_config = {self.cuda_config} must be one of {configs} for V = {V}")
-        for name in ("fwd_warps", "bwd_warps"):
-            nw = getattr(self, name)
-            if nw and nw not in (1, 2, 4, 8, 16):
-                raise ValueError(f"{op}: {name} = {nw} must be 1, 2, 4, 8 or 16")
 
 
-CHUNKS = (16, 32, 64)
 DEFAULT_LAUNCH = Rwkv7Launch()
 
 
@@ -352,7 +331,7 @@ def bwd_launch_options(K: int, BV: int, dtype: torch.dtype, launch: Rwkv7Launch)
     """num_warps / num_stages of the backward kernel, which holds [K, BV] tiles of the state and
     its gradient per program. At K = BV = 128 in fp32 the default pipelining asks for 256 KiB of
     shared memory (an H100 has 227 KiB per block); one stage fits."""
-    opts = {"num_warps": launch.bwd_warps or (4 if K * BV <= 32 * 32 else 8)}
+    opts = {"num_warps": launch.bwd_warps_for(K, BV)}
     if launch.bwd_stages:
         opts["num_stages"] = launch.bwd_stages
     elif dtype == torch.float32 and K * BV >= 128 * 128:
@@ -575,20 +554,11 @@ def chunk_rwkv7(
     check_length(op, T)
     check_head_size(op, "K", K)
     check_head_size(op, "V", V)
-    launch = launch or DEFAULT_LAUNCH
-    if block_v is not None:
-        launch = replace(launch, block_v=block_v)
-    launch.check(V)
-    if state is not None:
-        check_shape(op, "state", state, (B, H, K, V))
-        if not state.is_floating_point():
-            raise ValueError(f"{op}: state must be floating point, got {state.dtype}")
-        state = state.float().contiguous()
+    launch = resolve_launch(op, launch, DEFAULT_LAUNCH, block_v, V)
+    state = prepare_state(op, state, (B, H, K, V))
     r, w, k, v, a, b = (x.contiguous() for x in (r, w, k, v, a, b))
     # per-chunk states are kept only when a backward pass can follow
-    save = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (r, w, k, v, a, b, state)
-    )
+    save = backward_can_follow(r, w, k, v, a, b, state)
     bv = launch.bwd_block_v or V
     opts = bwd_launch_options(K, bv, v.dtype, launch)
     save_u = save and _cuda_backward(launch, (r, w, k, a, b), v)
