@@ -51,6 +51,10 @@ RWKV7_VARIANTS = {
         for c in CUDA_CONFIGS[64]
     },
     "c16 bwd per head": Rwkv7Launch(chunk=16, bwd_kernel="triton"),
+    "c16 bf16 dots": Rwkv7Launch(chunk=16, dots="bf16"),
+    "c16 bwd 16 warps": Rwkv7Launch(chunk=16, bwd_warps=16),
+    "c16 bwd 4 warps": Rwkv7Launch(chunk=16, bwd_warps=4),
+    "c16 bwd 1 stage": Rwkv7Launch(chunk=16, bwd_stages=1),
     "c16 two-pass bwd_bv32 sum": Rwkv7Launch(chunk=16, bwd_block_v=32, bwd_two_pass=True),
     "c16 fwd_w8 two-pass bwd_bv32 atomic": Rwkv7Launch(
         chunk=16, fwd_warps=8, bwd_block_v=32, bwd_reduce="atomic", bwd_two_pass=True

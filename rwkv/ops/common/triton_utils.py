@@ -34,6 +34,22 @@ def tri_inverse(L, N: tl.constexpr, LOG2_N: tl.constexpr):
 
 
 @triton.jit
+def mm(a, b, PREC: tl.constexpr):
+    """a @ b on tensor cores, accumulated in fp32: with PREC "bf16" the operands are rounded to
+    bf16 first (twice the tensor-core rate of TF32, half the operand registers); otherwise fp32
+    operands at tl.dot's input_precision PREC ("tf32", "tf32x3", "ieee")."""
+    if PREC == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif PREC == "bf16_ieee":
+        # the same products for Triton's CPU interpreter, whose bf16 tl.dot is wrong: a product
+        # of two bf16 values is exact in fp32
+        a16 = a.to(tl.bfloat16).to(tl.float32)
+        return tl.dot(a16, b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
 def store_part(ptr, offs, x, mask, part, MODE: tl.constexpr):
     """Store a gradient tile of which each V block holds one part. MODE 0 (one V block): the
     gradient itself, in the output dtype. MODE 1: this block's fp32 part, `part` elements

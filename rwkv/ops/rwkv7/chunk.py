@@ -36,6 +36,7 @@ from skein.rwkv.ops.common.triton_utils import (
     block_v_for,
     grad_parts,
     is_interpreted,
+    mm,
     reduce_mode,
     store_part,
     sum_parts,
@@ -66,9 +67,15 @@ class Rwkv7Launch(ChunkLaunch):
     r, w, k, v, a, b in one dtype, bf16 or fp32). Triton is the faster on an H200 (docs/kernels.md)."""
     cuda_config: int = bwd_cuda.DEFAULT_CONFIG
     """Threads per state row and column of the CUDA backward (bwd_cuda.CONFIGS)."""
+    dots: str = "auto"
+    """Operands of the Triton kernels' tile products: "auto" (fp32 tiles, TF32 products for
+    16-bit inputs and tf32x3 for fp32 ones) or "bf16" (tiles rounded to bf16, fp32 accumulation,
+    as RWKV-LM-style tensor-core kernels do; less precise)."""
 
     def check(self, V: int, op: str = "chunk_rwkv7") -> None:
         super().check(V, op)
+        if self.dots not in DOTS:
+            raise ValueError(f"{op}: dots = {self.dots!r} must be one of {DOTS}")
         if self.bwd_kernel not in bwd_cuda.KERNELS:
             raise ValueError(f"{op}: bwd_kernel = {self.bwd_kernel!r} must be one of {bwd_cuda.KERNELS}")
         configs = bwd_cuda.CONFIGS.get(V, (bwd_cuda.DEFAULT_CONFIG,))
@@ -76,7 +83,15 @@ class Rwkv7Launch(ChunkLaunch):
             raise ValueError(f"{op}: cuda_config = {self.cuda_config} must be one of {configs} for V = {V}")
 
 
+DOTS = ("auto", "bf16")
 DEFAULT_LAUNCH = Rwkv7Launch()
+
+
+def tile_precision(dots: str, dtype: torch.dtype) -> str:
+    """The kernels' PREC for a launch's `dots` and the inputs' dtype (see mm)."""
+    if dots == "bf16":
+        return "bf16_ieee" if _INTERPRETED else "bf16"
+    return dot_precision(dtype)
 
 
 @triton.jit
@@ -144,21 +159,21 @@ def _rwkv7_fwd_kernel(
         if SAVE:
             tl.store(states + (bh * NT + n) * K * V + s_offs, S)
         g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
-        M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
-        M_ak = tl.where(strict, tl.dot(At, tl.trans(Kh), input_precision=PREC), 0.0)
-        M_rb = tl.where(incl, tl.dot(Rt, tl.trans(Bh), input_precision=PREC), 0.0)
-        M_rk = tl.where(incl, tl.dot(Rt, tl.trans(Kh), input_precision=PREC), 0.0)
+        M_ab = tl.where(strict, mm(At, tl.trans(Bh), PREC), 0.0)
+        M_ak = tl.where(strict, mm(At, tl.trans(Kh), PREC), 0.0)
+        M_rb = tl.where(incl, mm(Rt, tl.trans(Bh), PREC), 0.0)
+        M_rk = tl.where(incl, mm(Rt, tl.trans(Kh), PREC), 0.0)
         P_inv = tri_inverse(M_ab, C, LOG2_C)
         # u_t = S_{t-1}^T a_t for the whole chunk: U = (I - M_ab)^-1 (A0 S + M_ak V)
-        X = tl.dot(A0, S, input_precision=PREC) + tl.dot(M_ak, v_c, input_precision=PREC)
-        U = tl.dot(P_inv, X, input_precision=PREC)
+        X = mm(A0, S, PREC) + mm(M_ak, v_c, PREC)
+        U = mm(P_inv, X, PREC)
         if SAVE_U:
             tl.store(u + pv, U, mask=mt)
-        O = tl.dot(R0, S, input_precision=PREC)
-        O += tl.dot(M_rb, U, input_precision=PREC) + tl.dot(M_rk, v_c, input_precision=PREC)
+        O = mm(R0, S, PREC)
+        O += mm(M_rb, U, PREC) + mm(M_rk, v_c, PREC)
         tl.store(o + pv, O.to(o.dtype.element_ty), mask=mt)
         S = tl.exp(gC)[:, None] * S
-        S += tl.dot(tl.trans(Bb), U, input_precision=PREC) + tl.dot(tl.trans(Kb), v_c, input_precision=PREC)
+        S += mm(tl.trans(Bb), U, PREC) + mm(tl.trans(Kb), v_c, PREC)
     tl.store(sT + bh * K * V + s_offs, S)
 
 
@@ -209,58 +224,58 @@ def _rwkv7_bwd_kernel(
             dS = tl.load(dstates + (bh * NT + n) * K * V + s_offs)
         g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
         dec = tl.exp(gC)
-        M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
-        M_ak = tl.where(strict, tl.dot(At, tl.trans(Kh), input_precision=PREC), 0.0)
-        M_rb = tl.where(incl, tl.dot(Rt, tl.trans(Bh), input_precision=PREC), 0.0)
-        M_rk = tl.where(incl, tl.dot(Rt, tl.trans(Kh), input_precision=PREC), 0.0)
+        M_ab = tl.where(strict, mm(At, tl.trans(Bh), PREC), 0.0)
+        M_ak = tl.where(strict, mm(At, tl.trans(Kh), PREC), 0.0)
+        M_rb = tl.where(incl, mm(Rt, tl.trans(Bh), PREC), 0.0)
+        M_rk = tl.where(incl, mm(Rt, tl.trans(Kh), PREC), 0.0)
         P_inv = tri_inverse(M_ab, C, LOG2_C)
-        X = tl.dot(A0, S, input_precision=PREC) + tl.dot(M_ak, v_c, input_precision=PREC)
-        U = tl.dot(P_inv, X, input_precision=PREC)
+        X = mm(A0, S, PREC) + mm(M_ak, v_c, PREC)
+        U = mm(P_inv, X, PREC)
         # reverse of O = R0 S + M_rb U + M_rk V and S' = dec S + Bb^T U + Kb^T V (README, "Backward").
         # U, dU, dX, dV and dS are column-wise in V; the r, w, k, a, b gradients sum over V, so with
         # V split they are this block's parts;
         # each gradient is folded into its accumulators at once to keep few tiles alive.
         # A tile x e^{phi} gives dx = dX e^{phi} and dphi = dX * X; ref cancels (outputs do not depend on it)
-        dU = tl.dot(tl.trans(M_rb), do_c, input_precision=PREC) + tl.dot(Bb, dS, input_precision=PREC)
-        dV = tl.dot(tl.trans(M_rk), do_c, input_precision=PREC) + tl.dot(Kb, dS, input_precision=PREC)
-        dBb = tl.dot(U, tl.trans(dS), input_precision=PREC)
-        dKb = tl.dot(v_c, tl.trans(dS), input_precision=PREC)
+        dU = mm(tl.trans(M_rb), do_c, PREC) + mm(Bb, dS, PREC)
+        dV = mm(tl.trans(M_rk), do_c, PREC) + mm(Kb, dS, PREC)
+        dBb = mm(U, tl.trans(dS), PREC)
+        dKb = mm(v_c, tl.trans(dS), PREC)
         e_end = tl.exp(gC[None, :] - g)
         db_c = dBb * e_end
         dk_c = dKb * e_end
         t_end = dBb * Bb + dKb * Kb
         d_g = -t_end
         d_gC = tl.sum(t_end, axis=0) + tl.sum(S * dS, axis=1) * dec
-        dX = tl.dot(tl.trans(P_inv), dU, input_precision=PREC)
-        dV += tl.dot(tl.trans(M_ak), dX, input_precision=PREC)
+        dX = mm(tl.trans(P_inv), dU, PREC)
+        dV += mm(tl.trans(M_ak), dX, PREC)
         tl.store(dv + pv, dV.to(dv.dtype.element_ty), mask=mt)
         if not CHUNK_PARALLEL:
-            dS = dec[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
-            dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
-        dR0 = tl.dot(do_c, tl.trans(S), input_precision=PREC)
-        dA0 = tl.dot(dX, tl.trans(S), input_precision=PREC)
+            dS = dec[:, None] * dS + mm(tl.trans(R0), do_c, PREC)
+            dS += mm(tl.trans(A0), dX, PREC)
+        dR0 = mm(do_c, tl.trans(S), PREC)
+        dA0 = mm(dX, tl.trans(S), PREC)
         dr_c = dR0 * tl.exp(g)
         da_c = dA0 * tl.exp(gp)
         d_g += dR0 * R0
         d_gp = dA0 * A0
-        dM_rb = tl.where(incl, tl.dot(do_c, tl.trans(U), input_precision=PREC), 0.0)
-        dM_rk = tl.where(incl, tl.dot(do_c, tl.trans(v_c), input_precision=PREC), 0.0)
-        dM_ab = tl.where(strict, tl.dot(dX, tl.trans(U), input_precision=PREC), 0.0)
-        dM_ak = tl.where(strict, tl.dot(dX, tl.trans(v_c), input_precision=PREC), 0.0)
+        dM_rb = tl.where(incl, mm(do_c, tl.trans(U), PREC), 0.0)
+        dM_rk = tl.where(incl, mm(do_c, tl.trans(v_c), PREC), 0.0)
+        dM_ab = tl.where(strict, mm(dX, tl.trans(U), PREC), 0.0)
+        dM_ak = tl.where(strict, mm(dX, tl.trans(v_c), PREC), 0.0)
         ref = 0.5 * gC[None, :]
-        dRt = tl.dot(dM_rb, Bh, input_precision=PREC) + tl.dot(dM_rk, Kh, input_precision=PREC)
+        dRt = mm(dM_rb, Bh, PREC) + mm(dM_rk, Kh, PREC)
         dr_c = scale * (dr_c + dRt * tl.exp(g - ref))
         d_g += dRt * Rt
-        dAt = tl.dot(dM_ab, Bh, input_precision=PREC) + tl.dot(dM_ak, Kh, input_precision=PREC)
+        dAt = mm(dM_ab, Bh, PREC) + mm(dM_ak, Kh, PREC)
         da_c += dAt * tl.exp(gp - ref)
         d_gp += dAt * At
         e_neg = tl.exp(ref - g)
-        dBh = tl.dot(tl.trans(dM_rb), Rt, input_precision=PREC)
-        dBh += tl.dot(tl.trans(dM_ab), At, input_precision=PREC)
+        dBh = mm(tl.trans(dM_rb), Rt, PREC)
+        dBh += mm(tl.trans(dM_ab), At, PREC)
         db_c += dBh * e_neg
         d_g -= dBh * Bh
-        dKh = tl.dot(tl.trans(dM_rk), Rt, input_precision=PREC)
-        dKh += tl.dot(tl.trans(dM_ak), At, input_precision=PREC)
+        dKh = mm(tl.trans(dM_rk), Rt, PREC)
+        dKh += mm(tl.trans(dM_ak), At, PREC)
         dk_c += dKh * e_neg
         d_g -= dKh * Kh
         # g_t = sum_{s<=t} w_s, gp_t = sum_{s<t} w_s, gC = sum_s w_s
@@ -316,13 +331,13 @@ def _rwkv7_bwd_state_kernel(
         do_c = tl.load(do + pv, mask=mt, other=0.0).to(tl.float32)
         tl.store(dstates + (bh * NT + n) * K * V + s_offs, dS)
         g, gp, gC, A0, R0, At, Rt, Bh, Kh, Bb, Kb = _chunk_terms(r_c, w_c, k_c, a_c, b_c, scale)
-        M_ab = tl.where(strict, tl.dot(At, tl.trans(Bh), input_precision=PREC), 0.0)
-        M_rb = tl.where(incl, tl.dot(Rt, tl.trans(Bh), input_precision=PREC), 0.0)
+        M_ab = tl.where(strict, mm(At, tl.trans(Bh), PREC), 0.0)
+        M_rb = tl.where(incl, mm(Rt, tl.trans(Bh), PREC), 0.0)
         P_inv = tri_inverse(M_ab, C, LOG2_C)
-        dU = tl.dot(tl.trans(M_rb), do_c, input_precision=PREC) + tl.dot(Bb, dS, input_precision=PREC)
-        dX = tl.dot(tl.trans(P_inv), dU, input_precision=PREC)
-        dS = tl.exp(gC)[:, None] * dS + tl.dot(tl.trans(R0), do_c, input_precision=PREC)
-        dS += tl.dot(tl.trans(A0), dX, input_precision=PREC)
+        dU = mm(tl.trans(M_rb), do_c, PREC) + mm(Bb, dS, PREC)
+        dX = mm(tl.trans(P_inv), dU, PREC)
+        dS = tl.exp(gC)[:, None] * dS + mm(tl.trans(R0), do_c, PREC)
+        dS += mm(tl.trans(A0), dX, PREC)
     if WANT_DS0:
         tl.store(ds0 + bh * K * V + s_offs, dS)
 
@@ -346,13 +361,13 @@ _INTERPRETED = is_interpreted(_rwkv7_fwd_kernel)
 _FWD_SCHEMA = (
     "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor? state, float scale, "
     "int chunk, int block_v, int num_warps, bool save, bool save_u, int bwd_block_v, bool bwd_atomic, "
-    "bool bwd_two_pass, int bwd_warps, int bwd_stages, int cuda_config) "
+    'bool bwd_two_pass, int bwd_warps, int bwd_stages, int cuda_config, str dots="auto") '
     "-> (Tensor, Tensor, Tensor, Tensor)"
 )
 _BWD_SCHEMA = (
     "(Tensor r, Tensor w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor do, Tensor? dsT, Tensor states, "
     "Tensor sT, Tensor u, float scale, int chunk, int block_v, bool atomic, bool two_pass, int num_warps, "
-    "int num_stages, int cuda_config, bool want_ds0) "
+    'int num_stages, int cuda_config, bool want_ds0, str dots="auto") '
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
@@ -361,8 +376,10 @@ _BWD_SCHEMA = (
 def rwkv7_fwd(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, save_u, *bwd_launch):
     """o [B, T, H, V], the final state [B, H, K, V] (fp32), when `save` the chunk-start states
     [B * H, NT, K, V] and when `save_u` every u_t = S_{t-1}^T a_t [B, T, H, V] (fp32; else empty
-    tensors). `bwd_launch` (V block, atomic reduction, two passes, warps, stages, CUDA config) is
-    kept for the backward; `save_u` picks the CUDA backward."""
+    tensors). `bwd_launch` (V block, atomic reduction, two passes, warps, stages, CUDA config and
+    the tile products' operands, Rwkv7Launch.dots) is kept for the backward; `save_u` picks the
+    CUDA backward."""
+    dots = bwd_launch[6] if len(bwd_launch) > 6 else "auto"
     B, T, H, K = r.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, chunk)
@@ -374,7 +391,7 @@ def rwkv7_fwd(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, s
     _rwkv7_fwd_kernel[(V // bv, B * H)](
         r, w, k, v, a, b, state, o, sT, states if save else None, u if save_u else None, scale, T, H,
         K=K, V=V, BV=bv, C=chunk, LOG2_C=chunk.bit_length() - 1,
-        HAS_S0=state is not None, SAVE=save, SAVE_U=save_u, PREC=dot_precision(v.dtype), num_warps=num_warps,
+        HAS_S0=state is not None, SAVE=save, SAVE_U=save_u, PREC=tile_precision(dots, v.dtype), num_warps=num_warps,
     )  # fmt: skip
     return o, sT, states, u
 
@@ -411,6 +428,7 @@ def rwkv7_bwd(
     num_stages,
     cuda_config,
     want_ds0,
+    dots="auto",
 ):
     """Gradients of r, w, k, v, a, b (each in its input's dtype) and of the initial state (fp32
     [B, H, K, V], or an empty tensor unless `want_ds0`). With `u` saved (not empty) the CUDA
@@ -440,7 +458,7 @@ def rwkv7_bwd(
         "BV": bv,
         "C": chunk,
         "LOG2_C": chunk.bit_length() - 1,
-        "PREC": dot_precision(v.dtype),
+        "PREC": tile_precision(dots, v.dtype),
     }
     dstates = None
     if two_pass:
@@ -480,6 +498,7 @@ def _(
     num_stages,
     cuda_config,
     want_ds0,
+    dots="auto",
 ):
     B, _, H, K = r.shape
     V = v.shape[-1]
@@ -493,19 +512,20 @@ def _setup_context(ctx, inputs, output) -> None:
     # the final state is kept only for the CUDA backward (u not empty), which starts from it
     ctx.save_for_backward(r, w, k, v, a, b, sT if save_u else u, states, u)
     ctx.scale, ctx.chunk, ctx.has_state, ctx.bwd_launch = scale, chunk, state is not None, bwd_launch
+    ctx.non_tensor_inputs = len(inputs) - 7
 
 
 def _backward(ctx, do, dsT, _dstates, _du):
     r, w, k, v, a, b, sT, states, u = ctx.saved_tensors
-    bv, atomic, two_pass, warps, stages, cuda_config = ctx.bwd_launch
+    bv, atomic, two_pass, warps, stages, cuda_config, *dots = ctx.bwd_launch
     want_ds0 = ctx.has_state and ctx.needs_input_grad[6]
     do = torch.zeros_like(v) if do is None else do.contiguous()
     dsT = None if dsT is None else dsT.contiguous()
     *grads, ds0 = torch.ops.skein.rwkv7_bwd(
         r, w, k, v, a, b, do, dsT, states, sT, u, ctx.scale, ctx.chunk, bv, atomic, two_pass, warps, stages,
-        cuda_config, want_ds0,
+        cuda_config, want_ds0, *dots,
     )  # fmt: skip
-    return (*grads, ds0 if want_ds0 else None, *([None] * 12))
+    return (*grads, ds0 if want_ds0 else None, *([None] * ctx.non_tensor_inputs))
 
 
 rwkv7_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -565,7 +585,7 @@ def chunk_rwkv7(
     o, sT, _, _ = rwkv7_fwd(
         r, w, k, v, a, b, state, float(scale), launch.chunk, launch.block_v, launch.fwd_warps, save, save_u,
         bv, launch.bwd_reduce == "atomic", launch.bwd_two_pass, opts["num_warps"], opts.get("num_stages", 0),
-        launch.cuda_config,
+        launch.cuda_config, launch.dots,
     )  # fmt: skip
     return o, sT
 
@@ -581,4 +601,4 @@ def _cuda_backward(launch: Rwkv7Launch, kin: tuple[Tensor, ...], v: Tensor) -> b
     return True
 
 
-__all__ = ["CHUNK", "CHUNKS", "DEFAULT_LAUNCH", "Rwkv7Launch", "chunk_rwkv7"]
+__all__ = ["CHUNK", "CHUNKS", "DEFAULT_LAUNCH", "DOTS", "Rwkv7Launch", "chunk_rwkv7", "tile_precision"]
