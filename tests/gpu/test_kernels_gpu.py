@@ -32,7 +32,7 @@ from tests.ops.kernel_checks import (
 pytest.importorskip("triton")
 
 from skein.rwkv.ops.rwkv7.bwd_cuda import CONFIGS  # noqa: E402
-from tests.ops.triton_cases import DELTA_PRODUCT_VARIANTS, RWKV7_VARIANTS  # noqa: E402
+from tests.ops.triton_cases import BF16_DOTS_TOL, DELTA_PRODUCT_VARIANTS, RWKV7_VARIANTS  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -150,6 +150,14 @@ def test_rwkv7_launch_variants(variant: str, dtype: str) -> None:
     torch_dtype, tol = DTYPES[dtype]
     inputs = cast(rwkv7_inputs(2, 1000, 4, 64, 64, seed=7, device="cuda"), torch_dtype, keep=("state",))
     check_vs_reference(*rwkv7_pair(**RWKV7_VARIANTS[variant]), inputs, tol)
+
+
+@pytest.mark.parametrize("shape", [(2, 1000, 4, 64, 64), (1, 37, 2, 32, 64)], ids=str)
+def test_rwkv7_bf16_dots(shape: tuple[int, ...]) -> None:
+    """Rwkv7Launch(dots="bf16"): bf16 tensor-core products on the GPU (the CPU checks only their
+    exact fp32 form), within the bound its CPU check sets."""
+    inputs = cast(rwkv7_inputs(*shape, seed=11, device="cuda"), torch.bfloat16, keep=("state",))
+    check_vs_reference(*rwkv7_pair(dots="bf16"), inputs, BF16_DOTS_TOL)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
