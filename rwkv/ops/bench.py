@@ -1,5 +1,6 @@
 """Kernel benchmarks: a registry of cases (name -> op, input builder, fwd and fwd+bwd runners) and
-bench_kernels(), which times them on one CUDA device next to peer kernels where those load.
+bench_kernels(), which times them on one CUDA device next to peer kernels where those load. Each op
+registers its own cases in rwkv/ops/<op>/bench.py (`CASES`); OPS lists those modules.
 
 Peers: flash-linear-attention (fla 0.6.0 signatures) chunk_rwkv7, fused_recurrent_rwkv4,
 chunk_gated_delta_product and chunk_gated_delta_rule on the interleaved n_h * T sequence; RWKV-LM's rwkv7_clampw_v3 CUDA kernel, compiled from a directory the
@@ -9,196 +10,27 @@ shape. A peer that is missing or refuses the shape is listed with the reason ins
 
 from __future__ import annotations
 
+import importlib
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from skein.rwkv.ops.common.bench import BenchCase, BenchError, BenchShape, Runner, autograd_runner, leaf
+from skein.rwkv.ops.delta_product.bench import delta_product_bench_inputs
+from skein.rwkv.ops.rwkv7.bench import RWKV_LM_SOURCES, rwkv7_bench_inputs, rwkv_lm_cuda_case
+from skein.rwkv.ops.wkv4.bench import wkv4_bench_inputs
 
-class BenchError(RuntimeError):
-    """The benchmark cannot run here (no CUDA device); the CLI prints it as one line."""
-
-
-@dataclass(frozen=True)
-class BenchShape:
-    """One benchmark shape; wkv4 uses C = H * K channels, delta_product n_h steps per token."""
-
-    B: int
-    T: int
-    H: int
-    K: int
-    dtype: torch.dtype
-    n_h: int = 2
-    device: str = "cuda"
-    """Where the inputs are built (the timing itself needs CUDA)."""
-
-
-@dataclass(frozen=True)
-class Runner:
-    """fwd() runs the forward; fwd_bwd() the forward and the backward for all inputs."""
-
-    fwd: Callable[[], object]
-    fwd_bwd: Callable[[], object]
-    floor_fwd: int
-    """Bytes of the forward's inputs and outputs, each read or written once."""
-    floor_fwd_bwd: int
-    """floor_fwd plus the output gradients read and the input gradients written once."""
-
-
-@dataclass(frozen=True)
-class BenchCase:
-    name: str
-    op: str
-    build: Callable[[BenchShape], Runner]
-    peer: bool = False
-
-
-def autograd_runner(fn: Callable[[], tuple[Tensor, ...]], inputs: list[Tensor]) -> Runner:
-    """Runner for an autograd function of `inputs` whose outputs all get random gradients."""
-    outs = fn()
-    grads = [torch.randn_like(o) for o in outs]
-    in_bytes = sum(x.numel() * x.element_size() for x in inputs)
-    out_bytes = sum(o.numel() * o.element_size() for o in outs)
-
-    def fwd_bwd() -> object:
-        return torch.autograd.grad(fn(), inputs, grads)
-
-    def fwd() -> object:
-        with torch.no_grad():
-            return fn()
-
-    return Runner(fwd, fwd_bwd, in_bytes + out_bytes, 2 * (in_bytes + out_bytes))
-
-
-def _leaf(x: Tensor, dtype: torch.dtype) -> Tensor:
-    return x.to(dtype).contiguous().requires_grad_()
-
-
-def rwkv7_bench_inputs(s: BenchShape) -> list[Tensor]:
-    """r, w, k, v, a, b like an RWKV-7 layer's: w = -exp(-softplus(-x) - 0.5), a = -kk, b = kk * iclr."""
-    shape, dev = (s.B, s.T, s.H, s.K), s.device
-    kk = F.normalize(torch.randn(shape, device=dev), dim=-1)
-    w = -torch.exp(-F.softplus(-torch.randn(shape, device=dev)) - 0.5)
-    r, k, v = (torch.randn(shape, device=dev) for _ in range(3))
-    a, b = -kk, kk * torch.sigmoid(torch.randn(shape, device=dev))
-    return [_leaf(x, s.dtype) for x in (r, w, k * s.K**-0.5, v, a, b)]
-
-
-def _skein_rwkv7(s: BenchShape, bwd_kernel: str = "triton") -> Runner:
-    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
-
-    launch = Rwkv7Launch(bwd_kernel=bwd_kernel)
-    x = rwkv7_bench_inputs(s)
-    return autograd_runner(lambda: chunk_rwkv7(*x, launch=launch)[:1], x)
-
-
-def _skein_rwkv7_cuda_bwd(s: BenchShape) -> Runner:
-    return _skein_rwkv7(s, "cuda")
-
-
-def _fla_rwkv7(s: BenchShape) -> Runner:
-    from fla.ops.rwkv7 import chunk_rwkv7
-
-    x = rwkv7_bench_inputs(s)
-    return autograd_runner(lambda: chunk_rwkv7(*x, scale=1.0)[:1], x)
-
-
-def wkv4_bench_inputs(s: BenchShape) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    C = s.H * s.K
-    w = -torch.exp(torch.linspace(-6.0, 1.0, C, device=s.device))
-    u = torch.randn(C, device=s.device)
-    k, v = torch.randn(s.B, s.T, C, device=s.device), torch.randn(s.B, s.T, C, device=s.device)
-    return tuple(_leaf(x, torch.float32) for x in (w, u, k, v))
-
-
-def _skein_wkv4(s: BenchShape) -> Runner:
-    from skein.rwkv.ops.wkv4.fused import fused_wkv4
-
-    x = list(wkv4_bench_inputs(s))
-    return autograd_runner(lambda: fused_wkv4(*x)[:1], x)
-
-
-def _fla_wkv4(s: BenchShape) -> Runner:
-    from fla.ops.rwkv4 import fused_recurrent_rwkv4
-
-    w, u, k, v = wkv4_bench_inputs(s)
-    time_decay = torch.log(-w.detach()).requires_grad_()  # fla applies w = -exp(time_decay) itself
-    state = torch.zeros(s.B, 3, 1, s.H * s.K, device=s.device)
-    state[:, 2] = -1e38
-    x = [time_decay, u, k, v]
-    return autograd_runner(lambda: fused_recurrent_rwkv4(*x, state)[:1], x)
-
-
-def delta_product_bench_inputs(s: BenchShape) -> list[Tensor]:
-    dev, n = s.device, s.n_h
-    q = torch.randn(s.B, s.T, s.H, s.K, device=dev)
-    k = F.normalize(torch.randn(s.B, s.T, n, s.H, s.K, device=dev), dim=-1)
-    v = torch.randn(s.B, s.T, n, s.H, s.K, device=dev)
-    beta = torch.sigmoid(torch.randn(s.B, s.T, n, s.H, device=dev))
-    g = F.logsigmoid(torch.randn(s.B, s.T, s.H, device=dev) + 3)
-    return [_leaf(x, s.dtype) for x in (q, k, v, beta, g)]
-
-
-def _skein_delta_product(s: BenchShape) -> Runner:
-    from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
-
-    x = delta_product_bench_inputs(s)
-    return autograd_runner(lambda: chunk_delta_product(*x)[:1], x)
-
-
-def _fla_delta_product(s: BenchShape) -> Runner:
-    from fla.ops.gated_delta_product import chunk_gated_delta_product
-
-    q, k, v, beta, g = delta_product_bench_inputs(s)
-    L = s.T * s.n_h  # fla interleaves the n_h steps of a token along time
-
-    def fn() -> tuple[Tensor, ...]:
-        o = chunk_gated_delta_product(
-            q=q,
-            k=k.reshape(s.B, L, s.H, s.K),
-            v=v.reshape(s.B, L, s.H, s.K),
-            g=g,
-            beta=beta.reshape(s.B, L, s.H),
-            num_householder=s.n_h,
-            scale=s.K**-0.5,
-        )
-        return o[:1]
-
-    return autograd_runner(fn, [q, k, v, beta, g])
-
-
-def _fla_gated_delta_rule(s: BenchShape) -> Runner:
-    """fla's chunk_gated_delta_rule on the sequence of n_h * T steps (each token's n_h Householder
-    steps in a row, the gate on its first step): how fla builds DeltaProduct, and what runs on
-    Hopper where fla's own DeltaProduct entry point refuses."""
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-
-    q, k, v, beta, g = delta_product_bench_inputs(s)
-    L, n = s.T * s.n_h, s.n_h
-    qs = torch.zeros(s.B, s.T, n, s.H, s.K, device=s.device, dtype=q.dtype)
-    qs[:, :, -1] = q.detach()
-    gs = torch.zeros(s.B, s.T, n, s.H, device=s.device, dtype=g.dtype)
-    gs[:, :, 0] = g.detach()
-    x = [
-        _leaf(t.reshape(s.B, L, *t.shape[3:]), t.dtype)
-        for t in (qs, k.detach(), v.detach(), beta.detach(), gs)
-    ]
-
-    def fn() -> tuple[Tensor, ...]:
-        o, _ = chunk_gated_delta_rule(x[0], x[1], x[2], g=x[4], beta=x[3], scale=s.K**-0.5)
-        return (o,)
-
-    return autograd_runner(fn, x)
+OPS = ("skein.rwkv.ops.rwkv7.bench", "skein.rwkv.ops.wkv4.bench", "skein.rwkv.ops.delta_product.bench")
+"""The modules whose `CASES` make up the registry, in table order; a new op adds its own."""
 
 
 def _sdpa_flash(s: BenchShape) -> Runner:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    q, k, v = (_leaf(torch.randn(s.B, s.H, s.T, s.K, device=s.device), s.dtype) for _ in range(3))
+    q, k, v = (leaf(torch.randn(s.B, s.H, s.T, s.K, device=s.device), s.dtype) for _ in range(3))
 
     def fn() -> tuple[Tensor, ...]:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -207,69 +39,14 @@ def _sdpa_flash(s: BenchShape) -> Runner:
     return autograd_runner(fn, [q, k, v])
 
 
-RWKV_LM_SOURCES = ("rwkv7_clampw_v3.cpp", "rwkv7_clampw_v3_for_h100.cu")
-"""Files of RWKV-LM's RWKV-v7/train_temp/cuda needed for its H100 rwkv7 kernel."""
-
-
-def rwkv_lm_cuda_case(directory: str) -> Callable[[BenchShape], Runner]:
-    """RWKV-LM's rwkv7_clampw_v3 (bf16, chunk 16, no state in/out; it takes the raw w and
-    clamps the decay inside), compiled with torch.utils.cpp_extension.load from `directory`."""
-
-    def build(s: BenchShape) -> Runner:
-        from torch.utils.cpp_extension import load
-
-        if s.dtype != torch.bfloat16 or s.T % 16:
-            raise ValueError("rwkv7_clampw_v3 takes bf16 and T % 16 == 0")
-        sources = [Path(directory) / f for f in RWKV_LM_SOURCES]
-        missing = [str(p) for p in sources if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"missing {missing}")
-        load(
-            name=f"rwkv7_clampw_v3_n{s.K}",
-            sources=[str(p) for p in sources],
-            is_python_module=False,
-            extra_cuda_cflags=[
-                "-res-usage", "--use_fast_math", "-O3", "-Xptxas -O3", "--extra-device-vectorization",
-                f"-D_N_={s.K}", "-D_CHUNK_LEN_=16",
-            ],
-        )  # fmt: skip
-        ops = torch.ops.rwkv7_clampw_v3
-        r, w, k, v, a, b = (x.detach() for x in rwkv7_bench_inputs(s))
-        y = torch.empty_like(v)
-        st = torch.empty(s.B, s.H, s.T // 16, s.K, s.K, device=s.device, dtype=torch.float32)
-        sa = torch.empty(s.B, s.T, s.H, s.K, device=s.device, dtype=torch.float32)
-        dy = torch.randn_like(v)
-        grads = [torch.empty_like(x) for x in (r, w, k, v, a, b)]
-
-        def fwd() -> object:
-            ops.forward(r, w, k, v, a, b, y, st, sa)
-            return y
-
-        def fwd_bwd() -> object:
-            fwd()
-            ops.backward(r, w, k, v, a, b, dy, st, sa, *grads)
-            return grads
-
-        io = 7 * r.numel() * r.element_size()
-        return Runner(fwd, fwd_bwd, io, 2 * io)
-
-    return build
-
-
 REGISTRY: dict[str, BenchCase] = {
     c.name: c
     for c in (
-        BenchCase("skein chunk_rwkv7", "rwkv7", _skein_rwkv7),
-        BenchCase("skein chunk_rwkv7, CUDA backward", "rwkv7", _skein_rwkv7_cuda_bwd),
-        BenchCase("fla chunk_rwkv7", "rwkv7", _fla_rwkv7, peer=True),
-        BenchCase("skein fused_wkv4 (fp32)", "wkv4", _skein_wkv4),
-        BenchCase("fla fused_recurrent_rwkv4 (fp32)", "wkv4", _fla_wkv4, peer=True),
-        BenchCase("skein chunk_delta_product", "delta_product", _skein_delta_product),
-        BenchCase("fla chunk_gated_delta_product", "delta_product", _fla_delta_product, peer=True),
-        BenchCase("fla chunk_gated_delta_rule (n_h*T)", "delta_product", _fla_gated_delta_rule, peer=True),
+        *(case for module in OPS for case in importlib.import_module(module).CASES),
         BenchCase("torch SDPA flash (causal)", "attention", _sdpa_flash, peer=True),
     )
 }
+"""Case name -> case: every op's cases, then torch's flash attention as the transformer's reference."""
 
 
 def _time_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -378,7 +155,9 @@ def bench_kernels(
 
 
 __all__ = [
+    "OPS",
     "REGISTRY",
+    "RWKV_LM_SOURCES",
     "BenchCase",
     "BenchError",
     "BenchShape",
