@@ -60,7 +60,7 @@ class ModelConfig:
     @classmethod
     def variants(cls) -> dict[str, type[ModelConfig]]:
         """Architecture name -> config class, for every registered architecture."""
-        from skein.rwkv.models import MODELS, config_class
+        from skein.rwkv.models.registry import MODELS, config_class
 
         return {arch: config_class(arch) for arch in MODELS}
 
