@@ -1,4 +1,4 @@
-"""Segment-wise training (train/segments.py): the loss equals the whole-sequence loss; with bptt
+"""Segment-wise training (train/loop/segments.py): the loss equals the whole-sequence loss; with bptt
 all its gradient equals the whole-sequence gradient for every recurrent architecture; bptt 1 and
 bptt 2 equal hand-written truncated references; it nests inside block checkpointing; the trainer
 runs a segmented stage, stops on SIGTERM and resumes."""

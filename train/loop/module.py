@@ -1,6 +1,6 @@
 """The LightningModule: wraps any skein model for one training stage, sets the learning rate by
 tokens seen, and trains either on whole sequences or on segments with the recurrent state carried
-across them (exact or truncated backpropagation through time, train/segments.py)."""
+across them (exact or truncated backpropagation through time, train/loop/segments.py)."""
 
 from __future__ import annotations
 
@@ -104,11 +104,11 @@ class LMModule(L.LightningModule):
         return tc.loss_chunk_tokens if tc.fused_loss else None
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Whole-sequence loss (train/losses.py model_loss)."""
+        """Whole-sequence loss (train/loop/losses.py model_loss)."""
         return model_loss(self.model, x, y, self.cfg.optim.l2wrap, self._loss_chunk_tokens())[0]
 
     def _segmented_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The sample in segments of segment_len with the state carried (see train/segments.py):
+        """The sample in segments of segment_len with the state carried (see train/loop/segments.py):
         one loss and one backward, so accumulation, clipping and the strategy work unchanged."""
         loss = segmented_loss(
             self.model,

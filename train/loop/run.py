@@ -91,7 +91,7 @@ def train_from_config(
     """Run (or continue) every stage of `cfg`. Returns a summary: stages done, steps, tokens,
     whether the run was interrupted by a signal, and the last checkpoint. `extra_callbacks` join
     every stage (e.g. a PeriodicEval with more evaluators). The run directory is locked for the
-    run's life (train/lock.py)."""
+    run's life (train/checkpoints/lock.py)."""
     check_run(cfg)  # data, tokenizer, vocabulary, hardware: before anything is built or written
     with run_lock(cfg.run.out_dir):
         return _train_locked(cfg, resume, init_from, extra_callbacks)

@@ -122,7 +122,7 @@ def segmented_loss(
     rounding); with bptt = k the state is detached after segments k, 2k, ... (bptt = 1: every
     segment trains on a detached incoming state). The L2Wrap factor is spread over the segments so
     that its gradient, like the loss, is that of the whole sequence. `chunk_tokens` selects the
-    fused chunked head + cross entropy inside each segment (train/losses.py model_loss).
+    fused chunked head + cross entropy inside each segment (train/loop/losses.py model_loss).
     `partitioned_params` (ZeRO-3, Execution.partitioned_params) runs segments under activation checkpointing.
     """
     T = x.shape[1]
