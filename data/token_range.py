@@ -21,11 +21,23 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from skein.data.binidx import BinIdxDataset, BinIdxError, dtype_code
+from skein.data.binidx_codes import BinIdxError, dtype_code
+
+
+class BinIdxDataset(Protocol):
+    """What the scan reads of a shard (data/binidx.py BinIdxDataset)."""
+
+    prefix: str
+    bin_path: str
+    idx_path: str
+    dtype: np.dtype
+    num_tokens: int
+    tokens: np.ndarray
+
 
 RANGE_SUFFIX = ".range.json"
 RANGE_FORMAT = "skein.binidx.range"

@@ -6,7 +6,7 @@ benchmark shape, so a profiler sees exactly those launches (nothing is timed her
         python scripts/profile_kernel.py --case "skein chunk_rwkv7"
     nsys profile -o rwkv7 python scripts/profile_kernel.py --case "skein chunk_rwkv7" --repeats 5
 
-Cases, shapes and inputs are those of `skein bench kernels` (train/bench_kernels.py).
+Cases, shapes and inputs are those of `skein bench kernels` (rwkv/ops/bench.py).
 """
 
 from __future__ import annotations

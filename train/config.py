@@ -3,8 +3,9 @@ dotted overrides and validated at load with messages that name the key.
 
 A run is one file (see configs/): run, model, data, optim, schedule, stages, trainer, checkpoint,
 log, eval, slurm. `model` is a tagged union of the architectures' config classes, selected by
-`arch`. Derived numbers (gradient accumulation, steps per stage, the magic prime) are computed
-from it once at load (`RunConfig.plans`, see plan.py), never written in it.
+`arch`. Derived numbers (gradient accumulation, steps per stage, the magic prime) are never
+written in it: plan.py derives them once per run (stage_plans), from the config and, on a resume,
+the tokens per step the run's checkpoints recorded.
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ import yaml
 
 from skein.rwkv.models import ModelConfig
 from skein.train.loop.schedule import ScheduleSection
-from skein.train.plan import StagePlan, derived_comment, stage_plans
+from skein.train.parallel.execution import StrategyName
 from skein.train.typed import ConfigError, apply_override, from_dict, plain
-
-RECURRENT_ARCHS = ("rwkv4", "rwkv7", "deltaproduct")
-"""Architectures whose state has a fixed size, which segment-wise training carries."""
 
 __all__ = ["ConfigError", "RunConfig", "ScheduleSection", "StageSection", "dump_config", "load_config"]
 
@@ -145,6 +143,17 @@ class StageSection:
         return self.segment_len is not None and self.segment_len < self.ctx_len
 
 
+def check_tokens_per_step(tokens: int, stage: StageSection, world_size: int, where: str) -> None:
+    """Raise unless `tokens` per step split into whole micro-batches of `stage` on `world_size`
+    processes; `where` names the number's origin (a key, or the run's checkpoints)."""
+    if tokens % (stage.micro_bsz * stage.ctx_len * world_size):
+        raise ConfigError(
+            f"{where} {tokens} tokens per step, not a multiple of micro_bsz * ctx_len * "
+            f"world size = {stage.micro_bsz} * {stage.ctx_len} * {world_size}: choose a world size "
+            "or micro_bsz that divides it"
+        )
+
+
 @dataclass(kw_only=True)
 class TrainerSection:
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -153,12 +162,13 @@ class TrainerSection:
     """Processes (GPUs, or CPU processes for DDP on gloo) per node."""
     num_nodes: int = 1
     """Nodes."""
-    strategy: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
-    """auto: DeepSpeed on several GPUs, DDP for several CPU processes, else one device."""
+    strategy: StrategyName = "auto"
+    """auto: the sharded engine (ZeRO) on several GPUs, DDP for several CPU processes, else one
+    device (train/parallel/execution.py)."""
     zero_stage: Literal[1, 2, 3] = 2
-    """DeepSpeed ZeRO stage."""
+    """ZeRO stage of the sharded engine."""
     offload_optimizer: bool = False
-    """DeepSpeed: keep optimizer states on the CPU."""
+    """Sharded engine: keep optimizer states on the CPU."""
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed", "bf16-true"] = "auto"
     """auto: bf16-mixed on GPU, 32 on CPU."""
     grad_checkpointing: Literal["selective"] | bool = False
@@ -304,11 +314,12 @@ class RunConfig:
         if not self.stages:
             raise ConfigError("stages: at least one stage is needed")
         for i, stage in enumerate(self.stages):
-            if stage.segmented and self.model.arch not in RECURRENT_ARCHS:
+            if stage.segmented and not self.model.recurrent:
+                recurrent = [arch for arch, c in ModelConfig.variants().items() if c.recurrent]
                 raise ConfigError(
                     f"stages[{i}].segment_len={stage.segment_len}: model.arch={self.model.arch} carries "
                     f"no fixed-size recurrent state (its key/value cache grows with the context); segments "
-                    f"need one of {list(RECURRENT_ARCHS)}, or remove segment_len"
+                    f"need one of {recurrent}, or remove segment_len"
                 )
         for i, stage in enumerate(self.stages):
             for name in ("lr_init", "lr_final"):
@@ -320,8 +331,10 @@ class RunConfig:
                 raise ConfigError(
                     f"stages[{i}]: lr_final={lr_final} exceeds lr_init={lr_init}; lower lr_final or raise lr_init"
                 )
-        self.plans: list[StagePlan] = stage_plans(self)
-        """Derived per-stage numbers (steps, accumulation, tokens per step); not a config key."""
+        world = self.trainer.devices * self.trainer.num_nodes
+        for i, stage in enumerate(self.stages):
+            if stage.tokens_per_step is not None:
+                check_tokens_per_step(stage.tokens_per_step, stage, world, f"stages[{i}].tokens_per_step is")
 
     def stage_lrs(self, index: int) -> tuple[float, float]:
         """(lr_init, lr_final) of stage `index`: its own, else optim's."""
@@ -351,8 +364,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: {e}" if path else str(e)) from e
 
 
-def dump_config(cfg: RunConfig, derived: bool = False) -> str:
-    """The resolved config as YAML (what each run directory stores); with `derived`, followed by
-    the derived numbers as comments (what `--print_config` shows)."""
-    text = yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
-    return text + derived_comment(cfg) if derived else text
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what each run directory stores; `--print_config` adds the
+    derived numbers, plan.derived_comment)."""
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)

@@ -1,19 +1,16 @@
 """The numbers a run config implies but never states: per stage, the samples per optimizer step,
 gradient accumulation, tokens per step and steps; per stage and data source, the magic prime.
 
-They are computed once when the config loads (`RunConfig.plans`) and shown by `--print_config`
-as a comment block that is not read back.
+They are derived once per run (`stage_plans`, with the tokens per step the run's checkpoints
+recorded when it resumes) and passed to what needs them; `--print_config` shows them as a comment
+block that is not read back.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-from skein.train.typed import ConfigError
-
-if TYPE_CHECKING:
-    from skein.train.config import RunConfig, StageSection
+from skein.train.config import RunConfig, StageSection, check_tokens_per_step
 
 
 class StagePlan:
@@ -29,13 +26,8 @@ class StagePlan:
         per_pass = stage.micro_bsz * world_size
         self.depends_on_world = stage.tokens_per_step is None and recorded is None
         tokens_per_step = recorded or stage.tokens_per_step or per_pass * stage.ctx_len
-        if tokens_per_step % (per_pass * stage.ctx_len):
-            where = "the run's checkpoints record" if recorded else f"stages[{index}].tokens_per_step is"
-            raise ConfigError(
-                f"{where} {tokens_per_step} tokens per step, not a multiple of micro_bsz * ctx_len * "
-                f"world size = {stage.micro_bsz} * {stage.ctx_len} * {world_size}: choose a world size "
-                "or micro_bsz that divides it"
-            )
+        where = "the run's checkpoints record" if recorded else f"stages[{index}].tokens_per_step is"
+        check_tokens_per_step(tokens_per_step, stage, world_size, where)
         self.tokens_per_step = tokens_per_step
         self.global_batch = tokens_per_step // stage.ctx_len
         self.accumulate = self.global_batch // per_pass
@@ -69,10 +61,10 @@ def _magic_primes(cfg: RunConfig, ctx_len: int) -> str:
     return ", ".join(out) or "? (data.train is empty)"
 
 
-def derived_comment(cfg: RunConfig, with_data: bool = True) -> str:
+def derived_comment(cfg: RunConfig, plans: list[StagePlan], with_data: bool = True) -> str:
     """The derived numbers as YAML comments (`--print_config` appends them; nothing reads them)."""
     lines = ["# derived (computed from the config above; not read back):"]
-    for i, (stage, plan) in enumerate(zip(cfg.stages, cfg.plans)):
+    for i, (stage, plan) in enumerate(zip(cfg.stages, plans)):
         world = (
             f"micro_bsz * ctx_len * world size ({plan.world_size}); changes with the world size"
             if plan.depends_on_world

@@ -5,10 +5,8 @@ behind and the user fixes everything at once."""
 
 from __future__ import annotations
 
-import os
-
 from skein.train.config import RunConfig
-from skein.train.parallel.strategy import resolve_strategy
+from skein.train.parallel.execution import hardware_problems
 from skein.train.typed import ConfigError
 
 
@@ -91,36 +89,7 @@ def token_range_problems(cfg: RunConfig) -> list[str]:
 
 
 def _hardware(cfg: RunConfig) -> list[str]:
-    import torch
-
-    tc, problems = cfg.trainer, []
-    gpus = torch.cuda.device_count()
-    gpu = gpus > 0 and tc.accelerator != "cpu"
-    if tc.accelerator == "gpu" and gpus == 0:
-        problems.append("trainer.accelerator=gpu, but no CUDA GPU is visible: set trainer.accelerator=auto")
-    if not gpu:
-        if tc.strategy == "deepspeed":
-            problems.append("trainer.strategy=deepspeed needs GPUs: set trainer.strategy=auto")
-        if tc.precision not in ("auto", "32"):
-            problems.append(f"trainer.precision={tc.precision} is for GPUs: set trainer.precision=auto")
-        cores = os.cpu_count() or 1
-        if tc.num_nodes == 1 and tc.devices > cores:
-            problems.append(
-                f"trainer.devices={tc.devices} CPU processes on {cores} core(s): set trainer.devices=1"
-            )
-    elif gpus and tc.devices > gpus and tc.num_nodes == 1:
-        problems.append(
-            f"trainer.devices={tc.devices}, but {gpus} GPU(s) are visible: set trainer.devices={gpus}"
-        )
-    if tc.strategy == "single" and tc.devices * tc.num_nodes > 1:
-        problems.append(
-            "trainer.strategy=single runs one process: set trainer.strategy=auto or trainer.devices=1"
-        )
-    if cfg.optim.on_nonfinite == "skip" and resolve_strategy(tc, gpu) == "deepspeed":
-        problems.append(
-            "optim.on_nonfinite=skip runs with trainer.strategy ddp or single; with DeepSpeed use stop"
-        )
-    return problems
+    return hardware_problems(cfg.trainer, cfg.optim.on_nonfinite)
 
 
 def _snapshot(cfg: RunConfig) -> list[str]:

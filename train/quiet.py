@@ -1,6 +1,6 @@
 """Quiet by default: the library chatter every run would otherwise print (Lightning's device and
 strategy banners, its litmodels/litlogger tips, torch's pytree deprecation and `weights_only`
-warnings on each checkpoint load, DeepSpeed's info logs). `skein --verbose` leaves them on."""
+warnings on each checkpoint load, the sharded engine's info logs). `skein --verbose` leaves them on."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ LOGGERS = (
     "lightning.pytorch",
     "lightning.fabric",
     "pytorch_lightning",
-    "DeepSpeed",
-    "deepspeed",
 )
 WARNINGS = (
     r".*_register_pytree_node is deprecated",
@@ -33,5 +31,7 @@ def silence_libraries() -> None:
     still show)."""
     for pattern in WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    for name in LOGGERS:
+    from skein.train.parallel.execution import ENGINE_LOGGERS
+
+    for name in (*LOGGERS, *ENGINE_LOGGERS):
         logging.getLogger(name).setLevel(logging.WARNING)

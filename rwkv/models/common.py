@@ -27,6 +27,9 @@ class ModelConfig:
     `model:` section is a tagged union of the subclasses, selected by `arch`."""
 
     variant_key: ClassVar[str] = "arch"
+    recurrent: ClassVar[bool] = False
+    """The state carried from token to token has a fixed size (segment-wise training carries it);
+    false for attention, whose key/value cache grows with the context."""
 
     arch: str = ""
     """Architecture name, as in the registry (rwkv4, rwkv7, deltaproduct, llama)."""
@@ -49,12 +52,31 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def state_size(self, seq_len: int) -> int:
+        """Values of state one layer's sequence mixer carries from token to token after seq_len
+        tokens (token-shift and short-convolution buffers left out, as in published comparisons)."""
+        raise NotImplementedError(f"state_size: no formula for architecture {self.arch!r}")
+
     @classmethod
     def variants(cls) -> dict[str, type[ModelConfig]]:
         """Architecture name -> config class, for every registered architecture."""
-        from skein.rwkv.models import MODELS, config_class
+        from skein.rwkv.models.registry import MODELS, config_class
 
         return {arch: config_class(arch) for arch in MODELS}
+
+
+MATMUL_OPS = frozenset(
+    {
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::_scaled_dot_product_flash_attention",
+        "aten::_scaled_dot_product_efficient_attention",
+        "aten::_scaled_dot_product_cudnn_attention",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+    }
+)
+"""The matmul and attention operators of every architecture."""
 
 
 class CausalLM(nn.Module):
@@ -67,6 +89,10 @@ class CausalLM(nn.Module):
     formats: ClassVar[tuple[str, ...]] = ("safetensors",)
     """Weight formats other tools load that this architecture can be written in (rwkv_lm: an
     RWKV-LM .pth; hf: transformers; fla: flash-linear-attention; safetensors: skein's own)."""
+
+    saved_ops: ClassVar[frozenset[str]] = MATMUL_OPS
+    """Operators whose outputs a selective gradient checkpoint keeps (the costly part of a block's
+    recompute): the matmuls and attention here; recurrent architectures add their kernel's forward."""
 
     def __init__(
         self, config: ModelConfig, blocks: Iterable[nn.Module], final_norm: type[nn.LayerNorm | nn.RMSNorm]
@@ -95,6 +121,20 @@ class CausalLM(nn.Module):
             x, block_state = block(x, block_state)
             new_state.append(block_state)
         return self.ln_out(x), new_state
+
+    def sequence_mixers(self) -> list[nn.Module]:
+        """Each block's sequence mixer (the synthetic suites build mixer-only models from them)."""
+        return [block.mixer for block in self.blocks]
+
+    def embedding_norm(self) -> nn.Module | None:
+        """A norm applied to the embeddings before the first block, if the architecture has one."""
+        return None
+
+    @staticmethod
+    def run_mixer(mixer: nn.Module, x: Tensor, carry: Any) -> tuple[Tensor, Any]:
+        """One of `sequence_mixers()` alone on x [B, T, d_model] from a zero state -> (y, carry);
+        `carry` is what flows from layer to layer besides x (None unless the architecture has it)."""
+        return mixer(x, None)[0], carry
 
     def num_params(self, exclude_embedding: bool = False) -> int:
         """Parameter count; with exclude_embedding, the input embedding is left out."""

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.models.common import CausalLM, ModelConfig, PreNormBlock, ShortConv
+from skein.rwkv.models.common import MATMUL_OPS, CausalLM, ModelConfig, PreNormBlock, ShortConv
 from skein.rwkv.ops.delta_product import delta_product
 
 BlockState = tuple[Tensor, ...]
@@ -29,6 +29,7 @@ BlockState = tuple[Tensor, ...]
 @dataclass(kw_only=True)
 class DeltaProductConfig(ModelConfig):
     arch: str = "deltaproduct"
+    recurrent = True
     n_head: int = 6
     """Number of heads of the mixer."""
     head_k_dim: int | None = None
@@ -66,6 +67,10 @@ class DeltaProductConfig(ModelConfig):
     """Upper end of the dt init range."""
     dt_init_floor: float = 1e-4
     """Lower clamp of the initial dt."""
+
+    def state_size(self, seq_len: int) -> int:
+        """One K x V matrix per head."""
+        return self.n_head * self.head_k_dim * self.head_v_dim
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -189,6 +194,7 @@ class DeltaProduct(CausalLM):
     """Embedding -> DeltaProduct blocks -> RMSNorm -> head; state = one BlockState per block."""
 
     formats = ("fla", "safetensors")
+    saved_ops = MATMUL_OPS | {"skein::delta_product_fwd"}
 
     config: DeltaProductConfig
 

@@ -26,6 +26,10 @@ class LlamaConfig(ModelConfig):
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 
+    def state_size(self, seq_len: int) -> int:
+        """The key and value cache: 2 * seq_len * n_kv_head * head size."""
+        return 2 * seq_len * self.n_kv_head * (self.d_model // self.n_head)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.d_model % self.n_head:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.models.common import CausalLM, ModelConfig, token_shift
+from skein.rwkv.models.common import MATMUL_OPS, CausalLM, ModelConfig, token_shift
 from skein.rwkv.ops.wkv4 import wkv4
 
 BlockState = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -35,6 +35,7 @@ naive.wkv4_naive, an exp counted as one)."""
 @dataclass(kw_only=True)
 class RWKV4Config(ModelConfig):
     arch: str = "rwkv4"
+    recurrent = True
     d_ffn: int | None = None
     """Channel-mix hidden width; None means 4 d_model."""
     norm_eps: float = 1e-5
@@ -49,6 +50,10 @@ class RWKV4Config(ModelConfig):
     """Learning-rate multiplier of att.time_decay (RWKV-LM's layerwise_lr default)."""
     lr_scale_time_first: float = 3.0
     """Learning-rate multiplier of att.time_first (RWKV-LM's layerwise_lr default)."""
+
+    def state_size(self, seq_len: int) -> int:
+        """The WKV numerator, denominator and running maximum of every channel (a vector state)."""
+        return 3 * self.d_model
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -153,6 +158,7 @@ class RWKV4(CausalLM):
     """RWKV-4 language model; state = per-block (att shift, aa, bb, pp, ffn shift)."""
 
     formats = ("rwkv_lm", "hf", "safetensors")
+    saved_ops = MATMUL_OPS | {"skein::wkv4_fwd"}
 
     config: RWKV4Config
 

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skein.rwkv.models.common import CausalLM, ModelConfig, State, token_shift
+from skein.rwkv.models.common import MATMUL_OPS, CausalLM, ModelConfig, State, token_shift
 from skein.rwkv.ops.rwkv7 import rwkv7
 
 BlockState = tuple[Tensor, Tensor, Tensor]
@@ -47,6 +48,7 @@ def lora_rank(d_model: int, factor: float, power: float) -> int:
 @dataclass(kw_only=True)
 class RWKV7Config(ModelConfig):
     arch: str = "rwkv7"
+    recurrent = True
     head_size: int = 64
     """Channels per head (K = V); d_model / head_size heads."""
     d_ffn: int | None = None
@@ -70,6 +72,10 @@ class RWKV7Config(ModelConfig):
     square-root factor only when vocab_size > d_model)."""
     lr_scale_w0: float = 2.0
     """Learning-rate multiplier of att.w0 (RWKV-LM's x070 optimizer groups)."""
+
+    def state_size(self, seq_len: int) -> int:
+        """One K x V matrix per head."""
+        return self.n_head * self.head_size * self.head_size
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -234,6 +240,19 @@ class RWKV7(CausalLM):
     """RWKV-7 language model; state = per-block (att shift, WKV state, ffn shift)."""
 
     formats = ("rwkv_lm", "fla", "safetensors")
+    saved_ops = MATMUL_OPS | {"skein::rwkv7_fwd"}
+
+    def sequence_mixers(self) -> list[nn.Module]:
+        return [block.att for block in self.blocks]
+
+    def embedding_norm(self) -> nn.Module | None:
+        return self.blocks[0].ln0
+
+    @staticmethod
+    def run_mixer(mixer: nn.Module, x: Tensor, carry: Any) -> tuple[Tensor, Any]:
+        """`carry` is the first layer's values (v_first), which every later layer mixes in."""
+        y, v_first, _, _ = mixer(x, x.new_empty(0) if carry is None else carry, None, None)
+        return y, v_first
 
     config: RWKV7Config
 

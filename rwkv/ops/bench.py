@@ -1,269 +1,40 @@
 """Kernel benchmarks: a registry of cases (name -> op, input builder, fwd and fwd+bwd runners) and
-bench_kernels(), which times them on one CUDA device next to peer kernels where those load.
+bench_kernels(), which times them on one CUDA device next to peer kernels where those load. Each op
+registers its own cases in rwkv/ops/<op>/bench.py (`CASES`); OPS lists those modules.
 
 Peers: flash-linear-attention (fla 0.6.0 signatures) chunk_rwkv7, fused_recurrent_rwkv4,
 chunk_gated_delta_product and chunk_gated_delta_rule on the interleaved n_h * T sequence; RWKV-LM's
 rwkv7_clampw_v3 CUDA kernel and its _alt variant, and wind_rwkv's chunked CUDA kernel, each
 built from a directory the user gives (their sources are not part of skein; rwkv7/peers.py);
 torch SDPA flash attention (causal) at the same shape. A peer that is missing or refuses the
-shape is listed with the reason instead of a time.
-
-Every RWKV-7 kernel runs on the same inputs and is checked, beside its time, against the float64
-token loop on a slice of them (batch 0, 4 heads, all of T): the largest relative RMS error of its
-output and of every input gradient, so no speed is bought with precision unseen.
+shape is listed with the reason instead of a time. Every RWKV-7 kernel runs on the same inputs and
+is checked, beside its time, against the float64 token loop (rwkv7/bench.py), so no speed is
+bought with precision unseen.
 """
 
 from __future__ import annotations
 
+import importlib
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from skein.rwkv.ops.common.accuracy import Accuracy, Float64Check
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run here (no CUDA device); the CLI prints it as one line."""
-
-
-@dataclass(frozen=True)
-class BenchShape:
-    """One benchmark shape; wkv4 uses C = H * K channels, delta_product n_h steps per token."""
-
-    B: int
-    T: int
-    H: int
-    K: int
-    dtype: torch.dtype
-    n_h: int = 2
-    device: str = "cuda"
-    """Where the inputs are built (the timing itself needs CUDA)."""
-
-
-@dataclass(frozen=True)
-class Runner:
-    """fwd() runs the forward; fwd_bwd() the forward and the backward for all inputs."""
-
-    fwd: Callable[[], object]
-    fwd_bwd: Callable[[], object]
-    floor_fwd: int
-    """Bytes of the forward's inputs and outputs, each read or written once."""
-    floor_fwd_bwd: int
-    """floor_fwd plus the output gradients read and the input gradients written once."""
-    accuracy: Callable[[], Accuracy] | None = None
-    """The error against the float64 reference, where the case has one."""
-
-
-@dataclass(frozen=True)
-class BenchCase:
-    name: str
-    op: str
-    build: Callable[[BenchShape], Runner]
-    peer: bool = False
-
-
-def autograd_runner(fn: Callable[[], tuple[Tensor, ...]], inputs: list[Tensor]) -> Runner:
-    """Runner for an autograd function of `inputs` whose outputs all get random gradients."""
-    outs = fn()
-    grads = [torch.randn_like(o) for o in outs]
-    in_bytes = sum(x.numel() * x.element_size() for x in inputs)
-    out_bytes = sum(o.numel() * o.element_size() for o in outs)
-
-    def fwd_bwd() -> object:
-        return torch.autograd.grad(fn(), inputs, grads)
-
-    def fwd() -> object:
-        with torch.no_grad():
-            return fn()
-
-    return Runner(fwd, fwd_bwd, in_bytes + out_bytes, 2 * (in_bytes + out_bytes))
-
-
-def _leaf(x: Tensor, dtype: torch.dtype) -> Tensor:
-    return x.to(dtype).contiguous().requires_grad_()
-
-
-RWKV7_NAMES = ("r", "w", "k", "v", "a", "b")
-
-
-def rwkv7_bench_inputs(s: BenchShape, seed: int = 0) -> list[Tensor]:
-    """r, w, k, v, a, b like an RWKV-7 layer's: w = -exp(-softplus(-x) - 0.5), a = -kk, b = kk * iclr.
-    The same `seed` gives the same inputs, so every kernel of a shape runs on one set."""
-    shape, dev = (s.B, s.T, s.H, s.K), s.device
-    gen = torch.Generator(device=dev).manual_seed(seed)
-
-    def randn() -> Tensor:
-        return torch.randn(shape, device=dev, generator=gen)
-
-    kk = F.normalize(randn(), dim=-1)
-    w = -torch.exp(-F.softplus(-randn()) - 0.5)
-    r, k, v = randn(), randn(), randn()
-    a, b = -kk, kk * torch.sigmoid(randn())
-    return [_leaf(x, s.dtype) for x in (r, w, k * s.K**-0.5, v, a, b)]
-
-
-def rwkv7_runner(
-    inputs: dict[str, Tensor],
-    run: Callable[..., list[Tensor]],
-    to_skein_w: Callable[[Tensor], Tensor] = lambda w: w,
-) -> Runner:
-    """Runner of an RWKV-7 kernel `run(r=, w=, k=, v=, a=, b=) -> [o]` on `inputs` (skein's, or a
-    peer's whose w maps to skein's log decay by `to_skein_w`), with its float64 check on batch 0
-    and the first 4 heads."""
-    from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
-
-    def reference(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor) -> list[Tensor]:
-        return [rwkv7_naive(r, to_skein_w(w), k, v, a, b)[0]]
-
-    def cut(_: object, t: Tensor) -> Tensor:
-        return t[:1, :, :4]
-
-    check = Float64Check(reference, inputs, cut, cut)
-    runner = autograd_runner(lambda: run(**inputs), list(inputs.values()))
-    return Runner(runner.fwd, runner.fwd_bwd, runner.floor_fwd, runner.floor_fwd_bwd, lambda: check(run))
-
-
-def _skein_rwkv7(s: BenchShape, bwd_kernel: str = "triton") -> Runner:
-    from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
-
-    launch = Rwkv7Launch(bwd_kernel=bwd_kernel)
-    x = dict(zip(RWKV7_NAMES, rwkv7_bench_inputs(s), strict=True))
-    return rwkv7_runner(x, lambda **kw: [chunk_rwkv7(**kw, launch=launch)[0]])
-
-
-def _skein_rwkv7_cuda_bwd(s: BenchShape) -> Runner:
-    return _skein_rwkv7(s, "cuda")
-
-
-def _fla_rwkv7(s: BenchShape) -> Runner:
-    from fla.ops.rwkv7 import chunk_rwkv7
-
-    x = dict(zip(RWKV7_NAMES, rwkv7_bench_inputs(s), strict=True))
-    return rwkv7_runner(x, lambda **kw: [chunk_rwkv7(**kw, scale=1.0)[0]])
-
-
-def rwkv_lm_cuda_case(directory: str, variant: str = "v3") -> Callable[[BenchShape], Runner]:
-    """RWKV-LM's rwkv7_clampw_v3 ("v3") or its _alt variant ("alt"): bf16, chunk 16, no state in
-    or out; built with torch.utils.cpp_extension from `directory` (RWKV-v7/train_temp/cuda)."""
-
-    def build(s: BenchShape) -> Runner:
-        from skein.rwkv.ops.rwkv7.peers import rwkv_lm_peer
-
-        peer = rwkv_lm_peer(directory, dict(zip(RWKV7_NAMES, rwkv7_bench_inputs(s), strict=True)), variant)
-        return rwkv7_runner(peer.inputs, peer.run, peer.to_skein_w)
-
-    return build
-
-
-def wind_rwkv_case(repo: str) -> Callable[[BenchShape], Runner]:
-    """wind_rwkv's chunked CUDA kernel (bf16 tensor-core tiles, chunk 16, state in and out) from
-    a checkout at `repo`, built on first use."""
-
-    def build(s: BenchShape) -> Runner:
-        from skein.rwkv.ops.rwkv7.peers import wind_rwkv_peer
-
-        peer = wind_rwkv_peer(repo, dict(zip(RWKV7_NAMES, rwkv7_bench_inputs(s), strict=True)))
-        return rwkv7_runner(peer.inputs, peer.run, peer.to_skein_w)
-
-    return build
-
-
-def wkv4_bench_inputs(s: BenchShape) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    C = s.H * s.K
-    w = -torch.exp(torch.linspace(-6.0, 1.0, C, device=s.device))
-    u = torch.randn(C, device=s.device)
-    k, v = torch.randn(s.B, s.T, C, device=s.device), torch.randn(s.B, s.T, C, device=s.device)
-    return tuple(_leaf(x, torch.float32) for x in (w, u, k, v))
-
-
-def _skein_wkv4(s: BenchShape) -> Runner:
-    from skein.rwkv.ops.wkv4.fused import fused_wkv4
-
-    x = list(wkv4_bench_inputs(s))
-    return autograd_runner(lambda: fused_wkv4(*x)[:1], x)
-
-
-def _fla_wkv4(s: BenchShape) -> Runner:
-    from fla.ops.rwkv4 import fused_recurrent_rwkv4
-
-    w, u, k, v = wkv4_bench_inputs(s)
-    time_decay = torch.log(-w.detach()).requires_grad_()  # fla applies w = -exp(time_decay) itself
-    state = torch.zeros(s.B, 3, 1, s.H * s.K, device=s.device)
-    state[:, 2] = -1e38
-    x = [time_decay, u, k, v]
-    return autograd_runner(lambda: fused_recurrent_rwkv4(*x, state)[:1], x)
-
-
-def delta_product_bench_inputs(s: BenchShape) -> list[Tensor]:
-    dev, n = s.device, s.n_h
-    q = torch.randn(s.B, s.T, s.H, s.K, device=dev)
-    k = F.normalize(torch.randn(s.B, s.T, n, s.H, s.K, device=dev), dim=-1)
-    v = torch.randn(s.B, s.T, n, s.H, s.K, device=dev)
-    beta = torch.sigmoid(torch.randn(s.B, s.T, n, s.H, device=dev))
-    g = F.logsigmoid(torch.randn(s.B, s.T, s.H, device=dev) + 3)
-    return [_leaf(x, s.dtype) for x in (q, k, v, beta, g)]
-
-
-def _skein_delta_product(s: BenchShape) -> Runner:
-    from skein.rwkv.ops.delta_product.chunk import chunk_delta_product
-
-    x = delta_product_bench_inputs(s)
-    return autograd_runner(lambda: chunk_delta_product(*x)[:1], x)
-
-
-def _fla_delta_product(s: BenchShape) -> Runner:
-    from fla.ops.gated_delta_product import chunk_gated_delta_product
-
-    q, k, v, beta, g = delta_product_bench_inputs(s)
-    L = s.T * s.n_h  # fla interleaves the n_h steps of a token along time
-
-    def fn() -> tuple[Tensor, ...]:
-        o = chunk_gated_delta_product(
-            q=q,
-            k=k.reshape(s.B, L, s.H, s.K),
-            v=v.reshape(s.B, L, s.H, s.K),
-            g=g,
-            beta=beta.reshape(s.B, L, s.H),
-            num_householder=s.n_h,
-            scale=s.K**-0.5,
-        )
-        return o[:1]
-
-    return autograd_runner(fn, [q, k, v, beta, g])
-
-
-def _fla_gated_delta_rule(s: BenchShape) -> Runner:
-    """fla's chunk_gated_delta_rule on the sequence of n_h * T steps (each token's n_h Householder
-    steps in a row, the gate on its first step): how fla builds DeltaProduct, and what runs on
-    Hopper where fla's own DeltaProduct entry point refuses."""
-    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-
-    q, k, v, beta, g = delta_product_bench_inputs(s)
-    L, n = s.T * s.n_h, s.n_h
-    qs = torch.zeros(s.B, s.T, n, s.H, s.K, device=s.device, dtype=q.dtype)
-    qs[:, :, -1] = q.detach()
-    gs = torch.zeros(s.B, s.T, n, s.H, device=s.device, dtype=g.dtype)
-    gs[:, :, 0] = g.detach()
-    x = [
-        _leaf(t.reshape(s.B, L, *t.shape[3:]), t.dtype)
-        for t in (qs, k.detach(), v.detach(), beta.detach(), gs)
-    ]
-
-    def fn() -> tuple[Tensor, ...]:
-        o, _ = chunk_gated_delta_rule(x[0], x[1], x[2], g=x[4], beta=x[3], scale=s.K**-0.5)
-        return (o,)
-
-    return autograd_runner(fn, x)
+from skein.rwkv.ops.common.bench import BenchCase, BenchError, BenchShape, Runner, autograd_runner, leaf
+from skein.rwkv.ops.delta_product.bench import delta_product_bench_inputs
+from skein.rwkv.ops.rwkv7.bench import peer_cases, rwkv7_bench_inputs, rwkv_lm_cuda_case
+from skein.rwkv.ops.wkv4.bench import wkv4_bench_inputs
+
+OPS = ("skein.rwkv.ops.rwkv7.bench", "skein.rwkv.ops.wkv4.bench", "skein.rwkv.ops.delta_product.bench")
+"""The modules whose `CASES` make up the registry, in table order; a new op adds its own."""
 
 
 def _sdpa_flash(s: BenchShape) -> Runner:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    q, k, v = (_leaf(torch.randn(s.B, s.H, s.T, s.K, device=s.device), s.dtype) for _ in range(3))
+    q, k, v = (leaf(torch.randn(s.B, s.H, s.T, s.K, device=s.device), s.dtype) for _ in range(3))
 
     def fn() -> tuple[Tensor, ...]:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
@@ -275,17 +46,11 @@ def _sdpa_flash(s: BenchShape) -> Runner:
 REGISTRY: dict[str, BenchCase] = {
     c.name: c
     for c in (
-        BenchCase("skein chunk_rwkv7", "rwkv7", _skein_rwkv7),
-        BenchCase("skein chunk_rwkv7, CUDA backward", "rwkv7", _skein_rwkv7_cuda_bwd),
-        BenchCase("fla chunk_rwkv7", "rwkv7", _fla_rwkv7, peer=True),
-        BenchCase("skein fused_wkv4 (fp32)", "wkv4", _skein_wkv4),
-        BenchCase("fla fused_recurrent_rwkv4 (fp32)", "wkv4", _fla_wkv4, peer=True),
-        BenchCase("skein chunk_delta_product", "delta_product", _skein_delta_product),
-        BenchCase("fla chunk_gated_delta_product", "delta_product", _fla_delta_product, peer=True),
-        BenchCase("fla chunk_gated_delta_rule (n_h*T)", "delta_product", _fla_gated_delta_rule, peer=True),
+        *(case for module in OPS for case in importlib.import_module(module).CASES),
         BenchCase("torch SDPA flash (causal)", "attention", _sdpa_flash, peer=True),
     )
 }
+"""Case name -> case: every op's cases, then torch's flash attention as the transformer's reference."""
 
 
 def _time_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
@@ -405,17 +170,7 @@ def bench_kernels(
     shape = BenchShape(B, T, H, K, getattr(torch, dtype), n_h)
     cases = [c for c in REGISTRY.values() if peers or not c.peer]
     if peers:
-        extra = []
-        if rwkv_lm_cuda:
-            extra += [
-                BenchCase("RWKV-LM rwkv7_clampw_v3 (CUDA)", "rwkv7", rwkv_lm_cuda_case(rwkv_lm_cuda), True),
-                BenchCase(
-                    "RWKV-LM clampw_v3 alt (CUDA)", "rwkv7", rwkv_lm_cuda_case(rwkv_lm_cuda, "alt"), True
-                ),
-            ]
-        if wind_rwkv:
-            extra.append(BenchCase("wind_rwkv chunked_cuda", "rwkv7", wind_rwkv_case(wind_rwkv), True))
-        cases[2:2] = extra
+        cases[2:2] = peer_cases(rwkv_lm_cuda, wind_rwkv)
     cases = [c for c in cases if c.op in wanted]
     torch.manual_seed(0)
     print(f"{torch.cuda.get_device_name()}  B={B} T={T} H={H} K={K} {dtype} n_h={n_h}")
@@ -428,6 +183,7 @@ def bench_kernels(
 
 
 __all__ = [
+    "OPS",
     "REGISTRY",
     "BenchCase",
     "BenchError",
@@ -437,10 +193,7 @@ __all__ = [
     "bench_kernels",
     "delta_product_bench_inputs",
     "format_row",
-    "RWKV7_NAMES",
     "rwkv7_bench_inputs",
-    "rwkv7_runner",
     "rwkv_lm_cuda_case",
-    "wind_rwkv_case",
     "wkv4_bench_inputs",
 ]

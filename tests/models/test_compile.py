@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from skein.rwkv import build_model
 from skein.rwkv.models import CausalLM
 from skein.train.loop.losses import fused_lm_loss
-from skein.train.parallel.strategy import apply_compile, apply_grad_checkpointing
+from skein.train.parallel.blocks import apply_compile, apply_grad_checkpointing
 from tests.models.harness import TINY, perturb_parameters, random_tokens
 
 BACKEND = "aot_eager_decomp_partition"

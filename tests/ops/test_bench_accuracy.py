@@ -9,8 +9,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from skein.rwkv.ops.bench import RWKV7_NAMES, BenchShape, format_row, rwkv7_bench_inputs, rwkv7_runner
+from skein.rwkv.ops.bench import format_row
 from skein.rwkv.ops.common.accuracy import Float64Check, rel_rms
+from skein.rwkv.ops.common.bench import BenchShape
+from skein.rwkv.ops.rwkv7.bench import RWKV7_NAMES, rwkv7_bench_inputs, rwkv7_runner
 from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
 from skein.rwkv.ops.rwkv7.peers import (
     rwkv_lm_w_from_skein,

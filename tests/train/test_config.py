@@ -9,8 +9,8 @@ import yaml
 
 from skein.train.cli import main
 from skein.train.config import ConfigError, load_config
-from skein.train.loop.run import build_training_model
-from skein.train.parallel.strategy import resolve_compile
+from skein.train.loop.trainer import build_training_model
+from skein.train.parallel.execution import resolve_compile
 from tests.train.helpers import tiny_run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]

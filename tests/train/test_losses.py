@@ -77,6 +77,8 @@ def test_training_step_loss_is_the_same_fused_or_not(tmp_path) -> None:
     from skein.rwkv import build_model
     from skein.train.config import load_config
     from skein.train.loop.module import LMModule
+    from skein.train.parallel.execution import resolve_execution
+    from skein.train.plan import stage_plans
     from tests.models.harness import perturb_parameters
     from tests.train.helpers import tiny_run, write_config
 
@@ -88,7 +90,7 @@ def test_training_step_loss_is_the_same_fused_or_not(tmp_path) -> None:
         if model is None:
             model = build_model(cfg.model)
             perturb_parameters(model)
-        module = LMModule(cfg, 0, model)
+        module = LMModule(cfg, 0, model, stage_plans(cfg)[0], resolve_execution(cfg.trainer))
         g = torch.Generator().manual_seed(7)
         x, y = (torch.randint(0, 257, (3, 32), generator=g) for _ in range(2))
         model.zero_grad(set_to_none=True)

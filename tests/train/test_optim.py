@@ -13,7 +13,7 @@ from skein.train.config import load_config
 from skein.train.loop.losses import lm_loss
 from skein.train.loop.optim import param_groups
 from skein.train.loop.run import train_from_config
-from skein.train.parallel.strategy import apply_grad_checkpointing
+from skein.train.parallel.blocks import apply_grad_checkpointing
 from tests.models.harness import random_tokens
 from tests.train.helpers import losses, metric_rows, tiny_run, write_config
 from tests.utils import assert_close

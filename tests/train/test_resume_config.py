@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 
 from skein.train.checkpoints.checkpoint import resume_checkpoint
-from skein.train.checkpoints.resume_check import (
-    check_checkpoint_engine,
-    check_resume_config,
-    classify,
-    write_run_config,
-)
+from skein.train.checkpoints.resume_check import check_resume_config, classify, write_run_config
 from skein.train.config import ConfigError, RunConfig
 from skein.train.loop.run import train_from_config
+from skein.train.parallel.execution import check_checkpoint_engine
 from skein.train.typed import from_dict
 from tests.train.helpers import losses, run_cli, tiny_run, write_config
 

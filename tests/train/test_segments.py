@@ -1,4 +1,4 @@
-"""Segment-wise training (train/segments.py): the loss equals the whole-sequence loss; with bptt
+"""Segment-wise training (train/loop/segments.py): the loss equals the whole-sequence loss; with bptt
 all its gradient equals the whole-sequence gradient for every recurrent architecture; bptt 1 and
 bptt 2 equal hand-written truncated references; it nests inside block checkpointing; the trainer
 runs a segmented stage, stops on SIGTERM and resumes."""
@@ -18,7 +18,7 @@ from skein.rwkv.models import CausalLM, detach_state
 from skein.train.config import ConfigError, load_config
 from skein.train.loop.losses import lm_loss
 from skein.train.loop.segments import compact_state, segmented_loss
-from skein.train.parallel.strategy import apply_compile, apply_grad_checkpointing
+from skein.train.parallel.blocks import apply_compile, apply_grad_checkpointing
 from tests.models.harness import TINY, perturb_parameters, random_tokens
 from tests.train.helpers import losses, run_cli, start_cli, tiny_run, wait_for, write_config
 from tests.utils import assert_close, rel_err

@@ -4,7 +4,7 @@ Layout of a run directory:
 
     config.yaml                          the resolved config of the run
     checkpoints/s{stage}-{step:08d}/     one full checkpoint (model, optimizer, loops, schedule)
-        model.ckpt                       Lightning checkpoint (a directory under DeepSpeed)
+        model.ckpt                       Lightning checkpoint (a directory of ZeRO shards when sharded)
         meta.json                        a CheckpointMeta: position, tokens per step, checksums
     checkpoints/latest                   name of the newest complete checkpoint
     snapshots/rwkv-s{stage}-{step}.pth   light weights-only snapshots in RWKV-LM's layout
@@ -260,11 +260,10 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir() and (path / "model.ckpt").exists():
         path = path / "model.ckpt"
-    if path.is_dir():  # DeepSpeed ZeRO checkpoint directory: consolidate the fp32 weights on the CPU
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    if path.is_dir():  # a sharded engine's checkpoint directory: the fp32 weights gathered on the CPU
+        from skein.train.parallel.execution import load_sharded_weights
 
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(path))
-        sd = {k.removeprefix("_forward_module."): v for k, v in sd.items()}
+        sd = load_sharded_weights(path)
     else:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such checkpoint or weights file")

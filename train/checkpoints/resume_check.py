@@ -10,9 +10,10 @@ alter what the checkpoint holds or the stages already started (done or in progre
   started stage sets its own lr_init / lr_final.
 - refused: model.* (weights), data.train / weights / tokenizer and run.seed (the data order),
   optim.* and schedule.* otherwise (the optimizer and lr of started stages), trainer.strategy /
-  zero_stage / offload_optimizer / precision when they change what they resolve to (DeepSpeed or
-  not, its ZeRO stage and offload, the precision: the checkpoint format and the numerics; ddp,
-  single and a CPU `auto` are the same), any key of a started stage, removing a started stage.
+  zero_stage / offload_optimizer / precision when they change what they resolve to (the sharded
+  engine or not, its ZeRO stage and offload, the precision: the checkpoint format and the
+  numerics; ddp, single and a CPU `auto` are the same), any key of a started stage, removing a
+  started stage.
 
 A refusal is one ConfigError listing every refused key as `key: old -> new`; allowed changes are
 printed as one line. Without a checkpoint any change is allowed (the run starts over).
@@ -27,7 +28,7 @@ from typing import Any
 from skein.train.checkpoints.checkpoint import write_text_atomic
 from skein.train.checkpoints.lock import is_global_zero
 from skein.train.config import RunConfig, dump_config, load_config
-from skein.train.parallel.strategy import resolve_precision, resolve_strategy, use_gpu
+from skein.train.parallel.execution import resolve_execution
 from skein.train.typed import ConfigError, plain
 
 ALLOWED = (
@@ -47,8 +48,9 @@ ALLOWED = (
     "log.",
     "eval.",
 )
-# Refused only when they change what they resolve to (`auto` is DeepSpeed on several GPUs, one
-# device on one GPU, DDP or a single process on the CPU; ddp and single write the same checkpoint).
+# Refused only when they change what they resolve to (Execution.identity: `auto` is the sharded
+# engine on several GPUs, one device on one GPU, DDP or a single process on the CPU; ddp and
+# single write the same checkpoint).
 ENGINE_KEYS = ("trainer.strategy", "trainer.zero_stage", "trainer.offload_optimizer", "trainer.precision")
 ABSENT = "<absent>"
 
@@ -74,13 +76,9 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _engine(cfg: RunConfig) -> tuple[Any, ...]:
-    """What the strategy and precision keys resolve to here: DeepSpeed (with its ZeRO stage and
-    offload) or a plain Lightning checkpoint, and the precision."""
-    tc = cfg.trainer
-    gpu = use_gpu(tc)
-    deepspeed = resolve_strategy(tc, gpu) == "deepspeed"
-    precision = resolve_precision(tc, gpu)
-    return (deepspeed, tc.zero_stage, tc.offload_optimizer) if deepspeed else (False,), precision
+    """What the strategy and precision keys resolve to here (Execution.identity): the checkpoint
+    format with the engine's settings, and the precision."""
+    return resolve_execution(cfg.trainer, validate=False).identity()
 
 
 def _stage_of(key: str) -> int | None:
@@ -151,19 +149,6 @@ def check_resume_config(
     if allowed and is_global_zero():
         print(f"skein train: resuming {out_dir} with a changed config: {'; '.join(allowed)}")
     return allowed
-
-
-def check_checkpoint_engine(ckpt: Path, deepspeed: bool) -> None:
-    """A checkpoint from the middle of a stage resumes only under the kind of strategy that wrote
-    it: DeepSpeed writes model.ckpt as a directory of ZeRO shards, DDP and one device a file. (A
-    finished stage hands over weights only, which any strategy loads.)"""
-    if ckpt.is_dir() == deepspeed:
-        return
-    wrote, want = ("DeepSpeed", "deepspeed") if ckpt.is_dir() else ("DDP or one device", "single or ddp")
-    raise ConfigError(
-        f"{ckpt}: written by {wrote}, which the resumed stage must run under: set trainer.strategy={want} "
-        "(trainer.strategy=auto picks deepspeed for several GPUs and one device for one GPU)"
-    )
 
 
 def write_run_config(cfg: RunConfig, out_dir: Path) -> None:

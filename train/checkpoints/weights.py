@@ -6,7 +6,7 @@ Sources (`load_source`), each giving the model with its config:
 
     run directory            config.yaml + checkpoints/latest: the newest complete checkpoint
     checkpoint directory     checkpoints/s{stage}-{step}/ (model.ckpt + meta.json)
-    Lightning .ckpt          a file, or a DeepSpeed ZeRO directory (consolidated on the CPU)
+    Lightning .ckpt          a file, or a ZeRO shard directory (consolidated on the CPU)
     .pth                     RWKV-LM layout (a snapshot, an import, or a file RWKV-LM wrote)
     .safetensors             skein's safetensors export (+ its .json)
     Hugging Face directory   transformers RWKV-4 (config.json + weights)
@@ -51,6 +51,11 @@ class Source:
     run_config: dict[str, Any] | None
     """The run config (or import YAML) the model belongs to, when there is one."""
 
+    def precision(self) -> str:
+        """trainer.precision of the run config (auto when there is none): eval and generate run
+        the model at it."""
+        return str(((self.run_config or {}).get("trainer") or {}).get("precision", "auto"))
+
     def tokenizer_spec(self) -> str | None:
         """data.tokenizer of the run config, else the tokenizer recorded in its shards' meta."""
         data = (self.run_config or {}).get("data") or {}
@@ -73,7 +78,7 @@ def _run_config_near(path: Path) -> dict[str, Any] | None:
 
 
 def _embedded_config(ckpt: Path) -> dict[str, Any] | None:
-    """The run config a skein Lightning checkpoint carries (DeepSpeed: in its client state)."""
+    """The run config a skein Lightning checkpoint carries (a ZeRO directory: in its client state)."""
     if ckpt.is_dir():  # ZeRO-2: mp_rank_00_model_states.pt; ZeRO-3: zero_pp_rank_{r}_mp_rank_00_...
         states = sorted((ckpt / "checkpoint").glob("*mp_rank_00_model_states.pt"))
         if not states:
@@ -123,7 +128,7 @@ def load_source(source: str) -> Source:
             return Source(read_hf(p), str(p), None)
         if not ((p / "checkpoint").is_dir() or (p / "latest").is_file()):
             raise ConfigError(
-                f"{p}: not a run directory, checkpoint directory, DeepSpeed checkpoint or Hugging Face directory"
+                f"{p}: not a run directory, checkpoint directory, ZeRO checkpoint or Hugging Face directory"
             )
         return _from_checkpoint(p)
     if p.suffix == ".safetensors":

@@ -1,7 +1,7 @@
 """`skein bench train`: training throughput of a run config, measured on real optimizer steps.
 
 The model, data module, strategy and Lightning trainer are built as `skein train` builds them
-(train/run.py), for one stage of the config, in a temporary run directory that is removed
+(loop/trainer.py), for one stage of the config, in a temporary run directory that is removed
 afterwards (the config's run.out_dir is never touched). After `warmup` steps, `steps` measured steps
 give tokens/s, MFU, peak memory and a breakdown of the step time:
 
@@ -38,8 +38,9 @@ from skein.train.config import ConfigError, RunConfig, load_config
 from skein.train.loop.callbacks import PEAK_TFLOPS, step_done
 from skein.train.loop.data_module import StageDataModule, check_vocab
 from skein.train.loop.module import LMModule
-from skein.train.loop.run import build_training_model, step_args
-from skein.train.parallel.strategy import build_strategy, is_deepspeed
+from skein.train.loop.trainer import build_stage_trainer, build_training_model
+from skein.train.parallel.execution import resolve_execution
+from skein.train.plan import stage_plans
 
 PHASES = ("data", "forward", "backward", "optimizer", "other")
 
@@ -186,23 +187,16 @@ def bench_config(cfg: RunConfig, steps: int = 20, warmup: int = 5, stage: int = 
     if not 0 <= stage < len(cfg.stages):
         raise ConfigError(f"bench train: --stage {stage} is not a stage of the config ({len(cfg.stages)})")
     check_vocab(cfg)
-    hw = build_strategy(cfg.trainer)
-    cuda = hw["accelerator"] == "gpu"
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    execution = resolve_execution(cfg.trainer)
+    cuda = execution.gpu
+    world = execution.world_size
+    plan = stage_plans(cfg)[stage]
     with tempfile.TemporaryDirectory(prefix="skein-bench-") as tmp:
         cfg = replace(cfg, run=replace(cfg.run, out_dir=tmp))
-        plan = cfg.plans[stage]
-        model = build_training_model(cfg)
-        module = LMModule(cfg, stage, model)
+        model = build_training_model(cfg, execution=execution)
+        module = LMModule(cfg, stage, model, plan, execution)
         timer = StepTimer(warmup, cuda)
-        trainer = L.Trainer(
-            **hw,
-            **step_args(cfg, plan, is_deepspeed(hw["strategy"])),
-            max_steps=warmup + steps,
-            logger=False,
-            callbacks=[timer],
-            default_root_dir=tmp,
-        )
+        trainer = build_stage_trainer(cfg, plan, execution, tmp, [timer], max_steps=warmup + steps)
         data = StageDataModule(cfg, plan.ctx_len, cfg.stages[stage].micro_bsz, plan.global_batch, 0)
         before = _param_sample(model)
         if cuda:

@@ -76,7 +76,7 @@ def export(source: str, output: str, format: str = "rwkv_lm", dtype: str = "fp32
     """Export a model's weights for other tools.
 
     Args:
-        source: run directory, checkpoint directory, Lightning .ckpt, DeepSpeed checkpoint
+        source: run directory, checkpoint directory, Lightning .ckpt, ZeRO checkpoint
             directory, .pth, .safetensors or Hugging Face RWKV-4 directory.
         output: rwkv_lm: a .pth file; safetensors: a .safetensors file (config in .json beside
             it); hf and fla: a directory.

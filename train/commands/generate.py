@@ -16,6 +16,7 @@ from torch import Tensor
 from skein.data.tokenizer import load_tokenizer
 from skein.rwkv.models import CausalLM
 from skein.train.commands.export import load_source
+from skein.train.parallel.execution import inference_execution
 
 
 def sample_next(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -110,7 +111,9 @@ def generate(
         )
     ids = tok.encode(prompt) or [tok.eod_id]
     banned = tok.unknown_ids(src.model.config.vocab_size)
-    new, _ = sample_tokens(src.model, ids, max_tokens, temperature, top_p, seed, banned)
+    device = next(src.model.parameters()).device
+    with inference_execution(device, src.precision()).autocast():
+        new, _ = sample_tokens(src.model, ids, max_tokens, temperature, top_p, seed, banned)
     text = tok.decode(new)
     print(prompt + text)
     return text

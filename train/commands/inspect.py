@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from skein.train.config import RunConfig, load_config
+from skein.train.plan import stage_plans
 
 
 def params(config: str, overrides: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def params(config: str, overrides: list[str] | None = None) -> int:
 def stage_boundaries(cfg: RunConfig) -> list[int]:
     """Total tokens at the end of each stage but the last."""
     out, before = [], 0
-    for plan in cfg.plans[:-1]:
+    for plan in stage_plans(cfg)[:-1]:
         before += plan.total_tokens
         out.append(before)
     return out
@@ -41,7 +42,7 @@ def lr_curve(config: str, overrides: list[str] | None = None, points: int = 400)
     """(total tokens, lr) pairs over every stage of a run config (auto_exp shown without decay)."""
     cfg = load_config(config, overrides)
     out, before = [], 0
-    for si, plan in enumerate(cfg.plans):
+    for si, plan in enumerate(stage_plans(cfg)):
         total = plan.total_tokens
         lr_init, lr_final = cfg.stage_lrs(si)
         n = max(points // len(cfg.stages), 2)

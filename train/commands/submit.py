@@ -23,7 +23,7 @@ from skein.train.checkpoints.checkpoint import write_text_atomic
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.typed import ConfigError
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "train.sbatch"
+TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
 
 
 def submit(

@@ -3,7 +3,6 @@ the held-out data, the run config's context length and the byte length of every 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ import torch
 from skein.data.dataset import PretrainDataset
 from skein.data.tokenizer import ByteTokenizer, RwkvWorldTokenizer, Tokenizer
 from skein.train.commands.export import Source, load_source
+from skein.train.parallel.execution import inference_execution
 from skein.train.typed import ConfigError
 
 
@@ -49,9 +49,10 @@ def pick_device(device: str) -> torch.device:
         raise ConfigError(f"--device {device!r}: {e}") from e
 
 
-def autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA, nothing elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def autocast(device: torch.device, precision: str = "auto") -> Any:
+    """The autocast of a run's trainer.precision on `device` (auto: bf16 on CUDA, none elsewhere;
+    parallel/execution.py)."""
+    return inference_execution(device, precision).autocast()
 
 
 def token_bytes(tok: Tokenizer, vocab_size: int) -> torch.Tensor:

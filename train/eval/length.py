@@ -23,14 +23,19 @@ from skein.train.typed import ConfigError
 
 @torch.no_grad()
 def loss_by_position(
-    model: CausalLM, x: torch.Tensor, y: torch.Tensor, chunk_len: int, device: torch.device
+    model: CausalLM,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    chunk_len: int,
+    device: torch.device,
+    precision: str = "auto",
 ) -> torch.Tensor:
     """Per-token loss [B, T] (float64) of targets y given inputs x [B, T], fed chunk_len tokens at
-    a time with the state carried."""
+    a time with the state carried, under the autocast of `precision` (a run's trainer.precision)."""
     state, out = None, []
     for s in range(0, x.shape[1], chunk_len):
         xc, yc = x[:, s : s + chunk_len].to(device), y[:, s : s + chunk_len].to(device)
-        with autocast(device):
+        with autocast(device, precision):
             logits, state = model(xc, state)
         out.append(F.cross_entropy(logits.float().transpose(1, 2), yc, reduction="none").double().cpu())
     return torch.cat(out, dim=1)
@@ -88,7 +93,7 @@ def length(
         for i in tqdm(range(0, samples, micro_bsz), desc=name, disable=not progress, leave=False):
             batch = [ds[n] for n in range(i, min(i + micro_bsz, samples))]
             x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-            total += loss_by_position(src.model, x, y, chunk_len or ctx_len, dev).sum(0)
+            total += loss_by_position(src.model, x, y, chunk_len or ctx_len, dev, src.precision()).sum(0)
         per_pos = (total / samples).tolist()
         rows += [[name, t + 1, v] for t, v in enumerate(per_pos)]
         windows[name] = {

@@ -9,7 +9,14 @@ from typing import Any
 
 from skein.data.tokenizer import load_tokenizer
 from skein.train.config import TrainerSection
-from skein.train.eval.common import autocast, held_out, load, pick_device, run_ctx_len, token_bytes
+from skein.train.eval.common import (
+    autocast,
+    held_out,
+    load,
+    pick_device,
+    run_ctx_len,
+    token_bytes,
+)
 from skein.train.eval.output import ResultsDir, table
 from skein.train.loop.evaluation import ValidationLoss
 from skein.train.typed import ConfigError
@@ -57,7 +64,7 @@ def loss(
     # the fused chunked head, as training runs it by default: no logits of the whole batch
     chunk = TrainerSection.loss_chunk_tokens
     evaluator = ValidationLoss(held_out(data, ctx_len, seed), samples, micro_bsz, chunk_tokens=chunk)
-    with autocast(dev):
+    with autocast(dev, src.precision()):
         total = evaluator.sums(src.model).cpu()
     nats = float(total[0] / total[1])
     nbytes = token_bytes(load_tokenizer(spec), src.model.config.vocab_size)

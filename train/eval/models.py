@@ -83,12 +83,9 @@ class MixerLM(nn.Module):
         full = build_model(self.config)
         self.emb, self.ln_out, self.head = full.emb, full.ln_out, full.head
         self.norms = nn.ModuleList(block.ln1 for block in full.blocks)
-        if spec.arch == "rwkv7":
-            self.mixers = nn.ModuleList(block.att for block in full.blocks)
-            self.ln0 = full.blocks[0].ln0
-        else:
-            self.mixers = nn.ModuleList(block.mixer for block in full.blocks)
-            self.ln0 = None
+        self.mixers = nn.ModuleList(full.sequence_mixers())
+        self.ln0 = full.embedding_norm()
+        self.run_mixer = full.run_mixer
         self.convs = (
             nn.ModuleList(ShortConv(d_model, spec.short_conv, activation=False) for _ in range(n_layer))
             if spec.short_conv
@@ -99,15 +96,12 @@ class MixerLM(nn.Module):
         x = self.emb(idx)
         if self.ln0 is not None:
             x = self.ln0(x)
-        v_first = x.new_empty(0)
+        carry = None
         for i, (norm, mixer) in enumerate(zip(self.norms, self.mixers)):
             h = norm(x)
             if self.convs is not None:
                 h = self.convs[i](h)[0]
-            if self.spec.arch == "rwkv7":
-                h, v_first, _, _ = mixer(h, v_first, None, None)
-            else:
-                h, _ = mixer(h, None)
+            h, carry = self.run_mixer(mixer, h, carry)
             x = x + h
         return self.head(self.ln_out(x))
 

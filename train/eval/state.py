@@ -73,20 +73,20 @@ def state(
         progress: show a progress bar.
     """
     model = dict(model or {})
-    arch = model.get("arch", "deltaproduct")
+    arch = model.get("arch", DELTAPRODUCT_S3["arch"])
     if quick:
         groups = groups or ["S3", "Z60"]
         train_len, test_len = min(train_len, 16), min(test_len, 64)
         num_train, num_test = min(num_train, 512), min(num_test, 64)
         batch_size, epochs = min(batch_size, 64), min(epochs, 3)
-        model = {"d_model": 32, **({"n_head": 2} if arch == "deltaproduct" else {}), **model}
+        model = {"d_model": 32, **({"n_head": 2} if arch == DELTAPRODUCT_S3["arch"] else {}), **model}
     groups = groups or list(GROUPS)
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         raise ConfigError(f"--groups: unknown {unknown}; choose from {sorted(GROUPS)}")
     if not 0 < train_len <= test_len:
         raise ConfigError(f"--train_len {train_len} must be positive and at most --test_len {test_len}")
-    if arch == "deltaproduct":
+    if arch == DELTAPRODUCT_S3["arch"]:
         spec = {**DELTAPRODUCT_S3, **model}
     else:  # another architecture keeps only the size of the default
         spec = {"n_layer": DELTAPRODUCT_S3["n_layer"], "d_model": DELTAPRODUCT_S3["d_model"], **model}

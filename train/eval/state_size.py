@@ -1,5 +1,5 @@
-"""Recurrent state size per layer, by architecture: the number of values a layer's sequence mixer
-carries from one token to the next, the figure MQAR results are compared at.
+"""Recurrent state size per layer: the number of values a layer's sequence mixer carries from one
+token to the next, the figure MQAR results are compared at. The formulas live on the model configs:
 
     rwkv7, deltaproduct:  num_heads * head_k_dim * head_v_dim  (one K x V matrix per head)
     rwkv4:                3 * d_model  (the WKV numerator, denominator and running maximum of
@@ -17,14 +17,9 @@ from skein.rwkv.models import ModelConfig
 
 
 def state_size(config: ModelConfig, seq_len: int) -> int:
-    """Values of recurrent state per layer of a model with this config after seq_len tokens."""
-    arch = config.arch
-    if arch == "rwkv7":
-        return config.n_head * config.head_size * config.head_size
-    if arch == "deltaproduct":
-        return config.n_head * config.head_k_dim * config.head_v_dim
-    if arch == "rwkv4":
-        return 3 * config.d_model
-    if arch == "llama":
-        return 2 * seq_len * config.n_kv_head * (config.d_model // config.n_head)
-    raise ValueError(f"state_size: no formula for architecture {arch!r}")
+    """Values of recurrent state per layer of a model with this config after seq_len tokens (each
+    architecture's config states its own formula, ModelConfig.state_size)."""
+    try:
+        return config.state_size(seq_len)
+    except NotImplementedError as e:
+        raise ValueError(str(e)) from e

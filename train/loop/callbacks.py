@@ -222,10 +222,7 @@ class MetricsCallback(L.Callback):
         loss = module.last_step_loss
         if trainer.world_size > 1:  # every rank reaches this line: the mean over the global batch
             loss = float(trainer.strategy.reduce(torch.tensor(loss, dtype=torch.float64), reduce_op="mean"))
-        grad_norm = module.grad_norm
-        engine = getattr(trainer.strategy, "deepspeed_engine", None)
-        if engine is not None:
-            grad_norm = engine.get_global_grad_norm()
+        grad_norm = module.global_grad_norm()
         mfu = None
         if self.peak_tflops:
             mfu = self.flops_per_token * tok_s / (self.peak_tflops * 1e12 * trainer.world_size)

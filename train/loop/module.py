@@ -1,6 +1,6 @@
 """The LightningModule: wraps any skein model for one training stage, sets the learning rate by
 tokens seen, and trains either on whole sequences or on segments with the recurrent state carried
-across them (exact or truncated backpropagation through time, train/segments.py)."""
+across them (exact or truncated backpropagation through time, train/loop/segments.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from skein.rwkv.models import CausalLM, build_model
+from skein.rwkv.models import CausalLM
 from skein.train.config import RunConfig
 from skein.train.loop.losses import model_loss
-from skein.train.loop.optim import build_optimizer
+from skein.train.loop.optim import build_optimizer, param_groups
 from skein.train.loop.schedule import AutoDecay
 from skein.train.loop.segments import segmented_loss
-from skein.train.parallel.strategy import is_deepspeed
+from skein.train.parallel.execution import Execution
 from skein.train.plan import StagePlan
 from skein.train.typed import ConfigError
 
@@ -27,22 +27,19 @@ class NonFiniteLossError(ConfigError):
 
 
 class LMModule(L.LightningModule):
-    """Trains `model` for stage `stage_index` of `cfg`, as `plan` (default: the plan computed at
-    load, `cfg.plans`; a resume passes the one with the tokens per step its checkpoints record)."""
+    """Trains `model` for stage `stage_index` of `cfg`, as `plan` (the run's plan of that stage,
+    with the tokens per step its checkpoints record on a resume) under `execution`."""
 
     def __init__(
-        self,
-        cfg: RunConfig,
-        stage_index: int,
-        model: CausalLM | None = None,
-        plan: StagePlan | None = None,
+        self, cfg: RunConfig, stage_index: int, model: CausalLM, plan: StagePlan, execution: Execution
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.stage_index = stage_index
         self.stage = cfg.stages[stage_index]
-        self.plan = plan or cfg.plans[stage_index]
-        self.model = model if model is not None else build_model(cfg.model)
+        self.plan = plan
+        self.execution = execution
+        self.model = model
         s = self.schedule = cfg.schedule
         self.lr_init, self.lr_final = cfg.stage_lrs(stage_index)
         self.decay_start: int | None = None
@@ -72,14 +69,13 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        deepspeed = is_deepspeed(self.trainer.strategy)
-        offload = self.cfg.trainer.offload_optimizer and deepspeed
+        if self.execution.offload_optimizer:
+            groups = param_groups(self.model, o.weight_decay)
+            return self.execution.offloaded_optimizer(groups, self.lr(0), o.betas, o.eps)
         # The fused AdamW unscales fp16 gradients inside its step, after on_before_optimizer_step
         # would have clipped them; with bf16 or fp32 there is nothing to unscale.
-        fused = self.trainer.precision != "16-mixed"
-        return build_optimizer(
-            self.model, self.lr(0), o.betas, o.eps, o.weight_decay, cpu_offload=offload, fused=fused
-        )
+        fused = self.execution.precision != "16-mixed"
+        return build_optimizer(self.model, self.lr(0), o.betas, o.eps, o.weight_decay, fused=fused)
 
     def _set_lr(self) -> None:
         lr = self.lr(self.tokens_seen)
@@ -108,11 +104,11 @@ class LMModule(L.LightningModule):
         return tc.loss_chunk_tokens if tc.fused_loss else None
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Whole-sequence loss (train/losses.py model_loss)."""
+        """Whole-sequence loss (train/loop/losses.py model_loss)."""
         return model_loss(self.model, x, y, self.cfg.optim.l2wrap, self._loss_chunk_tokens())[0]
 
     def _segmented_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The sample in segments of segment_len with the state carried (see train/segments.py):
+        """The sample in segments of segment_len with the state carried (see train/loop/segments.py):
         one loss and one backward, so accumulation, clipping and the strategy work unchanged."""
         loss = segmented_loss(
             self.model,
@@ -122,7 +118,7 @@ class LMModule(L.LightningModule):
             self.stage.bptt_segments,
             self.cfg.optim.l2wrap,
             self._loss_chunk_tokens(),
-            partitioned_params=is_deepspeed(self.trainer.strategy) and self.cfg.trainer.zero_stage == 3,
+            partitioned_params=self.execution.partitioned_params,
         )
         self._record(loss)
         return loss
@@ -176,12 +172,16 @@ class LMModule(L.LightningModule):
                     p.grad = None
             self.grad_norm = None
             return
-        if is_deepspeed(self.trainer.strategy):  # DeepSpeed clips and measures the norm itself
+        if self.execution.engine_clips:  # the engine clips and measures the norm itself
             return
         grads = [p for p in self.model.parameters() if p.grad is not None]
         if grads:  # clipped here rather than by Lightning, which refuses it for the fused AdamW
             clip = self.cfg.optim.grad_clip or math.inf
             self.grad_norm = torch.nn.utils.clip_grad_norm_(grads, clip, foreach=True).detach()
+
+    def global_grad_norm(self) -> Any:
+        """The last step's gradient norm before clipping (the engine's where it clips), to log."""
+        return self.execution.grad_norm(self.trainer.strategy, self.grad_norm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skein"] = {

@@ -35,17 +35,12 @@ def build_optimizer(
     betas: tuple[float, float],
     eps: float,
     weight_decay: float,
-    cpu_offload: bool = False,
     fused: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW over `param_groups`: the fused CUDA implementation with `fused` on CUDA parameters
     (one kernel for all tensors; not with fp16 loss scaling, see LMModule), else the multi-tensor
-    one; DeepSpeed's CPU Adam when the optimizer states are offloaded to the CPU (ZeRO-Offload
-    needs it)."""
+    one. (Optimizer states offloaded to the CPU take the engine's own optimizer instead,
+    Execution.offloaded_optimizer.)"""
     groups = param_groups(model, weight_decay)
-    if cpu_offload:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
     fused = fused and next(model.parameters()).is_cuda
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)

@@ -17,21 +17,15 @@ import lightning as L
 import torch
 
 from skein.data.dataset import PretrainDataset
-from skein.rwkv.models import CausalLM, build_model
 from skein.train.checkpoints.checkpoint import (
     CheckpointMeta,
-    DirectCheckpointIO,
     latest_checkpoint,
     load_weights,
     resume_checkpoint,
 )
 from skein.train.checkpoints.lock import is_global_zero, run_lock
-from skein.train.checkpoints.resume_check import (
-    check_checkpoint_engine,
-    check_resume_config,
-    write_run_config,
-)
-from skein.train.checkpoints.weights import load_into, load_source
+from skein.train.checkpoints.resume_check import check_resume_config, write_run_config
+from skein.train.checkpoints.weights import load_source
 from skein.train.commands.plots import plot_loss_curve
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
 from skein.train.loop.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, StagePosition
@@ -39,17 +33,9 @@ from skein.train.loop.data_module import StageDataModule
 from skein.train.loop.evaluation import PeriodicEval, ValidationLoss
 from skein.train.loop.module import LMModule
 from skein.train.loop.slurm import cluster_plugins, requeue_if_stopped
-from skein.train.parallel.strategy import (
-    apply_compile,
-    apply_grad_checkpointing,
-    build_strategy,
-    is_deepspeed,
-    release_engine,
-    resolve_compile,
-    resolve_strategy,
-    use_gpu,
-)
-from skein.train.plan import StagePlan, stage_plans
+from skein.train.loop.trainer import build_stage_trainer, build_training_model
+from skein.train.parallel.execution import check_checkpoint_format, resolve_execution
+from skein.train.plan import derived_comment, stage_plans
 from skein.train.preflight import check_run
 
 
@@ -96,42 +82,6 @@ def _recorded_tokens_per_step(cfg: RunConfig, found: tuple[Path, CheckpointMeta]
     return meta.tokens_per_step
 
 
-def build_training_model(
-    cfg: RunConfig, weights: tuple[dict[str, torch.Tensor], str] | None = None
-) -> CausalLM:
-    """The model as a stage trains it: seeded initialisation (or `weights`, a state dict and where it
-    came from), then gradient checkpointing and torch.compile as the trainer section asks."""
-    L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    model = build_model(cfg.model)
-    if weights is not None:
-        sd, source = weights
-        load_into(model, sd, source)
-    if cfg.trainer.grad_checkpointing:
-        apply_grad_checkpointing(model, selective=cfg.trainer.grad_checkpointing == "selective")
-    if resolve_compile(cfg.trainer):
-        apply_compile(model)
-    return model
-
-
-def step_args(cfg: RunConfig, plan: StagePlan, deepspeed: bool) -> dict[str, Any]:
-    """The L.Trainer arguments that shape an optimizer step (accumulation, clipping) and switch
-    off what a stage does not use (Lightning's own checkpoints, validation, bars, summaries).
-    Lightning clips only under DeepSpeed (which clips inside its step); elsewhere LMModule clips
-    in on_before_optimizer_step."""
-    return {
-        "max_epochs": -1,
-        "accumulate_grad_batches": plan.accumulate,
-        "gradient_clip_val": (cfg.optim.grad_clip or None) if deepspeed else None,
-        "use_distributed_sampler": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-        "limit_val_batches": 0,
-        "deterministic": cfg.trainer.deterministic,
-    }
-
-
 def train_from_config(
     cfg: RunConfig,
     resume: bool = True,
@@ -141,7 +91,7 @@ def train_from_config(
     """Run (or continue) every stage of `cfg`. Returns a summary: stages done, steps, tokens,
     whether the run was interrupted by a signal, and the last checkpoint. `extra_callbacks` join
     every stage (e.g. a PeriodicEval with more evaluators). The run directory is locked for the
-    run's life (train/lock.py)."""
+    run's life (train/checkpoints/lock.py)."""
     check_run(cfg)  # data, tokenizer, vocabulary, hardware: before anything is built or written
     with run_lock(cfg.run.out_dir):
         return _train_locked(cfg, resume, init_from, extra_callbacks)
@@ -159,11 +109,12 @@ def _train_locked(
         )
     newest, stage_index = (found[0], found[1].stage_index) if found else (None, 0)
     check_resume_config(cfg, out_dir, newest, stage_index, init_from)
+    plans = stage_plans(cfg, _recorded_tokens_per_step(cfg, found))  # the run's one derivation
+    execution = resolve_execution(cfg.trainer)
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_global_zero():
         write_run_config(cfg, out_dir)
 
-    plans = stage_plans(cfg, _recorded_tokens_per_step(cfg, found))
     start_stage, ckpt_path, start_step = 0, None, 0
     weights: tuple[dict[str, torch.Tensor], str] | None = None
     if found is not None:
@@ -173,19 +124,16 @@ def _train_locked(
             weights = (load_weights(path), str(path))
         else:
             start_stage, ckpt_path, start_step = meta.stage_index, path / "model.ckpt", meta.step
-            check_checkpoint_engine(
-                ckpt_path, resolve_strategy(cfg.trainer, use_gpu(cfg.trainer)) == "deepspeed"
-            )
+            check_checkpoint_format(ckpt_path, execution)
     elif init_from is not None:  # any source `skein export` reads: run dir, checkpoint, .pth, ...
         weights = (load_source(init_from).model.state_dict(), init_from)
 
-    model = build_training_model(cfg, weights)
+    model = build_training_model(cfg, weights, execution)
 
     summary: dict[str, Any] = {"interrupted": False, "stages_done": start_stage, "checkpoint": None}
     for si in range(start_stage, len(cfg.stages)):
         stage, plan = cfg.stages[si], plans[si]
         tokens_before = sum(p.total_tokens for p in plans[:si])
-        hw = build_strategy(cfg.trainer)
         position = StagePosition(si, plan.steps, tokens_before, [p.tokens_per_step for p in plans[: si + 1]])
         ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position)
         callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position)]
@@ -200,20 +148,20 @@ def _train_locked(
         # Last: a checkpoint is published only after every row its step logs is on disk, so a
         # kill right after the save loses no metrics the resume would not write again.
         callbacks.append(ckpt_cb)
-        module = LMModule(cfg, si, model, plan)
-        trainer = L.Trainer(
-            **hw,
-            **step_args(cfg, plan, is_deepspeed(hw["strategy"])),
-            max_steps=plan.steps,
+        module = LMModule(cfg, si, model, plan, execution)
+        trainer = build_stage_trainer(
+            cfg,
+            plan,
+            execution,
+            out_dir,
+            callbacks,
             logger=_loggers(cfg, out_dir) or False,
-            callbacks=callbacks,
-            plugins=[*cluster_plugins(), *([] if is_deepspeed(hw["strategy"]) else [DirectCheckpointIO()])],
-            default_root_dir=str(out_dir),
+            plugins=cluster_plugins(),
         )
         data = StageDataModule(cfg, stage.ctx_len, stage.micro_bsz, plan.global_batch, start_step)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
         ckpt_cb.save_stage_end(trainer, module)
-        release_engine(trainer.strategy)
+        execution.release(trainer.strategy)
         summary.update(steps=trainer.global_step, tokens=tokens_before + module.tokens_seen)
         ckpt_path, start_step = None, 0
         if ckpt_cb.interrupted:
@@ -250,7 +198,7 @@ def train(
     """
     cfg = load_config(config, overrides)
     if print_config:
-        print(dump_config(cfg, derived=True), end="")
+        print(dump_config(cfg) + derived_comment(cfg, stage_plans(cfg)), end="")
         return None
     summary = train_from_config(cfg, resume=resume, init_from=init_from)
     if is_global_zero():

@@ -9,7 +9,7 @@ segments' backwards last first, since a segment is ready only once the gradient 
 state has arrived, and sums each parameter's gradients from all segments before accumulating them
 once. Activation memory is therefore that of one segment plus the carried states, whatever ctx_len,
 and the caller sees one loss and does one backward: gradient accumulation, clipping, mixed
-precision, DDP and DeepSpeed ZeRO-1/2 (whose gradient hooks fire once per parameter and backward)
+precision, DDP and ZeRO-1/2 (whose gradient hooks fire once per parameter and backward)
 work as they do for whole sequences. Block-level checkpointing nests inside, and compiled blocks
 stay compiled: the forward and the recompute are separate calls of the block (without and with
 gradients), never matched tensor by tensor.
@@ -122,8 +122,8 @@ def segmented_loss(
     rounding); with bptt = k the state is detached after segments k, 2k, ... (bptt = 1: every
     segment trains on a detached incoming state). The L2Wrap factor is spread over the segments so
     that its gradient, like the loss, is that of the whole sequence. `chunk_tokens` selects the
-    fused chunked head + cross entropy inside each segment (train/losses.py model_loss).
-    `partitioned_params` (DeepSpeed ZeRO-3) runs segments under activation checkpointing.
+    fused chunked head + cross entropy inside each segment (train/loop/losses.py model_loss).
+    `partitioned_params` (ZeRO-3, Execution.partitioned_params) runs segments under activation checkpointing.
     """
     T = x.shape[1]
     if segment_len <= 0 or T % segment_len:
