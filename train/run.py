@@ -18,7 +18,13 @@ import torch
 
 from skein.data.dataset import PretrainDataset
 from skein.rwkv.models import CausalLM, build_model
-from skein.train.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, StagePosition
+from skein.train.callbacks import (
+    CheckpointCallback,
+    MetricsCallback,
+    SnapshotCallback,
+    StagePosition,
+    TrainingClock,
+)
 from skein.train.checkpoint import (
     CheckpointMeta,
     DirectCheckpointIO,
@@ -176,6 +182,7 @@ def _train_locked(
         weights = (load_source(init_from).model.state_dict(), init_from)
 
     model = build_training_model(cfg, weights)
+    clock = TrainingClock((found[1].elapsed or 0.0) if found is not None else 0.0)
 
     summary: dict[str, Any] = {"interrupted": False, "stages_done": start_stage, "checkpoint": None}
     for si in range(start_stage, len(cfg.stages)):
@@ -183,8 +190,8 @@ def _train_locked(
         tokens_before = sum(p.total_tokens for p in plans[:si])
         hw = build_strategy(cfg.trainer)
         position = StagePosition(si, plan.steps, tokens_before, [p.tokens_per_step for p in plans[: si + 1]])
-        ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position)
-        callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position)]
+        ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position, clock)
+        callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position, clock)]
         if cfg.checkpoint.snapshot_every_steps:
             callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint, si))
         if cfg.eval.every_steps:
