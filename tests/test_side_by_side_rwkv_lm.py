@@ -4,6 +4,7 @@ and skein configs it writes, and its speed and loss tables."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import random
@@ -220,3 +221,36 @@ def test_run_names() -> None:
         "RWKV-LM #2",
     ]
     assert sbs.run_names(["skein", "rwkv_lm"]) == ["skein", "RWKV-LM"]
+
+
+def test_skein_run_starts_from_the_rwkv_lm_file_on_rwkv_lm_data(corpus: str, tmp_path: Path) -> None:
+    """The harness's skein run (the CLI with --init_from an RWKV-LM-layout file that has block 0's
+    v0/v1/v2), at a CPU size: its step-1 loss is the loss of the file's weights on RWKV-LM's
+    first samples ii = 1..4, and its metrics give one loss and one time per step."""
+    from skein.data.dataset import PretrainDataset
+    from skein.train.losses import model_loss
+
+    recipe = sbs.load_recipe()
+    recipe["model"].update(n_layer=2, d_model=256, vocab_size=320, d_ffn=1024)
+    recipe["stages"][0].update(ctx_len=32, micro_bsz=4)
+    recipe["schedule"]["warmup_tokens"] = 2 * 128
+    recipe["data"]["num_workers"] = 0
+    gen = torch.Generator().manual_seed(11)
+    sd = {k: torch.randn(s, generator=gen) * 0.2 for k, s in sbs.rwkv_lm_x070_shapes(2, 256, 320, 64).items()}
+    init = tmp_path / "rwkv-init.pth"
+    torch.save({k: v.to(torch.bfloat16) for k, v in sd.items()}, init)
+    cpu = {"accelerator": "cpu", "precision": "32", "compile": False}
+    a = argparse.Namespace(shard=corpus, steps=6, skein_trainer=cpu)
+    config = sbs.write_skein_config(a, recipe, "skein", tmp_path / "skein")
+    run = sbs.run_skein(a, config, init, "skein")
+    assert len(run.loss) == len(run.times) == 6 and all(b > a for a, b in zip(run.times, run.times[1:]))
+
+    ds = PretrainDataset([corpus], None, 32, sample_offset=1, pass_order="repeat")
+    x, y = (torch.stack(t) for t in zip(*(ds[k] for k in range(4))))
+    model = load_source(str(init)).model
+    with torch.no_grad():
+        want = float(model_loss(model, x, y)[0])
+    assert run.loss[0] == pytest.approx(want, abs=2e-4)
+    ds0 = PretrainDataset([corpus], None, 32)  # skein's own order starts one sample earlier
+    x0 = torch.stack([ds0[k][0] for k in range(4)])
+    assert not torch.equal(x0, x)
