@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from skein.train.config import load_config
+from skein.train.plan import StagePlan
 from skein.train.run import build_training_model
 from skein.train.weights import load_source
 
@@ -164,7 +165,7 @@ def test_skein_runs_follow_rwkv_lm_order_and_schedule(tmp_path: Path, kind: str)
     assert cfg.data.train == [str(tmp_path / "shard")] and cfg.data.tokenizer is None
     assert cfg.data.sample_offset == 1 and cfg.data.pass_order == "repeat"
     assert cfg.schedule.kind == "rwkv_lm_cosine" and cfg.schedule.warmup_tokens == 10 * 8192
-    assert cfg.stages[0].tokens == 366 * 8192 and cfg.plans[0].steps == 366
+    assert cfg.stages[0].tokens == 366 * 8192 and StagePlan(cfg.stages[0], world_size=1).steps == 366
     assert cfg.model.d_ffn == 3072 and cfg.trainer.compile is False and cfg.log.every_steps == 1
     want = ("deepspeed", 2) if kind == "skein_zero2" else ("auto", 2)
     assert (cfg.trainer.strategy, cfg.trainer.zero_stage) == want

@@ -13,6 +13,7 @@ import torch
 from skein.train.config import load_config
 from skein.train.inspect import lr_curve, plot_lr
 from skein.train.module import LMModule
+from skein.train.plan import StagePlan
 from skein.train.schedule import AutoDecay, ScheduleSection
 from tests.train.helpers import tiny_run, write_config
 
@@ -122,7 +123,7 @@ def test_rwkv_lm_cosine_follows_rwkv_lm_step_by_step(exit_tokens: int) -> None:
     the module's lr equals RWKV-LM's (lr_init 6e-4, lr_final 6e-5, warmup_steps 10, 8192 tokens a step)."""
     cfg = load_config(RECIPE, [f"stages.0.tokens={exit_tokens}"])
     assert cfg.schedule.kind == "rwkv_lm_cosine" and cfg.schedule.warmup_tokens == 10 * 8192
-    module = LMModule(cfg, 0, model=torch.nn.Linear(2, 2))
+    module = LMModule(cfg, 0, model=torch.nn.Linear(2, 2), plan=StagePlan(cfg.stages[0], world_size=1))
     tps = module.plan.tokens_per_step
     assert tps == 8192 and module.plan.steps == rwkv_lm_steps(exit_tokens, tps)
     steps = module.plan.steps
