@@ -382,19 +382,36 @@ def prebuild(a: argparse.Namespace, out: Path) -> None:
         raise SystemExit(rc)
 
 
+class RunFailed(RuntimeError):
+    """A run stopped early or did not finish in --run_timeout; the others still run."""
+
+
+def _tail(log: Path, lines: int = 12) -> str:
+    text = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def _subprocess(command: list[str], log: Path, timeout: float, **kw: Any) -> int | str:
+    """Run `command` with its output in `log`: its return code, or "timed out"."""
+    with open(log, "w") as f:
+        try:
+            return subprocess.run(
+                command, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, **kw
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return f"timed out after {timeout:.0f} s"
+
+
 def _launch(
     a: argparse.Namespace, work: Path, args: list[str], env_extra: dict[str, str]
-) -> tuple[int, Path]:
+) -> tuple[int | str, Path]:
     """Run RWKV-LM's train.py through the launcher in its folder; (return code, log path)."""
     work.mkdir(parents=True, exist_ok=True)
     launcher = work / "launch.py"
     launcher.write_text(LAUNCHER)
     env = {**rwkv_lm_env(a), **env_extra}
     log = work / "log.txt"
-    with open(log, "w") as f:
-        rc = subprocess.run(
-            [sys.executable, str(launcher), *args], cwd=a.rwkv_lm, env=env, stdout=f, stderr=subprocess.STDOUT
-        ).returncode
+    rc = _subprocess([sys.executable, str(launcher), *args], log, a.run_timeout, cwd=a.rwkv_lm, env=env)
     return rc, log
 
 
@@ -413,7 +430,7 @@ def prepare_init(
     rc, log = _launch(a, work, args, {"SKEIN_SBS_LOSS_FILE": str(work / "steps.txt")})
     init = proj / "rwkv-init.pth"
     if not init.is_file():
-        raise SystemExit(f"RWKV-LM's prepare step wrote no {init} (rc {rc}); see {log}")
+        raise SystemExit(f"RWKV-LM's prepare step wrote no {init} (rc {rc}); see {log}:\n{_tail(log)}")
     print(f"RWKV-LM prepare step: {init} in {time.time() - t0:.0f} s", flush=True)
     return init
 
@@ -433,7 +450,9 @@ def run_rwkv_lm(
     rc, log = _launch(a, work, args, {"SKEIN_SBS_LOSS_FILE": str(losses)})
     rows = [line.split() for line in losses.read_text().splitlines()] if losses.exists() else []
     if len(rows) < a.steps:
-        raise SystemExit(f"{name} stopped after {len(rows)} of {a.steps} steps (rc {rc}); see {log}")
+        raise RunFailed(
+            f"{name} stopped after {len(rows)} of {a.steps} steps (rc {rc}); {log}:\n{_tail(log)}"
+        )
     return Run(name, [float(r[1]) for r in rows[: a.steps]], [float(r[2]) for r in rows[: a.steps]])
 
 
@@ -478,14 +497,13 @@ def run_skein(a: argparse.Namespace, config: Path, init: Path, name: str) -> Run
     print(f"{name}: {config} (log {log})", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "skein.train.cli", "train", str(config), "--resume", "false"]
-    with open(log, "w") as f:
-        rc = subprocess.run(
-            [*command, "--init_from", str(init)], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
-        ).returncode
+    rc = _subprocess([*command, "--init_from", str(init)], log, a.run_timeout, cwd=ROOT, env=env)
     metrics = work / "run" / "metrics.csv"
     rows = list(csv.DictReader(open(metrics))) if metrics.exists() else []
-    if rc != 0 or len(rows) < a.steps:
-        raise SystemExit(f"{name} stopped after {len(rows)} of {a.steps} steps (rc {rc}); see {log}")
+    if len(rows) < a.steps:
+        raise RunFailed(
+            f"{name} stopped after {len(rows)} of {a.steps} steps (rc {rc}); {log}:\n{_tail(log)}"
+        )
     return Run(name, [float(r["loss"]) for r in rows[: a.steps]], [float(r["time"]) for r in rows[: a.steps]])
 
 
@@ -549,8 +567,11 @@ def loss_tables(runs: list[Run], tol: float = LOSS_TOLERANCE) -> tuple[list[str]
     return lines, verdict
 
 
-def report(a: argparse.Namespace, runs: list[Run], parity: list[str]) -> str:
+def report(a: argparse.Namespace, runs: list[Run], parity: list[str], failed: list[str]) -> str:
     lines = [f"side by side: {a.steps} steps of {TOKENS_PER_STEP} tokens, shard {a.shard}", *parity, ""]
+    lines += [f"FAILED: {f.splitlines()[0]}" for f in failed] + ([""] if failed else [])
+    if not runs:
+        return "\n".join(lines)
     lines += speed_table(runs, a.skip + 1)
     if any(r.name.startswith("RWKV-LM") for r in runs) and len(runs) > 1:
         lines += ["", *loss_tables(runs)[0]]
@@ -587,6 +608,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--init", default="", help="RWKV-LM initial weights to use (default: its prepare step writes them)"
+    )
+    ap.add_argument(
+        "--run_timeout", type=float, default=300, help="seconds a run may take before it counts as failed"
     )
     ap.add_argument(
         "--ext_cache",
@@ -632,22 +656,29 @@ def main() -> None:
         print(parity[1], flush=True)
     except ParityError as e:
         raise SystemExit(str(e)) from None
-    runs = []
+    runs, failed = [], []
     for kind, name in zip(kinds, names):
-        if kind == "rwkv_lm":
-            work = out / name.lower().replace(" #", "_").replace("-", "_")
-            run = run_rwkv_lm(a, recipe, prime, init, work, name)
-        else:
-            run = run_skein(a, configs[kind], init, name)
+        try:
+            if kind == "rwkv_lm":
+                work = out / name.lower().replace(" #", "_").replace("-", "_")
+                run = run_rwkv_lm(a, recipe, prime, init, work, name)
+            else:
+                run = run_skein(a, configs[kind], init, name)
+        except RunFailed as e:  # the other runs still go: one call measures all of them
+            print(f"FAILED: {e}", flush=True)
+            failed.append(str(e))
+            continue
         runs.append(run)
         print(
             f"{name}: median {median_step(run.times, a.skip + 1):.4f} s/step over steps {a.skip + 1}-{a.steps}; "
             f"losses at steps 1-3 {', '.join(f'{x:.4f}' for x in run.loss[:3])}; {time.time() - t0:.0f} s so far",
             flush=True,
         )
-    text = report(a, runs, parity)
+    text = report(a, runs, parity, failed)
     (out / "side_by_side.md").write_text(text + "\n")
     print(f"\n({time.time() - t0:.0f} s; magic prime {prime}; logs in {out})\n{text}")
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

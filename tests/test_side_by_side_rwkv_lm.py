@@ -241,7 +241,7 @@ def test_skein_run_starts_from_the_rwkv_lm_file_on_rwkv_lm_data(corpus: str, tmp
     init = tmp_path / "rwkv-init.pth"
     torch.save({k: v.to(torch.bfloat16) for k, v in sd.items()}, init)
     cpu = {"accelerator": "cpu", "precision": "32", "compile": False}
-    a = argparse.Namespace(shard=corpus, steps=6, skein_trainer=cpu)
+    a = argparse.Namespace(shard=corpus, steps=6, skein_trainer=cpu, run_timeout=300)
     config = sbs.write_skein_config(a, recipe, "skein", tmp_path / "skein")
     run = sbs.run_skein(a, config, init, "skein")
     assert len(run.loss) == len(run.times) == 6 and all(b > a for a, b in zip(run.times, run.times[1:]))
@@ -255,3 +255,10 @@ def test_skein_run_starts_from_the_rwkv_lm_file_on_rwkv_lm_data(corpus: str, tmp
     ds0 = PretrainDataset([corpus], None, 32)  # skein's own order starts one sample earlier
     x0 = torch.stack([ds0[k][0] for k in range(4)])
     assert not torch.equal(x0, x)
+
+    # a file that does not fit fails this run with the reason, so the harness goes on to the next
+    wide = tmp_path / "wide.pth"
+    shapes = sbs.rwkv_lm_x070_shapes(2, 256, 320, 128)  # head size 128: r_k is [2, 128]
+    torch.save({k: torch.randn(v, generator=gen).to(torch.bfloat16) for k, v in shapes.items()}, wide)
+    with pytest.raises(sbs.RunFailed, match=r"(?s)skein stopped after 0 of 6 steps \(rc \d+\).*r_k"):
+        sbs.run_skein(a, config, wide, "skein")
