@@ -69,7 +69,7 @@ class ScheduleSection:
         if self.kind == "rwkv_lm_cosine":
             end = budget_tokens or total_tokens
             p = min(max((tokens - self.warmup_tokens) / max(end - self.warmup_tokens, 1), 0.0), 1.0)
-            ratio = lr_final / lr_init  # in RWKV-LM's order of operations, so its floats come out
+            ratio = lr_final / lr_init  # RWKV-LM's expression, in its order: the same floats
             return lr_init * ((0.5 + ratio / 2) + (0.5 - ratio / 2) * math.cos(math.pi * p)) * warm
         if self.kind == "cosine":
             p = min(tokens / total_tokens, 1.0)
