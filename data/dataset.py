@@ -155,6 +155,10 @@ class PretrainDataset(Dataset):
         ctx_len: tokens per sample (each reads ctx_len + 1).
         seed: seed of the per-block shuffle of the mixing pattern.
         mix_block: slots per mixing block (weights are realised exactly over each block).
+        sample_offset: each source's k-th sample is sample k + sample_offset of its magic-prime
+            order (RWKV-LM's first sample is 1).
+        pass_order: "vary" (each pass over a source in a new order) or "repeat" (the first
+            pass's order again, as RWKV-LM).
     """
 
     def __init__(
@@ -164,6 +168,8 @@ class PretrainDataset(Dataset):
         ctx_len: int,
         seed: int = 0,
         mix_block: int = 1000,
+        sample_offset: int = 0,
+        pass_order: str = "vary",
     ) -> None:
         if not sources:
             raise ValueError("PretrainDataset needs at least one source")
@@ -177,7 +183,7 @@ class PretrainDataset(Dataset):
         self.orders = []
         for s in self.streams:
             try:
-                self.orders.append(MagicPrimeOrder(s.num_tokens, ctx_len))
+                self.orders.append(MagicPrimeOrder(s.num_tokens, ctx_len, sample_offset, pass_order))
             except ValueError as e:
                 raise ValueError(f"{s.name}: {e}") from None
         self.schedule = MixingSchedule(self.weights, mix_block, seed)

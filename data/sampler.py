@@ -12,6 +12,11 @@ deterministic. A dataset's k-th sample
 (k = 0, 1, ... over the whole run) is sample k mod p of epoch k // p. The chunks p..n_chunks-1 are
 never read; RWKV-LM asserts p / n_chunks > 0.9, which holds for all but tiny datasets.
 
+RWKV-LM's exact order (data.sample_offset, data.pass_order): its first sample is ii = 1, and every
+later pass repeats the first pass's order (its chunk is (f ii^3) mod p for every ii). With offset o
+the k-th sample is sample number k + o of the order above, and with `repeat` the multiplier stays 1
+in every epoch; offset 1 and repeat give RWKV-LM's chunk for its sample ii = k + 1.
+
 Steps: at optimizer step s the global batch is the samples [s G, (s + 1) G); rank r of W takes
 s G + r + j W for j < G / W. The union over ranks is the same for every W that divides G, so a run
 may resume on a different number of GPUs with the same samples per step.
@@ -68,13 +73,24 @@ def golden_factor(p: int) -> int:
     return (math.isqrt(5 * p * p) - p) // 2
 
 
-class MagicPrimeOrder:
-    """Start token of a dataset's k-th sample of ctx_len + 1 tokens, for a stream of num_tokens."""
+PASS_ORDERS = ("vary", "repeat")
+"""How passes after the first order their samples: a new order each pass, or the first one again."""
 
-    def __init__(self, num_tokens: int, ctx_len: int) -> None:
+
+class MagicPrimeOrder:
+    """Start token of a dataset's k-th sample of ctx_len + 1 tokens, for a stream of num_tokens.
+    `offset`: the k-th sample is sample number k + offset of the order (RWKV-LM: 1); `pass_order`:
+    vary (each pass in a new order) or repeat (every pass in the first pass's order, as RWKV-LM)."""
+
+    def __init__(self, num_tokens: int, ctx_len: int, offset: int = 0, pass_order: str = "vary") -> None:
         if ctx_len < 1:
             raise ValueError(f"ctx_len must be positive, got {ctx_len}")
+        if offset < 0:
+            raise ValueError(f"sample offset must be >= 0, got {offset}")
+        if pass_order not in PASS_ORDERS:
+            raise ValueError(f"pass_order must be one of {PASS_ORDERS}, got {pass_order!r}")
         self.num_tokens, self.ctx_len = num_tokens, ctx_len
+        self.offset, self.repeat = offset, pass_order == "repeat"
         self.n_chunks = max(0, (num_tokens - 1) // ctx_len)
         try:
             self.p = magic_prime(self.n_chunks)
@@ -88,12 +104,13 @@ class MagicPrimeOrder:
         return self.p / self.n_chunks
 
     def chunk(self, k: int) -> int:
-        """Chunk of the k-th sample (k >= 0): epoch e = k // p, i = k % p, (m_e f i^3) mod p."""
+        """Chunk of the k-th sample (k >= 0): with n = k + offset, epoch e = n // p, i = n % p,
+        (m_e f i^3) mod p (m_e = 1 in every epoch with pass_order repeat)."""
         if k < 0:
             raise ValueError(f"sample number must be >= 0, got {k}")
         p = self.p
-        e, i = divmod(k, p)
-        m = e % (p - 1) + 1
+        e, i = divmod(k + self.offset, p)
+        m = 1 if self.repeat else e % (p - 1) + 1
         return m * self.f % p * pow(i, 3, p) % p
 
     def start(self, k: int) -> int:

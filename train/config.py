@@ -48,8 +48,17 @@ class DataSection:
     """Expected tokenizer spec; when the shards' meta records another vocabulary the run refuses."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    sample_offset: int = 0
+    """Each source's k-th sample is sample k + sample_offset of its magic-prime order. RWKV-LM
+    starts at sample 1 (its ii = 1 + epoch * samples_per_epoch + idx * world_size + rank): set 1
+    to read the same windows in the same order as its trainer."""
+    pass_order: Literal["vary", "repeat"] = "vary"
+    """Order of the second and later passes over a source: vary: a new order each pass (each pass
+    still reads every window once); repeat: the first pass's order again, as RWKV-LM does."""
 
     def __post_init__(self) -> None:
+        if self.sample_offset < 0:
+            raise ConfigError(f"data.sample_offset must be >= 0, got {self.sample_offset}")
         if self.weights is not None and len(self.weights) != len(self.train):
             raise ConfigError(
                 f"data.weights has {len(self.weights)} entries for {len(self.train)} data.train prefixes"

@@ -96,6 +96,21 @@ def test_windows_follow_the_magic_prime_order(tmp_path: Path) -> None:
         assert x.tolist() == toks[s : s + 64].tolist() and y.tolist() == toks[s + 1 : s + 65].tolist()
 
 
+def test_sample_offset_and_repeat_reach_the_windows(tmp_path: Path) -> None:
+    """data.sample_offset 1 with pass_order repeat: sample n reads RWKV-LM's window of ii = n + 1."""
+    rng = np.random.default_rng(4)
+    toks = rng.integers(1, 60_000, size=7_000)
+    ds = PretrainDataset(
+        [write(tmp_path / "a", toks)], None, ctx_len=64, sample_offset=1, pass_order="repeat"
+    )
+    p = ds.orders[0].p
+    factor = int(p * (5**0.5 - 1) / 2)
+    for n in [0, 1, 9, p - 2, p - 1, p, 2 * p + 3]:
+        s = (factor * (n + 1) ** 3 % p) * 64
+        x, y = ds[n]
+        assert x.tolist() == toks[s : s + 64].tolist() and y.tolist() == toks[s + 1 : s + 65].tolist()
+
+
 def test_shards_read_as_one_stream(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     toks = rng.integers(1, 60_000, size=3_000)

@@ -79,6 +79,66 @@ def test_epoch_zero_is_rwkv_lm_order() -> None:
         assert order.start(ii) == (factor * ii * ii * ii % p) * 33
 
 
+def rwkv_lm_start(ii: int, p: int, ctx_len: int) -> int:
+    """RWKV-LM's src/dataset.py, as published: factor = int(p * (sqrt(5) - 1) / 2) in floats, the
+    window of its sample ii starts at ((factor * ii^3) mod p) * ctx_len, for every ii."""
+    factor = int(p * (math.sqrt(5) - 1) / 2)
+    return (factor * ii * ii * ii % p) * ctx_len
+
+
+def rwkv_lm_samples(step: int, micro_bsz: int, world_size: int, rank: int) -> list[int]:
+    """RWKV-LM's sample numbers ii of one rank at one optimizer step: its DataLoader (no sampler
+    replacement, no shuffle) gives each rank idx = step * micro_bsz + j of its mini-epoch of
+    40320 / (micro_bsz * world_size) steps, and ii = 1 + epoch * 40320 + idx * world_size + rank."""
+    epoch_steps = 40320 // (micro_bsz * world_size)
+    epoch, local = divmod(step, epoch_steps)
+    return [1 + epoch * 40320 + (local * micro_bsz + j) * world_size + rank for j in range(micro_bsz)]
+
+
+@pytest.mark.parametrize("micro_bsz,world_size", [(16, 1), (4, 2), (8, 4)])
+def test_offset_one_and_repeat_read_rwkv_lm_windows_step_by_step(micro_bsz: int, world_size: int) -> None:
+    """skein's steps and ranks with data.sample_offset 1 and pass_order repeat read RWKV-LM's windows,
+    over more than one pass and across its mini-epoch boundaries."""
+    ctx_len = 37
+    rng = random.Random(micro_bsz)
+    num_tokens = ctx_len * rng.randrange(9_000, 12_000) + rng.randrange(ctx_len)
+    order = MagicPrimeOrder(num_tokens, ctx_len, offset=1, pass_order="repeat")
+    p, global_batch = order.p, micro_bsz * world_size
+    steps = sorted(
+        {
+            *range(40),
+            *(40320 // global_batch + d for d in (-1, 0, 1)),
+            *(p // global_batch + d for d in range(-2, 3)),
+        }
+        | {rng.randrange(3 * p // global_batch) for _ in range(50)}
+    )
+    assert max(steps) * global_batch > 2 * p  # past the end of the second pass
+    for rank in range(world_size):
+        sampler = StepSampler(global_batch, rank, world_size)
+        for step in steps:
+            ours = [order.start(k) for k in sampler.indices(step)]
+            theirs = [
+                rwkv_lm_start(ii, p, ctx_len) for ii in rwkv_lm_samples(step, micro_bsz, world_size, rank)
+            ]
+            assert ours == theirs, f"step {step} rank {rank}"
+
+
+def test_sample_offset_shifts_and_pass_order_vary_stays_a_permutation() -> None:
+    base = MagicPrimeOrder(20_011, 19)
+    shifted = MagicPrimeOrder(20_011, 19, offset=5)
+    p = base.p
+    assert [shifted.start(k) for k in range(3 * p)] == [base.start(k + 5) for k in range(3 * p)]
+    repeat = MagicPrimeOrder(20_011, 19, pass_order="repeat")
+    assert [repeat.chunk(p + i) for i in range(p)] == [repeat.chunk(i) for i in range(p)]
+    assert [base.chunk(p + i) for i in range(p)] != [base.chunk(i) for i in range(p)]
+    # offset 1: the first p samples are sample numbers 1..p, every chunk once
+    assert sorted(MagicPrimeOrder(20_011, 19, offset=1).chunk(k) for k in range(p)) == list(range(p))
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        MagicPrimeOrder(20_011, 19, offset=-1)
+    with pytest.raises(ValueError, match="pass_order must be one of"):
+        MagicPrimeOrder(20_011, 19, pass_order="shuffle")
+
+
 def test_too_small_dataset_error() -> None:
     with pytest.raises(ValueError, match="100 tokens at ctx_len 50: .* too few"):
         MagicPrimeOrder(100, 50)

@@ -48,6 +48,20 @@ def test_wrong_type_is_named(tmp_path: Path) -> None:
         load_config(path, ["optim.lr_final=1.0"])
 
 
+def test_rwkv_lm_order_and_schedule_keys_are_validated(tmp_path: Path) -> None:
+    path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
+    cfg = load_config(
+        path, ["data.sample_offset=1", "data.pass_order=repeat", "schedule.kind=rwkv_lm_cosine"]
+    )
+    assert (cfg.data.sample_offset, cfg.data.pass_order, cfg.schedule.kind) == (1, "repeat", "rwkv_lm_cosine")
+    with pytest.raises(ConfigError, match=r"data.sample_offset must be >= 0, got -1"):
+        load_config(path, ["data.sample_offset=-1"])
+    with pytest.raises(ConfigError, match=r"data.pass_order: 'shuffle' is not one of"):
+        load_config(path, ["data.pass_order=shuffle"])
+    with pytest.raises(ConfigError, match=r"schedule.kind: 'rwkv_cosine' is not one of"):
+        load_config(path, ["schedule.kind=rwkv_cosine"])
+
+
 def test_overrides_apply_by_dotted_key_and_index(tmp_path: Path) -> None:
     path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
     cfg = load_config(

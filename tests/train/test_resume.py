@@ -4,12 +4,16 @@ the same data; a finished stage hands its weights to the next."""
 
 from __future__ import annotations
 
+import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from skein.train.checkpoints.checkpoint import latest_checkpoint
+from skein.train.checkpoints.checkpoint import CheckpointMeta, latest_checkpoint
+from skein.train.config import load_config
+from skein.train.loop.run import train_from_config
 from tests.train.helpers import (
     kill_then_resume,
     losses,
@@ -125,3 +129,57 @@ def test_stages_hand_over_and_resume_inside_a_stage(corpus: str, tmp_path: Path)
         assert got[key] == value, f"step {key}"
     # the end of stage 0 is kept even beyond keep_last
     assert (run_dir / "checkpoints" / "s0-00000004").exists()
+
+
+def test_metrics_time_is_the_run_training_time_across_stages_and_a_resume(
+    corpus: str, tmp_path: Path
+) -> None:
+    """metrics.csv `time` goes on from the checkpoint's recorded training time after a resume and
+    from the previous stage's last value in the next stage: strictly increasing over the run, and
+    the resumed invocation adds no more than its own duration. A checkpoint without the recorded
+    time (older skein) still resumes."""
+    stages = [
+        {"ctx_len": 32, "tokens": 32 * 8 * 4, "micro_bsz": 4, "tokens_per_step": 256},
+        {"ctx_len": 64, "tokens": 64 * 4 * 8, "micro_bsz": 2, "tokens_per_step": 256},
+    ]
+    run_dir = tmp_path / "timed"
+    cfg = tiny_run(corpus, run_dir, stages=stages, run={"stop_after_steps": 6})
+    summary = train_from_config(load_config(write_config(cfg, tmp_path / "a.yaml")))
+    path, meta = latest_checkpoint(run_dir)
+    assert summary["interrupted"] and path.name == "s1-00000006" and not meta.stage_done
+    first = metric_rows(run_dir)
+    assert [(int(r["stage"]), int(r["step"])) for r in first] == [(0, s) for s in range(1, 5)] + [
+        (1, s) for s in range(1, 7)
+    ]
+    t_first = [float(r["time"]) for r in first]
+    assert all(b > a for a, b in zip(t_first, t_first[1:])), t_first
+    assert meta.elapsed is not None and meta.elapsed >= t_first[-1]
+
+    cfg["run"]["stop_after_steps"] = None
+    t0 = time.perf_counter()
+    summary = train_from_config(load_config(write_config(cfg, tmp_path / "b.yaml")))
+    wall = time.perf_counter() - t0
+    assert not summary["interrupted"] and summary["stages_done"] == 2
+    rows = metric_rows(run_dir)
+    assert [(int(r["stage"]), int(r["step"])) for r in rows][-3:] == [(1, 6), (1, 7), (1, 8)]
+    times = [float(r["time"]) for r in rows]
+    assert times[: len(t_first)] == t_first  # the rows before the stop are kept as written
+    assert all(b > a for a, b in zip(times, times[1:])), times
+    assert meta.elapsed < times[-2] <= meta.elapsed + wall  # step 7 starts from the recorded time
+    final = latest_checkpoint(run_dir)[1]
+    assert final.stage_done and times[-1] <= final.elapsed <= meta.elapsed + wall
+
+    # a checkpoint from before skein recorded the training time: resumes, time counts from 0
+    old_dir = tmp_path / "old"
+    cfg_old = tiny_run(corpus, old_dir, stages=stages[:1], run={"stop_after_steps": 2})
+    train_from_config(load_config(write_config(cfg_old, tmp_path / "c.yaml")))
+    path, meta = latest_checkpoint(old_dir)
+    assert path.name == "s0-00000002" and meta.elapsed is not None
+    recorded = json.loads((path / "meta.json").read_text())
+    del recorded["elapsed"]
+    (path / "meta.json").write_text(json.dumps(recorded))
+    assert CheckpointMeta.read(path).elapsed is None
+    cfg_old["run"]["stop_after_steps"] = None
+    summary = train_from_config(load_config(write_config(cfg_old, tmp_path / "d.yaml")))
+    assert summary["stages_done"] == 1 and latest_checkpoint(old_dir)[1].step == 4
+    assert [int(r["step"]) for r in metric_rows(old_dir)] == [1, 2, 3, 4]

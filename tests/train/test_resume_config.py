@@ -79,6 +79,9 @@ def _two_stage(tmp_path: Path) -> dict:
         (lambda d: d["model"].update(d_ffn=128), 0, False),  # the default spelled out: no change
         (lambda d: d["run"].update(seed=1), 0, True),
         (lambda d: d["data"].update(train=["data/y"]), 0, True),
+        (lambda d: d["data"].update(sample_offset=1), 0, True),
+        (lambda d: d["data"].update(pass_order="repeat"), 1, True),
+        (lambda d: d["schedule"].update(kind="rwkv_lm_cosine"), 0, True),
         (lambda d: d["optim"].update(weight_decay=0.1), 0, True),
         (lambda d: d["schedule"].update(warmup_tokens=5), 0, True),
         (lambda d: d["trainer"].update(precision="bf16-mixed"), 0, True),

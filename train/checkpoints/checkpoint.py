@@ -59,6 +59,9 @@ class CheckpointMeta:
     """SHA-256 of every file of model.ckpt, by path relative to the checkpoint directory; None in
     checkpoints written before skein recorded checksums."""
     time: float = 0.0
+    elapsed: float | None = None
+    """The run's training time in seconds up to this checkpoint (metrics.csv `time` goes on from
+    it after a resume); None in checkpoints written before skein recorded it."""
 
     def write(self, ckpt: Path) -> None:
         write_text_atomic(ckpt / META, json.dumps(asdict(self), indent=1))

@@ -48,7 +48,8 @@ def lr_curve(config: str, overrides: list[str] | None = None, points: int = 400)
         n = max(points // len(cfg.stages), 2)
         for i in range(n):
             t = total * i // (n - 1)
-            out.append((before + t, cfg.schedule.lr(t, lr_init, lr_final, total)))
+            lr = cfg.schedule.lr(t, lr_init, lr_final, total, budget_tokens=cfg.stages[si].tokens)
+            out.append((before + t, lr))
         before += total
     return out
 

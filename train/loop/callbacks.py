@@ -49,15 +49,45 @@ class StagePosition:
         return self.tokens_before + step * self.step_tokens
 
 
+class TrainingClock:
+    """The run's training time in seconds (metrics.csv `time`), continuous across resumes and
+    stages: the time the resumed checkpoint recorded, plus the time spent inside each stage's
+    training since (MetricsCallback starts and stops it; setup between stages is not counted)."""
+
+    def __init__(self, before: float = 0.0) -> None:
+        self.before = before
+        self._since: float | None = None
+
+    def start(self) -> None:
+        self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        self.before = self.elapsed()
+        self._since = None
+
+    def elapsed(self, now: float | None = None) -> float:
+        """Training seconds so far (`now`: a time.perf_counter() reading, default the present)."""
+        if self._since is None:
+            return self.before
+        return self.before + ((time.perf_counter() if now is None else now) - self._since)
+
+
 class CheckpointCallback(L.Callback):
     """Saves every `checkpoint.every_steps` optimizer steps, at the end of the stage, after
     `run.stop_after_steps` steps of this invocation, and when SIGTERM or SIGUSR1 arrives (then
-    stops training after the save: the hook a SLURM requeue builds on)."""
+    stops training after the save: the hook a SLURM requeue builds on). Each checkpoint records
+    the run's training time from `clock`."""
 
     def __init__(
-        self, out_dir: Path, checkpoint: CheckpointSection, run: RunSection, position: StagePosition
+        self,
+        out_dir: Path,
+        checkpoint: CheckpointSection,
+        run: RunSection,
+        position: StagePosition,
+        clock: TrainingClock | None = None,
     ) -> None:
         self.out_dir, self.cfg, self.position = out_dir, checkpoint, position
+        self.clock = clock or TrainingClock()
         self.stop_after_steps = run.stop_after_steps
         self.signal_received: int | None = None
         self.interrupted = False
@@ -88,6 +118,7 @@ class CheckpointCallback(L.Callback):
             stage_done=stage_done,
             tokens_per_step=list(self.position.tokens_per_step),
             time=time.time(),
+            elapsed=self.clock.elapsed(),
         )
         return save_checkpoint(trainer, self.out_dir, meta, self.cfg.keep_last)
 
@@ -161,7 +192,8 @@ class MetricsCallback(L.Callback):
     """Every `log.every_steps` optimizer steps: loss, lr, tokens, tokens/s, MFU, memory, gradient
     norm and the steps skipped for a non-finite loss to <run>/metrics.csv, to the Lightning loggers
     (wandb), and onto the progress bar. On (re)start, rows past the restored step are dropped, so
-    each step appears once."""
+    each step appears once. `time` is the run's training time from `clock` (it starts and stops
+    the clock with each stage's training)."""
 
     FIELDS = (
         "stage",
@@ -177,14 +209,18 @@ class MetricsCallback(L.Callback):
         "time",
     )
 
-    def __init__(self, out_dir: Path, log: LogSection, position: StagePosition):
+    def __init__(
+        self, out_dir: Path, log: LogSection, position: StagePosition, clock: TrainingClock | None = None
+    ):
         self.path = out_dir / "metrics.csv"
+        self.clock = clock or TrainingClock()
         self.every_steps, self.position = log.every_steps, position
         self.peak_tflops, self.progress = log.peak_tflops, log.progress_bar
         self.bar = None
 
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
-        self.t0 = self.t_last = time.perf_counter()
+        self.clock.start()
+        self.t_last = time.perf_counter()
         self.step_last = trainer.global_step
         if self.peak_tflops is None and torch.cuda.is_available():
             name = torch.cuda.get_device_name()
@@ -238,7 +274,7 @@ class MetricsCallback(L.Callback):
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "gpu_mem_gb": mem,
             "skipped": module.skipped_steps,
-            "time": now - self.t0,
+            "time": self.clock.elapsed(now),
         }
         self.t_last, self.step_last = now, step
         if trainer.is_global_zero:
@@ -248,5 +284,6 @@ class MetricsCallback(L.Callback):
                 logger.log_metrics({k: v for k, v in row.items() if v is not None}, step=row["tokens"])
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        self.clock.stop()
         if self.bar is not None:
             self.bar.close()

@@ -38,8 +38,14 @@ class StageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.vocab_size = self.cfg.model.vocab_size
+        data = self.cfg.data
         self.dataset = PretrainDataset(
-            self.cfg.data.train, self.cfg.data.weights, self.ctx_len, seed=self.cfg.run.seed
+            data.train,
+            data.weights,
+            self.ctx_len,
+            seed=self.cfg.run.seed,
+            sample_offset=data.sample_offset,
+            pass_order=data.pass_order,
         )
         rank, world = self.trainer.global_rank, self.trainer.world_size
         self.sampler = StepSampler(self.global_batch, rank, world, start_step=self.start_step)

@@ -65,7 +65,9 @@ class LMModule(L.LightningModule):
 
     def lr(self, tokens: int) -> float:
         """This stage's learning rate after `tokens` tokens."""
-        return self.schedule.lr(tokens, self.lr_init, self.lr_final, self.plan.total_tokens, self.decay_start)
+        return self.schedule.lr(
+            tokens, self.lr_init, self.lr_final, self.plan.total_tokens, self.decay_start, self.stage.tokens
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         o = self.cfg.optim

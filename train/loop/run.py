@@ -28,7 +28,13 @@ from skein.train.checkpoints.resume_check import check_resume_config, write_run_
 from skein.train.checkpoints.weights import load_source
 from skein.train.commands.plots import plot_loss_curve
 from skein.train.config import ConfigError, RunConfig, dump_config, load_config
-from skein.train.loop.callbacks import CheckpointCallback, MetricsCallback, SnapshotCallback, StagePosition
+from skein.train.loop.callbacks import (
+    CheckpointCallback,
+    MetricsCallback,
+    SnapshotCallback,
+    StagePosition,
+    TrainingClock,
+)
 from skein.train.loop.data_module import StageDataModule
 from skein.train.loop.evaluation import PeriodicEval, ValidationLoss
 from skein.train.loop.module import LMModule
@@ -129,14 +135,15 @@ def _train_locked(
         weights = (load_source(init_from).model.state_dict(), init_from)
 
     model = build_training_model(cfg, weights, execution)
+    clock = TrainingClock((found[1].elapsed or 0.0) if found is not None else 0.0)
 
     summary: dict[str, Any] = {"interrupted": False, "stages_done": start_stage, "checkpoint": None}
     for si in range(start_stage, len(cfg.stages)):
         stage, plan = cfg.stages[si], plans[si]
         tokens_before = sum(p.total_tokens for p in plans[:si])
         position = StagePosition(si, plan.steps, tokens_before, [p.tokens_per_step for p in plans[: si + 1]])
-        ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position)
-        callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position)]
+        ckpt_cb = CheckpointCallback(out_dir, cfg.checkpoint, cfg.run, position, clock)
+        callbacks: list[L.Callback] = [MetricsCallback(out_dir, cfg.log, position, clock)]
         if cfg.checkpoint.snapshot_every_steps:
             callbacks.append(SnapshotCallback(out_dir, cfg.checkpoint, si))
         if cfg.eval.every_steps:

@@ -4,8 +4,13 @@ seen within a stage.
 constant_exp (the RWKV recipe): lr_init for the first (1 - decay_fraction) of the tokens, then
 lr_init * (lr_final / lr_init) ** progress over the rest. cosine: lr_final + (lr_init - lr_final)
 * (1 + cos(pi * progress)) / 2 over all tokens. auto_exp: constant until `AutoDecay` decides the
-loss has plateaued, then exponential decay over the remaining tokens. Every kind multiplies by the
-warmup factor 0.01 + 0.99 * tokens / warmup_tokens while tokens < warmup_tokens.
+loss has plateaued, then exponential decay over the remaining tokens. rwkv_lm_cosine (RWKV-LM's
+--my_exit_tokens cosine, src/trainer.py): the same cosine with progress (tokens - warmup_tokens) /
+(budget - warmup_tokens), clamped to [0, 1], where budget is the stage's `tokens` as written (its
+--my_exit_tokens), so the cosine starts after warmup. Every kind multiplies by the warmup factor
+0.01 + 0.99 * tokens / warmup_tokens while tokens < warmup_tokens (RWKV-LM: 0.01 + 0.99 * step /
+warmup_steps for step < warmup_steps, the step counting completed optimizer steps, so its first
+step runs at 0.01 lr_init; warmup_tokens = warmup_steps * ctx_len * micro_bsz * GPUs gives the same).
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from skein.train.typed import ConfigError
 
 @dataclass(kw_only=True)
 class ScheduleSection:
-    kind: Literal["constant_exp", "cosine", "auto_exp"] = "constant_exp"
+    kind: Literal["constant_exp", "cosine", "auto_exp", "rwkv_lm_cosine"] = "constant_exp"
     """constant_exp: warmup, constant lr_init, then exponential decay to lr_final over the last
     decay_fraction of the tokens; cosine: warmup then cosine from lr_init to lr_final; auto_exp:
     constant until the smoothed loss improvement per auto_window_tokens drops below auto_threshold,
-    then exponential decay to lr_final over the remaining tokens."""
+    then exponential decay to lr_final over the remaining tokens; rwkv_lm_cosine: RWKV-LM's cosine,
+    from lr_init at the end of warmup to lr_final at the stage's `tokens` (its --my_exit_tokens)."""
     warmup_tokens: int = 0
     """Linear warmup length in tokens (lr multiplied by 0.01 + 0.99 * progress)."""
     decay_fraction: float = 0.5
@@ -46,13 +52,25 @@ class ScheduleSection:
             raise ConfigError(f"schedule.auto_window_tokens must be positive, got {self.auto_window_tokens}")
 
     def lr(
-        self, tokens: int, lr_init: float, lr_final: float, total_tokens: int, decay_start: int | None = None
+        self,
+        tokens: int,
+        lr_init: float,
+        lr_final: float,
+        total_tokens: int,
+        decay_start: int | None = None,
+        budget_tokens: int | None = None,
     ) -> float:
         """Learning rate after `tokens` of a stage of `total_tokens` that peaks at lr_init and ends
-        at lr_final; `decay_start` is the token count at which auto_exp began decaying (None: not yet)."""
+        at lr_final; `decay_start` is the token count at which auto_exp began decaying (None: not yet);
+        `budget_tokens` is the stage's `tokens` as written, where rwkv_lm_cosine ends (None: total_tokens)."""
         warm = 1.0
         if self.warmup_tokens and tokens < self.warmup_tokens:
             warm = 0.01 + 0.99 * tokens / self.warmup_tokens
+        if self.kind == "rwkv_lm_cosine":
+            end = budget_tokens or total_tokens
+            p = min(max((tokens - self.warmup_tokens) / max(end - self.warmup_tokens, 1), 0.0), 1.0)
+            ratio = lr_final / lr_init  # RWKV-LM's expression, in its order: the same floats
+            return lr_init * ((0.5 + ratio / 2) + (0.5 - ratio / 2) * math.cos(math.pi * p)) * warm
         if self.kind == "cosine":
             p = min(tokens / total_tokens, 1.0)
             return warm * (lr_final + (lr_init - lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
