@@ -259,8 +259,10 @@ class SlurmSection:
     resumes from that checkpoint."""
     cpus_per_task: int = 8
     """CPU cores per task (one task per GPU; per training process on the CPU)."""
-    env: dict[str, str] = field(default_factory=_default_env)
-    """Environment exported to every task (NCCL settings and the like)."""
+    env: dict[str, str | None] = field(default_factory=dict)
+    """Environment exported to every task, added to skein's defaults (NCCL_NVLS_ENABLE=0,
+    TORCH_NCCL_ASYNC_ERROR_HANDLING=1): a key given here adds a variable or replaces that one
+    default; null removes a default (`slurm.env.NCCL_NVLS_ENABLE=null`)."""
     sbatch_options: list[str] = field(default_factory=list)
     """Extra `#SBATCH` options, e.g. ["--exclusive", "--mem=0"]."""
     template: str | None = None
@@ -274,12 +276,15 @@ class SlurmSection:
             )
         if self.time is not None and not re.fullmatch(r"(\d+-)?\d+(:\d{2}){0,2}", self.time):
             raise ConfigError(f"slurm.time: {self.time!r} is not a Slurm time such as 2-00:00:00 or 04:00:00")
+        self.env = {**_default_env(), **self.env}
         for key, value in self.env.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
                 raise ConfigError(f"slurm.env: {key!r} is not an environment variable name")
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ConfigError(f"slurm.env.{key}: expected a string or a number, got {value!r}")
-            self.env[key] = str(value)
+            if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
+                raise ConfigError(
+                    f"slurm.env.{key}: expected a string or a number (null removes a default), got {value!r}"
+                )
+            self.env[key] = None if value is None else str(value)
         for option in self.sbatch_options:
             if not option.startswith("--"):
                 raise ConfigError(f"slurm.sbatch_options: {option!r} should look like --exclusive or --mem=0")

@@ -121,7 +121,7 @@ def render(
         "log": str(run_dir / "slurm-%j.log"),
         "workdir": str((workdir or Path.cwd()).resolve()),
         "sbatch_options": "\n".join(f"#SBATCH {o}" for o in options),
-        "env": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sc.env.items()),
+        "env": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sc.env.items() if v is not None),
         "command": shlex.join(command),
     }
     text = template.read_text()

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from skein.train.cli import main
-from skein.train.config import load_config
+from skein.train.config import dump_config, load_config
 from skein.train.submit import render, submit
 from skein.train.typed import ConfigError
 from tests.train.helpers import tiny_run, write_config
@@ -103,6 +103,37 @@ def test_cpu_script_has_no_gpus_and_the_configured_environment(tmp_path: Path) -
     assert opts[-2:] == ["--exclusive", "--mem=0"]
     assert "export OMP_NUM_THREADS=3\n" in script and "export NCCL_SOCKET_IFNAME='ib0 eth0'\n" in script
     assert _srun_line(script)[-2:] == ["--init_from", "w/m.pth"]
+
+
+def _exports(script: str) -> dict[str, str]:
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in script.splitlines()
+        if line.startswith("export ")
+    )
+
+
+def test_env_keys_add_to_the_defaults_and_null_removes_one(tmp_path: Path) -> None:
+    cfg = tiny_run("shards/x", tmp_path / "run", trainer={"accelerator": "gpu"})
+    path = write_config(cfg, tmp_path / "c.yaml")
+    added = render(load_config(path, ["slurm.env.NCCL_DEBUG=WARN"]), tmp_path / "cc.yaml")
+    assert {k: v for k, v in _exports(added).items() if k != "SRUN_CPUS_PER_TASK"} == {
+        "NCCL_NVLS_ENABLE": "0",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "NCCL_DEBUG": "WARN",
+    }
+    changed = load_config(
+        path, ["slurm.env.NCCL_NVLS_ENABLE=1", "slurm.env.TORCH_NCCL_ASYNC_ERROR_HANDLING=null"]
+    )
+    exports = _exports(render(changed, tmp_path / "cc.yaml"))
+    assert exports["NCCL_NVLS_ENABLE"] == "1" and "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in exports
+    # the resolved config keeps the removal, so the job's copy of it renders the same environment
+    again = load_config(write_config(yaml.safe_load(dump_config(changed)), tmp_path / "resolved.yaml"))
+    assert (
+        again.slurm.env
+        == changed.slurm.env
+        == {"NCCL_NVLS_ENABLE": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": None}
+    )
 
 
 def test_a_template_with_an_unknown_field_is_refused(tmp_path: Path) -> None:
