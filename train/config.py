@@ -9,6 +9,7 @@ from it once at load (`RunConfig.plans`, see plan.py), never written in it.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -343,7 +344,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            raise ConfigError(f"config file {p} does not exist{_near_matches(p)}")
         with open(p) as f:
             d = yaml.safe_load(f) or {}
         if not isinstance(d, dict):
@@ -353,7 +354,35 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         return from_dict(RunConfig, d)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from e
+        raise ConfigError(f"{_origin(str(e), path, overrides or [])}: {e}") from e
+
+
+def _origin(message: str, path: str | Path | None, overrides: list[str]) -> str:
+    """Where the value an error names came from: the command-line override that set its key (or a
+    key above or below it), else the YAML file."""
+    m = re.match(r"([\w.\[\]]+): ", message)
+    key = re.sub(r"\[(\d+)\]", r".\1", m.group(1)) if m else None
+    for o in overrides:
+        given = o.split("=", 1)[0]
+        if key is not None and (key == given or key.startswith(given + ".") or given.startswith(key + ".")):
+            return f"command-line override {o}"
+    return str(path) if path is not None else "config"
+
+
+def _near_matches(path: Path) -> str:
+    """`; did you mean ...?` naming the YAML file that differs from `path` only in case, else up to
+    three whose paths are close to it, closest first."""
+    base = path.parent
+    while not base.is_dir() and base != base.parent:
+        base = base.parent
+    if not base.is_dir() or base == base.parent:  # never search a whole file system
+        return ""
+    found = sorted(str(f) for pattern in ("*.yaml", "*/*.yaml", "*/*/*.yaml") for f in base.glob(pattern))
+    names = [f for f in found if f.lower() == str(path).lower()]
+    if not names:
+        lower = {f.lower(): f for f in found[:2000]}
+        names = [lower[f] for f in difflib.get_close_matches(str(path).lower(), list(lower), n=3, cutoff=0.8)]
+    return f"; did you mean {' or '.join(names)}?" if names else ""
 
 
 def dump_config(cfg: RunConfig, derived: bool = False) -> str:
