@@ -59,3 +59,25 @@ def test_an_override_error_names_the_command_line_not_the_yaml(
     bad = str(write_config(cfg, tmp_path / "bad.yaml"))
     err = _error(["train", bad, "optim.lr_init=0.002"], capsys)
     assert err == f"skein train: error: {bad}: optim.lr_intt: unknown key (did you mean 'lr_init'?)"
+
+
+def test_the_readme_tokenizer_line_says_where_the_file_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus.jsonl").write_text('{"text": "def main(): pass"}\n')
+    err = _error(
+        [
+            "prepare",
+            "--inputs",
+            "corpus.jsonl",
+            "--output",
+            "shards/mine",
+            "--tokenizer",
+            "hf:20B_tokenizer.json",
+        ],
+        capsys,
+    )
+    assert "20B_tokenizer.json: tokenizer JSON not found" in err
+    assert "https://huggingface.co/EleutherAI/gpt-neox-20b" in err and "RWKV-v4/20B_tokenizer.json" in err
+    assert not (tmp_path / "shards").exists()
