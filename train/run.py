@@ -249,7 +249,7 @@ def train(
         print(dump_config(cfg, derived=True), end="")
         return None
     summary = train_from_config(cfg, resume=resume, init_from=init_from)
-    if is_global_zero():
+    if is_global_zero() and not summary.get("requeued"):  # a requeue said what happens (slurm.py)
         print(describe(summary, cfg, config))
     return summary
 

@@ -110,7 +110,16 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm: LocalSlurm, corpus: s
     assert not meta["stage_done"] and 3 <= meta["step"] < STEPS, meta
     stopped_at = meta["step"]
     assert max(step for _, step in _rows(run_dir)) == stopped_at
-    assert "restart 0" in log.read_text() and f"requeueing job {job}" in log.read_text()
+    text = log.read_text()
+    assert "restart 0" in text, text[-3000:]
+    assert (
+        f"skein: checkpoint saved at step {stopped_at} of stage 1 ({run_dir / 'checkpoints' / f's0-{stopped_at:08d}'}); "
+        f"requeueing job {job} as restart 1, which resumes from it." in text
+    ), text[-3000:]
+    assert "again to continue" not in text, text[-3000:]
+    assert f"skein: job {job} step exited with 143 (SIGTERM: expected when the job is requeued" in text, text[
+        -3000:
+    ]
     assert f"checkpoint s0-{stopped_at:08d}  (stage 1, step {stopped_at}, " in describe(run_dir)
 
     slurm.release(job)
