@@ -4,6 +4,7 @@ before torch is imported."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -81,3 +82,47 @@ def test_the_readme_tokenizer_line_says_where_the_file_comes_from(
     assert "20B_tokenizer.json: tokenizer JSON not found" in err
     assert "https://huggingface.co/EleutherAI/gpt-neox-20b" in err and "RWKV-v4/20B_tokenizer.json" in err
     assert not (tmp_path / "shards").exists()
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_shows_each_option_once_with_its_real_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from skein.train.cli import COMMANDS
+
+    top = _help([], capsys)
+    rows = top[top.index("commands:\n") + 10 : top.index("\n\n", top.index("commands:"))].splitlines()
+    assert [r.split()[0] for r in rows] == list(COMMANDS)
+    assert not any(re.search(r"\breturns?\b", r, re.I) for r in rows), rows
+    assert "    prepare    Tokenize documents into binidx shards plus a meta file.\n" in top
+    commands = [
+        [name, *sub]
+        for name, t in COMMANDS.items()
+        for sub in ([[s] for s in t] if isinstance(t, dict) else [[]])
+    ]
+    for argv in commands:
+        text = _help(argv, capsys)
+        assert "[default: None]" not in text and "+ " not in text and "+," not in text, argv
+        assert not re.search(r"\(default[^)]*\)\.? *\[default:", " ".join(text.split())), argv
+        options = re.findall(r"^  (--?\w[\w-]*)", text, re.M)
+        assert len(options) == len(set(options)) and not any("-" in o[2:] for o in options), (argv, options)
+        assert "Returns" not in text and "return (and print)" not in text, argv
+    prepare = " ".join(_help(["prepare"], capsys).split())
+    assert (
+        "--stdlib_max_bytes STDLIB_MAX_BYTES size cap of the default stdlib corpus, in bytes of UTF-8. [default: 4000000]"
+        in prepare
+    )
+    assert (
+        "--append_eod [BOOL] put the tokenizer's end-of-document id after every document. [default: true]"
+        in prepare
+    )
+    assert "--inputs INPUTS [INPUTS ...] .jsonl" in prepare
+    submit = " ".join(_help(["submit"], capsys).split())
+    assert (
+        "--nodes NODES nodes to run on; sets trainer.num_nodes (default: the config's). --gpus_per_node"
+        in submit
+    )
