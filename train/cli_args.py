@@ -65,7 +65,8 @@ def source_file(module: str) -> str | None:
     return spec.origin if spec is not None else None
 
 
-def _module_tree(module: str) -> ast.Module | None:
+def module_tree(module: str) -> ast.Module | None:
+    """The parsed source of a module (not imported), or None when it has no .py source."""
     path = source_file(module)
     if path is None or not path.endswith(".py"):
         return None
@@ -75,7 +76,7 @@ def _module_tree(module: str) -> ast.Module | None:
 
 def _function_node(target: str) -> ast.FunctionDef | None:
     module, name = target.split(":")
-    tree = _module_tree(module)
+    tree = module_tree(module)
     if tree is None:
         return None
     return next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
@@ -84,7 +85,7 @@ def _function_node(target: str) -> ast.FunctionDef | None:
 def _constant(expr: str, module: str) -> Any:
     """The value of a default written as a module constant, `NAME` or `module.NAME` (an imported
     module), read from the sources; raises ValueError when it is not such a literal."""
-    tree = _module_tree(module)
+    tree = module_tree(module)
     *owner, name = expr.split(".")
     if tree is not None and len(owner) == 1:
         imported = None
@@ -97,7 +98,7 @@ def _constant(expr: str, module: str) -> Any:
                 for alias in node.names:
                     if (alias.asname or alias.name) == owner[0]:
                         imported = alias.name
-        tree = _module_tree(imported) if imported else None
+        tree = module_tree(imported) if imported else None
     elif owner:
         tree = None
     for node in tree.body if tree is not None else []:

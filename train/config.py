@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from skein.rwkv.models import ModelConfig
 from skein.train.plan import StagePlan, derived_comment, stage_plans
 from skein.train.schedule import ScheduleSection
 from skein.train.typed import ConfigError, apply_override, from_dict, plain
+
+if TYPE_CHECKING:  # imported when a config is built: the model classes import torch
+    from skein.rwkv.models import ModelConfig
 
 RECURRENT_ARCHS = ("rwkv4", "rwkv7", "deltaproduct")
 """Architectures whose state has a fixed size, which segment-wise training carries."""
@@ -329,6 +332,13 @@ class RunConfig:
         self.plans: list[StagePlan] = stage_plans(self)
         """Derived per-stage numbers (steps, accumulation, tokens per step); not a config key."""
 
+    @classmethod
+    def type_hints(cls) -> dict[str, Any]:
+        """The field types, the model's config base imported now (typed.from_dict asks for them)."""
+        from skein.rwkv.models import ModelConfig
+
+        return typing.get_type_hints(cls, localns={"ModelConfig": ModelConfig})
+
     def stage_lrs(self, index: int) -> tuple[float, float]:
         """(lr_init, lr_final) of stage `index`: its own, else optim's."""
         stage = self.stages[index]
@@ -340,6 +350,15 @@ class RunConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a run YAML, apply `key=value` overrides, validate, and return the typed config."""
+    d = read_config(path, overrides)
+    try:
+        return from_dict(RunConfig, d)
+    except ConfigError as e:
+        raise located(e, path, overrides) from e
+
+
+def read_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A run YAML as a mapping with the `key=value` overrides applied (not validated)."""
     d: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -351,20 +370,23 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{p}: the top level must be a mapping")
     for o in overrides or []:
         apply_override(d, o)
-    try:
-        return from_dict(RunConfig, d)
-    except ConfigError as e:
-        raise ConfigError(f"{_origin(str(e), path, overrides or [])}: {e}") from e
+    return d
+
+
+def located(e: ConfigError, path: str | Path | None, overrides: list[str] | None) -> ConfigError:
+    """A validation error prefixed with where its value came from (see `_origin`)."""
+    return ConfigError(f"{_origin(str(e), path, overrides or [])}: {e}")
 
 
 def _origin(message: str, path: str | Path | None, overrides: list[str]) -> str:
     """Where the value an error names came from: the command-line override that set its key (or a
     key above or below it), else the YAML file."""
-    m = re.match(r"([\w.\[\]]+): ", message)
-    key = re.sub(r"\[(\d+)\]", r".\1", m.group(1)) if m else None
+    m = re.match(r"([\w.\[\]]+)[:= ]", message)
+    # stages[0].x and stages[].x (a stage's own check, which knows no index) as stages.0.x, stages.*.x
+    key = re.sub(r"\[(\d*)\]", lambda i: "." + (i.group(1) or "*"), m.group(1)).split(".") if m else None
     for o in overrides:
-        given = o.split("=", 1)[0]
-        if key is not None and (key == given or key.startswith(given + ".") or given.startswith(key + ".")):
+        given = o.split("=", 1)[0].split(".")
+        if key is not None and all(a in (b, "*") for a, b in zip(key, given)):
             return f"command-line override {o}"
     return str(path) if path is not None else "config"
 

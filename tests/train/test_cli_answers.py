@@ -4,13 +4,19 @@ before torch is imported."""
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
+import subprocess
+import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from skein.train.cli import main
+from skein.train.typed import ConfigError
 from tests.train.helpers import tiny_run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +132,74 @@ def test_help_shows_each_option_once_with_its_real_default(capsys: pytest.Captur
         "--nodes NODES nodes to run on; sets trainer.num_nodes (default: the config's). --gpus_per_node"
         in submit
     )
+
+
+def test_config_mistakes_are_answered_before_torch_is_imported(tmp_path: Path) -> None:
+    path = write_config(tiny_run("c", tmp_path, arch="rwkv7"), tmp_path / "c.yaml")
+    code = (
+        "import sys\nfrom skein.train.cli import main\n"
+        f"for argv in {CASES!r}:\n"
+        f"    n = 2 if argv[0] == 'bench' else 1\n"
+        f"    try:\n        main([*argv[:n], {str(path)!r}, *argv[n:]])\n    except SystemExit as e:\n"
+        "        assert e.code == 2, argv\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'numpy') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in res.stdout, res.stdout[-500:] + res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert lines == [
+        "skein train: error: command-line override optim.lr_intt=1: optim.lr_intt: unknown key (did you mean 'lr_init'?)",
+        "skein params: error: command-line override model.head_sise=32: model.head_sise: unknown key (did you mean 'head_size'?)",
+        "skein plot-lr: error: command-line override model.d_ffn=wide: model.d_ffn: expected an integer or null, got 'wide'",
+        "skein submit: error: command-line override model.arch=rwkv9: model.arch: 'rwkv9' is not one of ['deltaproduct', 'llama', 'rwkv4', 'rwkv7']",
+        "skein bench train: error: command-line override trainer.precision=64: trainer.precision: 64 is not one of ['auto', '32', 'bf16-mixed', '16-mixed', 'bf16-true']",
+        "skein train: error: command-line override stages.0.micro_bsz=0: stages[].micro_bsz must be positive, got 0",
+    ]
+
+
+CASES = [
+    ["train", "optim.lr_intt=1"],
+    ["params", "model.head_sise=32"],
+    ["plot-lr", "--model.d_ffn", "wide"],
+    ["submit", "model.arch=rwkv9", "--dry-run"],
+    ["bench", "train", "trainer.precision=64"],
+    ["train", "stages.0.micro_bsz=0"],
+]
+
+
+def test_the_first_check_reads_the_model_fields_the_classes_have() -> None:
+    from skein.rwkv.models import MODELS, config_class
+    from skein.train.config_check import architectures, declared_fields
+
+    assert {arch: module for arch, (module, _) in architectures().items()} == {
+        a: m[0] for a, m in MODELS.items()
+    }
+    for arch, (module, name) in architectures().items():
+        cls = config_class(arch)
+        declared = declared_fields(module, name)
+        assert list(declared) == [f.name for f in fields(cls)], arch
+        hints = typing.get_type_hints(cls)
+        assert {k: v for k, v in declared.items() if v is not None} == {k: hints[k] for k in declared}, arch
+
+
+@pytest.mark.parametrize(
+    "config", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+)
+def test_the_first_check_agrees_with_load_config(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shipped config passes it; a wrong value for a random model or trainer key is refused
+    by it with the message load_config gives."""
+    from skein.train.config import load_config
+    from skein.train.config_check import check_config
+
+    monkeypatch.chdir(ROOT)
+    check_config(config)
+    cfg = load_config(config)
+    rng = random.Random(config)
+    model_keys = [f.name for f in fields(cfg.model) if f.name != "arch"]
+    for key in [f"model.{k}" for k in rng.sample(model_keys, 4)] + ["trainer.devices", "log.wandb"]:
+        bad = [f"{key}={rng.choice(['[1, 2]', '{a: 1}', 'yes please'])}"]
+        with pytest.raises(ConfigError) as full:
+            load_config(config, bad)
+        with pytest.raises(ConfigError) as first:
+            check_config(config, bad)
+        assert str(first.value) == str(full.value)
