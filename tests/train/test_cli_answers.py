@@ -203,3 +203,33 @@ def test_the_first_check_agrees_with_load_config(config: str, monkeypatch: pytes
         with pytest.raises(ConfigError) as first:
             check_config(config, bad)
         assert str(first.value) == str(full.value)
+
+
+SMALL = {
+    "rwkv4": {"arch": "rwkv4", "vocab_size": 300, "n_layer": 3, "d_model": 96},
+    "rwkv7": {"arch": "rwkv7", "vocab_size": 300, "n_layer": 2, "d_model": 128, "head_size": 32},
+    "deltaproduct": {"arch": "deltaproduct", "vocab_size": 300, "n_layer": 3, "d_model": 96, "n_head": 3},
+    "llama": {"arch": "llama", "vocab_size": 300, "n_layer": 2, "d_model": 64, "n_head": 4},
+}
+
+
+def test_params_counts_what_the_built_model_holds_importing_only_torch(tmp_path: Path) -> None:
+    import torch
+
+    from skein.rwkv import build_model
+
+    code = "import sys\nfrom skein.train.cli import main\n"
+    for arch, model in SMALL.items():
+        path = write_config(tiny_run("c", tmp_path, model=model), tmp_path / f"{arch}.yaml")
+        code += f"main(['params', {str(path)!r}])\n"
+    code += "print('HEAVY', sorted(m for m in ('torch._dynamo', 'triton', 'sympy', 'lightning') if m in sys.modules))\n"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "HEAVY []" in res.stdout, res.stdout[-500:] + res.stderr[-2000:]
+    printed = res.stdout.splitlines()[:-1]
+    for (arch, model), line in zip(SMALL.items(), printed, strict=True):
+        torch.manual_seed(0)
+        built = build_model(dict(model))
+        n = sum(p.numel() for p in built.parameters())
+        assert (
+            line == f"{arch}: {n:,} parameters ({n - built.emb.weight.numel():,} without the input embedding)"
+        )
