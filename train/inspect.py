@@ -4,7 +4,9 @@ the planned tokens, with the stage boundaries marked."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from skein.train.config import RunConfig, load_config
 
@@ -38,7 +40,9 @@ def _skip_in_place_on_meta() -> object:
     from torch.overrides import TorchFunctionMode
 
     class SkipInPlaceOnMeta(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        def __torch_function__(
+            self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None
+        ) -> Any:
             kwargs = kwargs or {}
             name = getattr(func, "__name__", "")
             target = args[0] if args else kwargs.get("tensor")
