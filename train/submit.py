@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from skein.train.checkpoint import write_text_atomic
 from skein.train.config import RunConfig, dump_config, load_config
 from skein.train.plan import stage_plans
 from skein.train.typed import ConfigError
@@ -79,6 +78,8 @@ def submit(
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise ConfigError("sbatch is not on PATH: run skein submit on a Slurm login node (or use --dry-run)")
+    from skein.train.checkpoint import write_text_atomic  # imports Lightning: after every check
+
     write_text_atomic(paths["config"], dump_config(cfg))
     write_text_atomic(paths["script"], script)
     res = subprocess.run([sbatch, "--parsable", str(paths["script"])], capture_output=True, text=True)
