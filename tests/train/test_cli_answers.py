@@ -233,3 +233,18 @@ def test_params_counts_what_the_built_model_holds_importing_only_torch(tmp_path:
         assert (
             line == f"{arch}: {n:,} parameters ({n - built.emb.weight.numel():,} without the input embedding)"
         )
+
+
+def test_status_of_a_directory_that_is_no_run_is_answered_before_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys\nfrom skein.train.cli import main\n"
+        f"try:\n    main(['status', {str(tmp_path / 'runs' / 'typo')!r}])\nexcept SystemExit as e:\n"
+        "    assert e.code == 2\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'lightning') if m in sys.modules))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in res.stdout, res.stdout[-500:] + res.stderr[-2000:]
+    assert res.stderr.strip() == (
+        f"skein status: error: {tmp_path / 'runs' / 'typo'}: no config.yaml, so not a skein run directory "
+        "(skein train writes one)"
+    )
