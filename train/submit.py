@@ -152,7 +152,8 @@ def partition_nodes(
     except (OSError, subprocess.SubprocessError) as e:
         return f"sinfo failed ({e})"
     if res.returncode != 0:
-        return f"sinfo failed ({res.stderr.strip() or res.returncode})"
+        last = res.stderr.strip().splitlines()[-1:]  # sinfo's fatal line comes last
+        return f"sinfo failed ({last[0] if last else res.returncode})"
     nodes, names = [], set()
     for line in res.stdout.splitlines():
         parts = line.strip().split("|")

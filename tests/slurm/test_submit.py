@@ -348,6 +348,16 @@ def test_unknown_nodes_give_a_warning_and_the_job_is_queued(
         "skein: warning: sinfo failed (1); not checked that 1 node(s) of the default partition"
     )
     assert line.endswith("have 16 CPUs each")
+    # no controller to ask: sinfo's last (fatal) line is the reason, in one line
+    (tmp_path / "sinfo-bin" / "sinfo").write_text(
+        "#!/bin/sh\necho 'sinfo: error: fetch_config: DNS SRV lookup failed' >&2\n"
+        "echo 'sinfo: fatal: Could not establish a configuration source' >&2\nexit 1\n"
+    )
+    assert submit(str(path)) == "4711"
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "skein: warning: sinfo failed (sinfo: fatal: Could not establish a configuration source); "
+    )
     calls = []
 
     def fake_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
