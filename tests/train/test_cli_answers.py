@@ -1,6 +1,8 @@
-"""What the `skein` command answers to a user's small mistakes: a missing config names the files
-it may have meant, a bad override is reported against the command line, and these answers come
-before torch is imported."""
+"""What the `skein` command answers to a user's small mistakes and questions: a missing config
+names the files it may have meant, a bad override is reported against the command line, the README's
+missing tokenizer says where it comes from, these answers come before torch is imported (and agree
+with the full load), `params` imports torch alone, and --help shows one line per command and one
+entry per option with its real default."""
 
 from __future__ import annotations
 
