@@ -95,6 +95,13 @@ class ByteTokenizer(Tokenizer):
         return bytes(i for i in ids if i != BYTE_EOD).decode("utf-8", errors="replace")
 
 
+NEOX_20B_SOURCE = (
+    "GPT-NeoX-20B's tokenizer (the README's 20B_tokenizer.json) is tokenizer.json of "
+    "https://huggingface.co/EleutherAI/gpt-neox-20b; RWKV-LM ships it as RWKV-v4/20B_tokenizer.json: "
+    "download it and pass its path"
+)
+
+
 class HFTokenizer(Tokenizer):
     """A Hugging Face `tokenizers` JSON file."""
 
@@ -104,7 +111,8 @@ class HFTokenizer(Tokenizer):
         from tokenizers import Tokenizer as RustTokenizer
 
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: tokenizer JSON not found (spec 'hf:{path}')")
+            where = NEOX_20B_SOURCE if "20b" in os.path.basename(path).lower() else "pass the path of one"
+            raise FileNotFoundError(f"{path}: tokenizer JSON not found (spec 'hf:{path}'); {where}")
         self.path = path
         self.spec = f"hf:{path}"
         try:

@@ -33,3 +33,20 @@ def test_demo_command_names_a_loadable_cpu_config() -> None:
     assert cfg.trainer.accelerator == "cpu"
     default_output = inspect.signature(prepare).parameters["output"].default
     assert cfg.data.train == [default_output], "the demo trains on what `skein prepare` writes by default"
+
+
+def test_the_demo_sentence_states_what_the_demo_config_plans() -> None:
+    """The README's figures for the demo are the demo config's plan (steps, tokens per step and in
+    all), and its timing names what was measured and where, not a bare promise."""
+    demo, _ = _commands()
+    cfg = load_config(ROOT / re.search(r"skein train (\S+\.yaml)", demo).group(1))
+    text = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"The demo trains (\d+) steps of ([\d,]+) byte tokens \(([\d.]+) M in all", text)
+    assert m is not None, "the README's demo sentence names steps, tokens per step and tokens in all"
+    (plan,) = cfg.plans
+    assert int(m.group(1)) == plan.steps and int(m.group(2).replace(",", "")) == plan.tokens_per_step
+    assert float(m.group(3)) == round(plan.total_tokens / 1e6, 1)
+    timing = re.search(r"Measured in a fresh clone on 2 idle cores, the steps take (\d+)-(\d+) s", text)
+    assert timing is not None and "under a minute" not in text
+    # the sentence points at metrics.csv's time column, which holds every step only if every step is logged
+    assert "`metrics.csv`'s `time` column" in text and cfg.log.every_steps == 1

@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         kwargs = cli_args.parse(prog, cli_args.read_signature(target), args)
+        if kwargs.get("config") is not None and "overrides" in kwargs:
+            from skein.train.config_check import check_config
+
+            check_config(kwargs["config"], kwargs["overrides"])  # a typo is answered before torch loads
         fn = _resolve(target)
         if not verbose:  # after the import: Lightning sets its loggers' levels when imported
             quiet.silence_libraries()

@@ -65,14 +65,56 @@ def source_file(module: str) -> str | None:
     return spec.origin if spec is not None else None
 
 
-def _function_node(target: str) -> ast.FunctionDef | None:
-    module, name = target.split(":")
+def module_tree(module: str) -> ast.Module | None:
+    """The parsed source of a module (not imported), or None when it has no .py source."""
     path = source_file(module)
     if path is None or not path.endswith(".py"):
         return None
     with open(path) as f:
-        tree = ast.parse(f.read())
+        return ast.parse(f.read())
+
+
+def _function_node(target: str) -> ast.FunctionDef | None:
+    module, name = target.split(":")
+    tree = module_tree(module)
+    if tree is None:
+        return None
     return next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+
+
+def _constant(expr: str, module: str) -> Any:
+    """The value of a default written as a module constant, `NAME` or `module.NAME` (an imported
+    module), read from the sources; raises ValueError when it is not such a literal."""
+    tree = module_tree(module)
+    *owner, name = expr.split(".")
+    if tree is not None and len(owner) == 1:
+        imported = None
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    if (alias.asname or alias.name) == owner[0]:
+                        imported = f"{node.module}.{alias.name}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if (alias.asname or alias.name) == owner[0]:
+                        imported = alias.name
+        tree = module_tree(imported) if imported else None
+    elif owner:
+        tree = None
+    for node in tree.body if tree is not None else []:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return ast.literal_eval(node.value)
+    raise ValueError(f"{expr} is not a literal constant")
+
+
+def _for_users(text: str) -> str:
+    """A docstring paragraph as help shows it: one line, without what the function returns."""
+    text = " ".join(text.split())
+    text = re.sub(r";\s*return\b[^.]*\.", ".", text)
+    sentences = re.split(r"(?<=\.)\s+", text)
+    return " ".join(x for x in sentences if not re.match(r"Returns?\b", x))
 
 
 def _arg_docs(doc: str) -> dict[str, str]:
@@ -117,11 +159,15 @@ def read_signature(target: str) -> Signature:
             continue
         try:
             value = ast.literal_eval(default)
-        except ValueError:  # a name such as a module constant: shown, and resolved when run
+        except ValueError:  # a name such as a module constant: read for the help, resolved when run
             value = _Unparsed(ast.unparse(default))
+            try:
+                value.shown = _constant(value, target.split(":")[0])
+            except (ValueError, SyntaxError, TypeError):
+                pass
         params.append(Param(arg.arg, annotation, value))
-    lines = doc.split("\n\n")
-    return Signature(lines[0].strip(), doc.split("Args:")[0].strip(), params, _arg_docs(doc))
+    paragraphs = [_for_users(x) for x in doc.split("Args:")[0].split("\n\n")]
+    return Signature(paragraphs[0], "\n\n".join(x for x in paragraphs if x), params, _arg_docs(doc))
 
 
 UNSET = object()
@@ -139,7 +185,35 @@ class _Extend(argparse.Action):
 
 
 class _Unparsed(str):
-    """A default that is an expression, not a literal: the function's own default applies."""
+    """A default that is an expression, not a literal: the function's own default applies. `shown`
+    is its value where the sources tell it (a module constant)."""
+
+    shown: Any = None
+
+
+def _shown_default(q: Param, help_text: str) -> str:
+    """` [default: X]` for an option's help, in the words a user types; nothing where the default
+    is None (the help says what happens) or the help already names its default."""
+    value = q.default.shown if isinstance(q.default, _Unparsed) else q.default
+    if value is None or re.search(r"\(default\b|\bdefault:", help_text, re.I):
+        return ""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    elif isinstance(value, (list, tuple)):
+        value = " ".join(map(str, value))
+    return f" [default: {value}]"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """One entry per option: its first spelling only (`--dry_run`, not also `--dry-run`, `--inputs+`)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            return super()._format_action_invocation(action)
+        text = action.option_strings[0]
+        if action.nargs != 0:
+            text += " " + self._format_args(action, self._get_default_metavar_for_optional(action))
+        return text
 
 
 def _yes_no(v: str) -> bool:
@@ -163,12 +237,13 @@ def build_parser(prog: str, sig: Signature) -> OneLineParser:
         prog=prog,
         usage=usage,
         description=sig.description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Options may also be spelt with dashes (--dry-run for --dry_run).",
+        formatter_class=_HelpFormatter,
     )
     for q in sig.params:
         help_text = sig.docs.get(q.name, "")
         # an option not given keeps the function's own default
-        keep = {"default": UNSET, "help": f"{help_text} [default: {q.default}]"}
+        keep = {"default": UNSET, "help": help_text + _shown_default(q, help_text)}
         if q.name == "config" and "overrides" in names:
             p.add_argument(
                 "--config", dest="config_option", metavar="FILE", help="the run YAML, as an option"
@@ -182,7 +257,9 @@ def build_parser(prog: str, sig: Signature) -> OneLineParser:
             flags = [f for name in _spellings(q.name) for f in (name, f"{name}+")]
             p.add_argument(*flags, dest=q.name, type=item, nargs="+", action=_Extend, **keep)
         elif q.annotation == "bool":
-            p.add_argument(*_spellings(q.name), dest=q.name, type=_yes_no, nargs="?", const=True, **keep)
+            p.add_argument(
+                *_spellings(q.name), dest=q.name, type=_yes_no, nargs="?", const=True, metavar="BOOL", **keep
+            )
         else:
             p.add_argument(
                 *_spellings(q.name), dest=q.name, type=_scalar(q.annotation), metavar=q.name.upper(), **keep

@@ -10,17 +10,21 @@ the tokens per step the run's checkpoints recorded.
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from skein.rwkv.models import ModelConfig
 from skein.train.loop.schedule import ScheduleSection
 from skein.train.parallel.execution import StrategyName
 from skein.train.typed import ConfigError, apply_override, from_dict, plain
+
+if TYPE_CHECKING:  # imported when a config is built: the model classes import torch
+    from skein.rwkv.models import ModelConfig
 
 __all__ = ["ConfigError", "RunConfig", "ScheduleSection", "StageSection", "dump_config", "load_config"]
 
@@ -278,8 +282,10 @@ class SlurmSection:
     resumes from that checkpoint."""
     cpus_per_task: int = 8
     """CPU cores per task (one task per GPU; per training process on the CPU)."""
-    env: dict[str, str] = field(default_factory=_default_env)
-    """Environment exported to every task (NCCL settings and the like)."""
+    env: dict[str, str | None] = field(default_factory=dict)
+    """Environment exported to every task, added to skein's defaults (NCCL_NVLS_ENABLE=0,
+    TORCH_NCCL_ASYNC_ERROR_HANDLING=1): a key given here adds a variable or replaces that one
+    default; null removes a default (`slurm.env.NCCL_NVLS_ENABLE=null`)."""
     sbatch_options: list[str] = field(default_factory=list)
     """Extra `#SBATCH` options, e.g. ["--exclusive", "--mem=0"]."""
     template: str | None = None
@@ -293,12 +299,15 @@ class SlurmSection:
             )
         if self.time is not None and not re.fullmatch(r"(\d+-)?\d+(:\d{2}){0,2}", self.time):
             raise ConfigError(f"slurm.time: {self.time!r} is not a Slurm time such as 2-00:00:00 or 04:00:00")
+        self.env = {**_default_env(), **self.env}
         for key, value in self.env.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
                 raise ConfigError(f"slurm.env: {key!r} is not an environment variable name")
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ConfigError(f"slurm.env.{key}: expected a string or a number, got {value!r}")
-            self.env[key] = str(value)
+            if isinstance(value, bool) or not isinstance(value, (str, int, float, type(None))):
+                raise ConfigError(
+                    f"slurm.env.{key}: expected a string or a number (null removes a default), got {value!r}"
+                )
+            self.env[key] = None if value is None else str(value)
         for option in self.sbatch_options:
             if not option.startswith("--"):
                 raise ConfigError(f"slurm.sbatch_options: {option!r} should look like --exclusive or --mem=0")
@@ -345,6 +354,13 @@ class RunConfig:
             if stage.tokens_per_step is not None:
                 check_tokens_per_step(stage.tokens_per_step, stage, world, f"stages[{i}].tokens_per_step is")
 
+    @classmethod
+    def type_hints(cls) -> dict[str, Any]:
+        """The field types, the model's config base imported now (typed.from_dict asks for them)."""
+        from skein.rwkv.models import ModelConfig
+
+        return typing.get_type_hints(cls, localns={"ModelConfig": ModelConfig})
+
     def stage_lrs(self, index: int) -> tuple[float, float]:
         """(lr_init, lr_final) of stage `index`: its own, else optim's."""
         stage = self.stages[index]
@@ -356,21 +372,61 @@ class RunConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a run YAML, apply `key=value` overrides, validate, and return the typed config."""
+    d = read_config(path, overrides)
+    try:
+        return from_dict(RunConfig, d)
+    except ConfigError as e:
+        raise located(e, path, overrides) from e
+
+
+def read_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A run YAML as a mapping with the `key=value` overrides applied (not validated)."""
     d: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            raise ConfigError(f"config file {p} does not exist{_near_matches(p)}")
         with open(p) as f:
             d = yaml.safe_load(f) or {}
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
     for o in overrides or []:
         apply_override(d, o)
-    try:
-        return from_dict(RunConfig, d)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from e
+    return d
+
+
+def located(e: ConfigError, path: str | Path | None, overrides: list[str] | None) -> ConfigError:
+    """A validation error prefixed with where its value came from (see `_origin`)."""
+    return ConfigError(f"{_origin(str(e), path, overrides or [])}: {e}")
+
+
+def _origin(message: str, path: str | Path | None, overrides: list[str]) -> str:
+    """Where the value an error names came from: the command-line override that set its key (or a
+    key above or below it), else the YAML file."""
+    m = re.match(r"([\w.\[\]]+)[:= ]", message)
+    # stages[0].x and stages[].x (a stage's own check, which knows no index) as stages.0.x, stages.*.x
+    key = re.sub(r"\[(\d*)\]", lambda i: "." + (i.group(1) or "*"), m.group(1)).split(".") if m else None
+    for o in overrides:
+        given = o.split("=", 1)[0].split(".")
+        if key is not None and all(a in (b, "*") for a, b in zip(key, given)):
+            return f"command-line override {o}"
+    return str(path) if path is not None else "config"
+
+
+def _near_matches(path: Path) -> str:
+    """`; did you mean ...?` naming the YAML file that differs from `path` only in case, else up to
+    three whose paths are close to it, closest first."""
+    base = path.parent
+    while not base.is_dir() and base != base.parent:
+        base = base.parent
+    if not base.is_dir() or base == base.parent:  # never search a whole file system
+        return ""
+    found = sorted(str(f) for pattern in ("*.yaml", "*/*.yaml", "*/*/*.yaml") for f in base.glob(pattern))
+    names = [f for f in found if f.lower() == str(path).lower()]
+    if not names:
+        lower = {f.lower(): f for f in found[:2000]}
+        names = [lower[f] for f in difflib.get_close_matches(str(path).lower(), list(lower), n=3, cutoff=0.8)]
+    return f"; did you mean {' or '.join(names)}?" if names else ""
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -122,13 +122,9 @@ def from_dict(cls: type, d: Any, prefix: str = "") -> Any:
     where = prefix or "config"
     if not isinstance(d, dict):
         raise ConfigError(f"{where}: expected a mapping, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    for key in d:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {names}"
-            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key{hint}")
+    # a class whose annotations name a type imported only when needed resolves them itself
+    hints = cls.type_hints() if hasattr(cls, "type_hints") else typing.get_type_hints(cls)
+    check_keys(d, [f.name for f in fields(cls)], prefix)
     kwargs = {}
     for f in fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
@@ -142,6 +138,19 @@ def from_dict(cls: type, d: Any, prefix: str = "") -> Any:
         raise
     except (TypeError, ValueError) as e:  # a range check in __post_init__
         raise ConfigError(str(e)) from e
+
+
+check_type = _check_type
+"""Check (and coerce) one value against a type annotation, naming `key` in the error."""
+
+
+def check_keys(d: dict[str, Any], names: list[str], prefix: str = "") -> None:
+    """Refuse the first key of `d` that is not in `names`, suggesting the closest name."""
+    for key in d:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {names}"
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key{hint}")
 
 
 def apply_override(d: dict[str, Any], override: str) -> None:

@@ -200,6 +200,8 @@ def test_bad_specs(tmp_path: Path) -> None:
         load_tokenizer("gpt2")
     with pytest.raises(FileNotFoundError, match=r"nope\.json: tokenizer JSON not found"):
         load_tokenizer(f"hf:{tmp_path / 'nope.json'}")
+    with pytest.raises(FileNotFoundError, match=r"huggingface\.co/EleutherAI/gpt-neox-20b"):
+        load_tokenizer(f"hf:{tmp_path / '20B_tokenizer.json'}")
     with pytest.raises(FileNotFoundError, match=r"nope\.txt: RWKV World vocabulary not found"):
         load_tokenizer(f"rwkv_world:{tmp_path / 'nope.txt'}")
     (tmp_path / "bad.json").write_text("{not json")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -42,10 +43,40 @@ def srun_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, None])  # the warning signal; run.stop_after_steps
-def test_rank_zero_requeues_a_stopped_run(srun_task: Path, signum: int | None) -> None:
-    stopped = {"interrupted": True, "signal": signum, "checkpoint": "runs/x/checkpoints/s0-00000008"}
+def test_rank_zero_requeues_a_stopped_run(
+    srun_task: Path, signum: int | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    ckpt = "runs/x/checkpoints/s1-00000008"
+    stopped = {"interrupted": True, "signal": signum, "checkpoint": ckpt, "steps": 8, "stages_done": 1}
     assert requeue_if_stopped(stopped, requeue=True)
     assert srun_task.read_text().split() == ["requeue", "77"]
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(
+        f"skein: checkpoint saved at step 8 of stage 2 ({ckpt}); requeueing job 77 as restart 3, which resumes"
+    )
+    assert "exit code 143 are expected" in line
+
+
+def test_the_job_script_explains_exit_143() -> None:
+    """The end of slurm/train.sbatch: a step ended by SIGTERM (what a requeue sends) is said to be
+    expected; any other exit code is reported as it is."""
+    from skein.train.commands.submit import TEMPLATE
+
+    text = TEMPLATE.read_text()
+    tail = text[text.index("case $rc in") : text.index("exit $rc")]
+    out = {}
+    for rc in (143, 1, 0):
+        res = subprocess.run(
+            ["bash", "-c", f"rc={rc}\n{tail}"], env={"SLURM_JOB_ID": "9", "PATH": os.environ["PATH"]},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        out[rc] = res.stdout
+    assert out[143].startswith(
+        "skein: job 9 step exited with 143 (SIGTERM: expected when the job is requeued"
+    )
+    assert out[1].startswith("skein: job 9 step exited with 1 at ") and "expected" not in out[1]
+    assert out[0].startswith("skein: job 9 step exited with 0 at ")
 
 
 @pytest.mark.parametrize(

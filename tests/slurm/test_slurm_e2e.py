@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -87,6 +88,22 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm: LocalSlurm, corpus: s
     run_dir = tmp_path / "job"
     cfg = write_config(_config(corpus, run_dir), tmp_path / "job.yaml")
     env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    # sinfo tells what the node has: 2 tasks of all its CPUs each would stay PENDING for ever
+    cpus = os.cpu_count()
+    refused = subprocess.run(
+        [sys.executable, "-m", "skein.train.cli", "submit", str(cfg), f"slurm.cpus_per_task={cpus}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip() == (
+        f"skein submit: error: slurm.cpus_per_task={cpus} x 2 task(s) per node asks for {2 * cpus} CPUs per "
+        f"node, but the nodes of the default partition have at most {cpus}: set slurm.cpus_per_task={cpus // 2}"
+    )
+    assert not (run_dir / "submit").exists()
     submitted = subprocess.run(
         [sys.executable, "-m", "skein.train.cli", "submit", str(cfg), "--nodes", "1", "--gpus-per-node", "2"],
         env=env,
@@ -95,6 +112,7 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm: LocalSlurm, corpus: s
         timeout=60,
     )
     assert submitted.returncode == 0, submitted.stderr
+    assert "warning" not in submitted.stderr, submitted.stderr  # sinfo answered: the request was checked
     job = re.search(r"submitted job (\d+)", submitted.stdout).group(1)
     log = run_dir / f"slurm-{job}.log"
     assert str(log) in submitted.stdout
@@ -110,7 +128,16 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm: LocalSlurm, corpus: s
     assert not meta["stage_done"] and 3 <= meta["step"] < STEPS, meta
     stopped_at = meta["step"]
     assert max(step for _, step in _rows(run_dir)) == stopped_at
-    assert "restart 0" in log.read_text() and f"requeueing job {job}" in log.read_text()
+    text = log.read_text()
+    assert "restart 0" in text, text[-3000:]
+    assert (
+        f"skein: checkpoint saved at step {stopped_at} of stage 1 ({run_dir / 'checkpoints' / f's0-{stopped_at:08d}'}); "
+        f"requeueing job {job} as restart 1, which resumes from it." in text
+    ), text[-3000:]
+    assert "again to continue" not in text, text[-3000:]
+    assert f"skein: job {job} step exited with 143 (SIGTERM: expected when the job is requeued" in text, text[
+        -3000:
+    ]
     assert f"checkpoint s0-{stopped_at:08d}  (stage 1, step {stopped_at}, " in describe(run_dir)
 
     slurm.release(job)

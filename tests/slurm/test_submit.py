@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from skein.train.cli import main
-from skein.train.commands.submit import render, submit
-from skein.train.config import load_config
+from skein.train.commands.submit import partition_nodes, render, submit
+from skein.train.config import dump_config, load_config
 from skein.train.typed import ConfigError
 from tests.train.helpers import tiny_run, write_config
 
@@ -105,6 +105,37 @@ def test_cpu_script_has_no_gpus_and_the_configured_environment(tmp_path: Path) -
     assert _srun_line(script)[-2:] == ["--init_from", "w/m.pth"]
 
 
+def _exports(script: str) -> dict[str, str]:
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in script.splitlines()
+        if line.startswith("export ")
+    )
+
+
+def test_env_keys_add_to_the_defaults_and_null_removes_one(tmp_path: Path) -> None:
+    cfg = tiny_run("shards/x", tmp_path / "run", trainer={"accelerator": "gpu"})
+    path = write_config(cfg, tmp_path / "c.yaml")
+    added = render(load_config(path, ["slurm.env.NCCL_DEBUG=WARN"]), tmp_path / "cc.yaml")
+    assert {k: v for k, v in _exports(added).items() if k != "SRUN_CPUS_PER_TASK"} == {
+        "NCCL_NVLS_ENABLE": "0",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+        "NCCL_DEBUG": "WARN",
+    }
+    changed = load_config(
+        path, ["slurm.env.NCCL_NVLS_ENABLE=1", "slurm.env.TORCH_NCCL_ASYNC_ERROR_HANDLING=null"]
+    )
+    exports = _exports(render(changed, tmp_path / "cc.yaml"))
+    assert exports["NCCL_NVLS_ENABLE"] == "1" and "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in exports
+    # the resolved config keeps the removal, so the job's copy of it renders the same environment
+    again = load_config(write_config(yaml.safe_load(dump_config(changed)), tmp_path / "resolved.yaml"))
+    assert (
+        again.slurm.env
+        == changed.slurm.env
+        == {"NCCL_NVLS_ENABLE": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": None}
+    )
+
+
 def test_a_template_with_an_unknown_field_is_refused(tmp_path: Path) -> None:
     template = tmp_path / "mine.sbatch"
     template.write_text("#!/bin/bash\n#SBATCH --nodes={{nodes}}\n#SBATCH --gres={{gres}}\n")
@@ -179,10 +210,8 @@ def test_validation_errors_come_before_anything_is_queued(
         "shards/x", tmp_path / "run", trainer={"devices": 8}, stages=[{"ctx_len": 32, "micro_bsz": 4}]
     )
     path = write_config(cfg, tmp_path / "c.yaml")
-    with pytest.raises(ConfigError, match="--gpus-per-node 4 but trainer.devices=8"):
-        submit(str(path), gpus_per_node=4)
-    with pytest.raises(ConfigError, match="--nodes 2 but trainer.num_nodes=1"):
-        submit(str(path), nodes=2, gpus_per_node=8)
+    with pytest.raises(ConfigError, match="--gpus-per-node 4 but the override trainer.devices=8: give one"):
+        submit(str(path), ["trainer.devices=8"], gpus_per_node=4)
     with pytest.raises(ConfigError, match="config file .*missing.yaml does not exist"):
         submit(str(tmp_path / "missing.yaml"))
     with pytest.raises(ConfigError, match="slurm.time: 'soon'"):
@@ -203,16 +232,141 @@ def test_validation_errors_come_before_anything_is_queued(
     assert not fake_sbatch.exists() and not (tmp_path / "run").exists()
 
 
-def test_cli_exits_with_a_one_line_error_for_a_mismatch(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+def test_flags_set_the_layout_of_the_submitted_run(tmp_path: Path, fake_sbatch: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = tiny_run(
+        "shards/x", run_dir, trainer={"accelerator": "gpu"}, stages=[{"ctx_len": 32, "micro_bsz": 4}]
+    )
+    path = write_config(cfg, tmp_path / "c.yaml")
+    assert submit(str(path), nodes=4, gpus_per_node=8) == "4711"
+    saved = yaml.safe_load((run_dir / "submit" / "config.yaml").read_text())
+    assert (saved["trainer"]["num_nodes"], saved["trainer"]["devices"]) == (4, 8)
+    (script,) = (run_dir / "submit").glob("job-*.sbatch")
+    opts = _sbatch_options(script.read_text())
+    assert "--nodes=4" in opts and "--ntasks-per-node=8" in opts and "--gpus-per-node=8" in opts
+    # left out, they are the config's
+    script = render(load_config(path), run_dir / "submit" / "config.yaml")
+    assert "--nodes=1" in _sbatch_options(script) and "--ntasks-per-node=1" in _sbatch_options(script)
+
+
+def test_a_recorded_run_refuses_a_layout_that_cannot_keep_its_global_batch(
+    tmp_path: Path, fake_sbatch: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    path = write_config(tiny_run("shards/x", tmp_path / "run"), tmp_path / "c.yaml")
-    with pytest.raises(SystemExit) as exit_:
-        main(["submit", str(path), "--nodes", "1", "--gpus-per-node", "8", "--dry-run"])
-    code, captured = exit_.value.code, capsys.readouterr()
-    assert code not in (0, None) and captured.out == ""
-    (line,) = (captured.err if isinstance(code, int) else str(code)).strip().splitlines()
-    assert re.fullmatch(r"skein submit: .*--gpus-per-node 8 but trainer.devices=1.*", line)
+    from skein.train.checkpoints.checkpoint import CheckpointMeta
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_run(
+        "shards/x", run_dir, trainer={"accelerator": "gpu"}, stages=[{"ctx_len": 32, "micro_bsz": 4}]
+    )
+    path = write_config(cfg, tmp_path / "c.yaml")
+    name = "s0-00000007"
+    (run_dir / "checkpoints" / name).mkdir(parents=True)
+    # 7 steps of 2 nodes x 8 GPUs x 4 x 32 tokens
+    meta = CheckpointMeta(
+        stage_index=0, step=7, tokens_stage=7 * 2048, tokens_total=7 * 2048, stage_done=False
+    )
+    meta.tokens_per_step = [2048]
+    meta.write(run_dir / "checkpoints" / name)
+    (run_dir / "checkpoints" / "latest").write_text(name + "\n")
+    with pytest.raises(SystemExit):
+        main(["submit", str(path), "--nodes", "3", "--gpus-per-node", "8"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        f"skein submit: error: {run_dir} resumes on 3 node(s) x 8 processes, but the run's "
+    )
+    assert (
+        "checkpoints record 2048 tokens per step, not a multiple of" in line
+        and not (run_dir / "submit").exists()
+    )
+    # 4 nodes x 4 GPUs keep 2048 tokens per step, 1 node x 8 GPUs by accumulating 2 micro-batches
+    assert submit(str(path), nodes=4, gpus_per_node=4) == "4711"
+    assert submit(str(path), nodes=1, gpus_per_node=8) == "4711"
+
+
+def _fake_sinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str, rc: int = 0) -> None:
+    bin_dir = tmp_path / "sinfo-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sinfo").write_text(f"#!/bin/sh\ncat <<'EOF'\n{table}EOF\nexit {rc}\n")
+    (bin_dir / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+SINFO = """debug*|small1|4|(null)
+debug*|small2|4|(null)
+gpu|g1|64|gpu:h100:8(S:0-1)
+gpu|g2|64|gpu:h100:8(S:0-1)
+gpu|g3|32|gpu:h100:4(S:0)
+"""
+
+
+def test_a_request_no_node_can_satisfy_is_refused_before_it_is_queued(
+    tmp_path: Path, fake_sbatch: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _fake_sinfo(tmp_path, monkeypatch, SINFO)
+    cpu = tiny_run(
+        "shards/x",
+        tmp_path / "run",
+        trainer={"accelerator": "cpu", "devices": 2},
+        stages=[{"ctx_len": 32, "micro_bsz": 4}],
+    )
+    path = write_config(cpu, tmp_path / "cpu.yaml")
+    with pytest.raises(SystemExit):  # the default 8 CPUs per task, 2 tasks, on 4-CPU nodes
+        main(["submit", str(path)])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "skein submit: error: slurm.cpus_per_task=8 x 2 task(s) per node asks for 16 CPUs per node, but the "
+        "nodes of the default partition have at most 4: set slurm.cpus_per_task=2"
+    )
+    assert submit(str(path), ["slurm.cpus_per_task=2"], nodes=2) == "4711"
+    with pytest.raises(ConfigError, match="--nodes 3 .* but the default partition has 2 node"):
+        submit(str(path), ["slurm.cpus_per_task=2"], nodes=3)
+
+    gpu = tiny_run(
+        "shards/x", tmp_path / "run", trainer={"accelerator": "gpu"}, stages=[{"ctx_len": 32, "micro_bsz": 4}]
+    )
+    path = write_config(gpu, tmp_path / "gpu.yaml")
+    assert submit(str(path), nodes=2, gpus_per_node=8, partition="gpu") == "4711"
+    with pytest.raises(
+        ConfigError, match="--nodes 3 .* but partition gpu has 2 node.* with at least 64 CPUs and 8 GPUs"
+    ):
+        submit(str(path), nodes=3, gpus_per_node=8, partition="gpu")
+    with pytest.raises(ConfigError, match="--gpus-per-node 16 .* at most 8 GPUs"):
+        submit(str(path), gpus_per_node=16, partition="gpu")
+    with pytest.raises(ConfigError, match="lists no nodes of partition 'h200' \\(partitions: debug, gpu\\)"):
+        submit(str(path), partition="h200")
+    assert capsys.readouterr().err == ""
+
+
+def test_unknown_nodes_give_a_warning_and_the_job_is_queued(
+    tmp_path: Path, fake_sbatch: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    path = write_config(tiny_run("shards/x", tmp_path / "run", trainer={"devices": 2}), tmp_path / "c.yaml")
+    _fake_sinfo(tmp_path, monkeypatch, "", rc=1)
+    assert submit(str(path)) == "4711"
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "skein: warning: sinfo failed (1); not checked that 1 node(s) of the default partition"
+    )
+    assert line.endswith("have 16 CPUs each")
+    # no controller to ask: sinfo's last (fatal) line is the reason, in one line
+    (tmp_path / "sinfo-bin" / "sinfo").write_text(
+        "#!/bin/sh\necho 'sinfo: error: fetch_config: DNS SRV lookup failed' >&2\n"
+        "echo 'sinfo: fatal: Could not establish a configuration source' >&2\nexit 1\n"
+    )
+    assert submit(str(path)) == "4711"
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "skein: warning: sinfo failed (sinfo: fatal: Could not establish a configuration source); "
+    )
+    calls = []
+
+    def fake_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, SINFO, "")
+
+    nodes = partition_nodes("gpu", run=fake_run)
+    assert calls[0][1:] == ["--noheader", "--Node", "--format=%P|%N|%c|%G"]
+    assert [(n.name, n.cpus, n.gpus) for n in nodes] == [("g1", 64, 8), ("g2", 64, 8), ("g3", 32, 4)]
 
 
 def test_cli_takes_config_option_dashed_overrides_and_either_flag_spelling(

@@ -101,7 +101,10 @@ def test_missing_shard_fails_in_one_line_and_writes_nothing(
 def test_bad_stage_lr_is_refused_at_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
     err = _error(["train", str(path), "stages.0.lr_init=-3e-3", "--print_config"], capsys)
-    assert err == "skein train: error: " + f"{path}: stages[0].lr_init=-0.003 must lie in (0, 1), e.g. 3e-4"
+    assert err == (
+        "skein train: error: command-line override stages.0.lr_init=-3e-3: stages[0].lr_init=-0.003 must lie "
+        "in (0, 1), e.g. 3e-4"
+    )
     err = _error(["params", str(path), "stages.0.lr_final=0.5"], capsys)
     assert "stages[0]: lr_final=0.5 exceeds lr_init=0.003" in err
 

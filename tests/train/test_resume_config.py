@@ -102,6 +102,8 @@ def _two_stage(tmp_path: Path) -> dict:
         (lambda d: d["log"].update(every_steps=50, progress_bar=True), 1, False),
         (lambda d: d["data"].update(num_workers=3), 1, False),
         (lambda d: d["run"].update(stop_after_steps=10, name="again"), 1, False),
+        # resubmitted elsewhere: the job's settings hold nothing a checkpoint depends on
+        (lambda d: d.update(slurm={"partition": "big", "time": "04:00:00", "cpus_per_task": 4}), 1, False),
     ],
 )
 def test_which_changes_a_resume_takes(tmp_path: Path, change, stage_index: int, refused: bool) -> None:

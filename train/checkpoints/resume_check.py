@@ -5,7 +5,7 @@ alter what the checkpoint holds or the stages already started (done or in progre
 
 - allowed: run.name, run.out_dir (another spelling of the same directory), run.stop_after_steps,
   data.num_workers, trainer.accelerator / devices / num_nodes / grad_checkpointing / compile /
-  fused_loss / loss_chunk_tokens / deterministic, all of checkpoint.*, log.* and eval.*; every key of a stage not started yet
+  fused_loss / loss_chunk_tokens / deterministic, all of checkpoint.*, log.*, eval.* and slurm.*; every key of a stage not started yet
   (stages may be added or removed after the current one); optim.lr_init / lr_final when every
   started stage sets its own lr_init / lr_final.
 - refused: model.* (weights), data.train / weights / tokenizer and run.seed (the data order),
@@ -47,6 +47,7 @@ ALLOWED = (
     "checkpoint.",
     "log.",
     "eval.",
+    "slurm.",
 )
 # Refused only when they change what they resolve to (Execution.identity: `auto` is the sharded
 # engine on several GPUs, one device on one GPU, DDP or a single process on the CPU; ddp and

@@ -4,7 +4,9 @@ the planned tokens, with the stage boundaries marked."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from skein.train.config import RunConfig, load_config
 from skein.train.plan import stage_plans
@@ -19,14 +21,42 @@ def params(config: str, overrides: list[str] | None = None) -> int:
     """
     import torch
 
-    from skein.rwkv import build_model
+    from skein.rwkv.models import model_class
 
     cfg = load_config(config, overrides)
-    with torch.device("meta"):
-        model = build_model(cfg.model)
+    cls = model_class(cfg.model.arch)
+    # shapes only: without the initialisation, whose meta-tensor maths would import torch's compiler
+    shapes = type(cls.__name__, (cls,), {"reset_parameters": lambda self: None})
+    with _skip_in_place_on_meta(), torch.device("meta"):
+        model = shapes(cfg.model)
     n, n_emb = model.num_params(), model.emb.weight.numel()
     print(f"{cfg.model.arch}: {n:,} parameters ({n - n_emb:,} without the input embedding)")
     return n
+
+
+def _skip_in_place_on_meta() -> object:
+    """A torch function mode under which in-place calls on meta tensors (torch.nn.init's normal_,
+    kaiming_uniform_, ... in the layers' own constructors) do nothing: a meta tensor has no values."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SkipInPlaceOnMeta(TorchFunctionMode):
+        def __torch_function__(
+            self, func: Callable[..., Any], types: Any, args: tuple = (), kwargs: dict | None = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            target = args[0] if args else kwargs.get("tensor")
+            if (
+                name.endswith("_")
+                and not name.startswith("__")
+                and isinstance(target, torch.Tensor)
+                and target.is_meta
+            ):
+                return target
+            return func(*args, **kwargs)
+
+    return SkipInPlaceOnMeta()
 
 
 def stage_boundaries(cfg: RunConfig) -> list[int]:

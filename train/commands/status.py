@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from skein.train.checkpoints.checkpoint import latest_checkpoint
 from skein.train.checkpoints.lock import LockInfo, is_stale, read_lock
 from skein.train.config import load_config
 from skein.train.plan import stage_plans
@@ -29,6 +28,10 @@ def describe(run_dir: Path) -> str:
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise ConfigError(f"{run_dir}: no config.yaml, so not a skein run directory (skein train writes one)")
+    from skein.train.checkpoints.checkpoint import (
+        latest_checkpoint,  # imports Lightning: after the check above
+    )
+
     cfg = load_config(config)
     found = latest_checkpoint(run_dir)
     plans = stage_plans(cfg, found[1].tokens_per_step if found else None)

@@ -4,8 +4,11 @@ The job runs one `skein train` task per GPU (per CPU process for trainer.acceler
 `srun`; it saves a checkpoint on SIGUSR1 (sent `slurm.signal_seconds` before the time limit) or on
 SIGTERM, requeues itself and resumes. Before anything is queued, the resolved config is written to
 `<run_dir>/submit/config.yaml` and the script to `<run_dir>/submit/job-<time>.sbatch`: the job and
-every requeue of it run that file. Nodes and GPUs per node come from trainer.num_nodes and
-trainer.devices; the --nodes / --gpus-per-node flags only check them (a mismatch is an error).
+every requeue of it run that file. --nodes and --gpus-per-node set trainer.num_nodes and
+trainer.devices of the submitted run (the config's values when left out); a run directory that
+already holds checkpoints keeps its global batch, so a layout that cannot keep it is refused.
+Where `sinfo` can tell what the partition's nodes have, a request no node can satisfy (CPUs, GPUs,
+nodes) is refused before it is queued; where it cannot, a warning says what was not checked.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from skein.train.checkpoints.checkpoint import write_text_atomic
 from skein.train.config import RunConfig, dump_config, load_config
+from skein.train.plan import stage_plans
 from skein.train.typed import ConfigError
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "train.sbatch"
@@ -39,13 +44,13 @@ def submit(
     dry_run: bool = False,
 ) -> str | None:
     """Queue a run config as a Slurm job that checkpoints and requeues itself on preemption.
-    Returns the job id (None for a dry run).
 
     Args:
         config: run YAML (see configs/).
         overrides: dotted overrides, as for skein train.
-        nodes: must equal trainer.num_nodes (a check, not a setting).
-        gpus_per_node: must equal trainer.devices (a check, not a setting).
+        nodes: nodes to run on; sets trainer.num_nodes (default: the config's).
+        gpus_per_node: tasks per node, one per GPU (per process on the CPU); sets trainer.devices
+            (default: the config's).
         partition: overrides slurm.partition.
         time: overrides slurm.time, e.g. 2-00:00:00.
         account: overrides slurm.account.
@@ -54,9 +59,12 @@ def submit(
         dry_run: print the script; write and queue nothing.
     """
     flags = {"partition": partition, "time": time, "account": account, "qos": qos}
-    cfg = load_config(config, list(overrides or []) + [f"slurm.{k}={v}" for k, v in flags.items() if v])
-    check_layout(cfg, nodes, gpus_per_node)
+    overrides = list(overrides or [])
+    layout = layout_overrides(overrides, nodes, gpus_per_node)
+    cfg = load_config(config, overrides + layout + [f"slurm.{k}={v}" for k, v in flags.items() if v])
     run_dir = Path(cfg.run.out_dir).resolve()
+    check_recorded_batch(cfg, run_dir)
+    check_resources(cfg, partition_nodes(cfg.slurm.partition))
     stamp = _now()
     paths = {
         "config": run_dir / "submit" / "config.yaml",
@@ -70,6 +78,8 @@ def submit(
     sbatch = shutil.which("sbatch")
     if sbatch is None:
         raise ConfigError("sbatch is not on PATH: run skein submit on a Slurm login node (or use --dry-run)")
+    from skein.train.checkpoints.checkpoint import write_text_atomic  # imports Lightning: after every check
+
     write_text_atomic(paths["config"], dump_config(cfg))
     write_text_atomic(paths["script"], script)
     res = subprocess.run([sbatch, "--parsable", str(paths["script"])], capture_output=True, text=True)
@@ -80,18 +90,121 @@ def submit(
     return job_id
 
 
-def check_layout(cfg: RunConfig, nodes: int | None, gpus_per_node: int | None) -> None:
-    """The flags must agree with the config: tokens per step, the data order and the resume
-    position are planned for trainer.devices * trainer.num_nodes processes."""
-    if nodes is not None and nodes != cfg.trainer.num_nodes:
-        raise ConfigError(
-            f"--nodes {nodes} but trainer.num_nodes={cfg.trainer.num_nodes}: pass --nodes "
-            f"{cfg.trainer.num_nodes} or override trainer.num_nodes={nodes}"
+def layout_overrides(overrides: list[str], nodes: int | None, gpus_per_node: int | None) -> list[str]:
+    """The overrides --nodes and --gpus-per-node stand for; a flag that contradicts an override
+    of the same key is refused (the user said two different things)."""
+    out = []
+    for flag, key, value in (
+        ("--nodes", "trainer.num_nodes", nodes),
+        ("--gpus-per-node", "trainer.devices", gpus_per_node),
+    ):
+        if value is None:
+            continue
+        given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key]
+        if given and str(value) != given[-1].strip():
+            raise ConfigError(f"{flag} {value} but the override {key}={given[-1]}: give one of them")
+        out.append(f"{key}={value}")
+    return out
+
+
+def check_recorded_batch(cfg: RunConfig, run_dir: Path) -> None:
+    """A run directory with checkpoints resumes with the global batch its checkpoints record: the
+    layout must divide it (as `skein train` would check, but before the job waits in the queue)."""
+    if not (run_dir / "checkpoints").is_dir():
+        return
+    from skein.train.checkpoints.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return
+    world = f"{cfg.trainer.num_nodes} node(s) x {cfg.trainer.devices}"
+    try:
+        stage_plans(cfg, found[1].tokens_per_step)
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir} resumes on {world} processes, but {e}") from e
+
+
+@dataclass
+class NodeShape:
+    """What one node of a partition has, as `sinfo` reports it."""
+
+    name: str
+    cpus: int
+    gpus: int
+
+
+def partition_nodes(
+    partition: str | None, run: Callable[..., subprocess.CompletedProcess] = subprocess.run
+) -> list[NodeShape] | str:
+    """The nodes of `partition` (None: the cluster's default partition) as `sinfo` reports them,
+    or the reason they cannot be known (no sinfo, sinfo failed); a partition sinfo does not list
+    is refused."""
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        return "sinfo is not on PATH"
+    try:
+        res = run(
+            [sinfo, "--noheader", "--Node", "--format=%P|%N|%c|%G"],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
-    if gpus_per_node is not None and gpus_per_node != cfg.trainer.devices:
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"sinfo failed ({e})"
+    if res.returncode != 0:
+        last = res.stderr.strip().splitlines()[-1:]  # sinfo's fatal line comes last
+        return f"sinfo failed ({last[0] if last else res.returncode})"
+    nodes, names = [], set()
+    for line in res.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) != 4 or not parts[2].isdigit():
+            continue
+        name = parts[0].rstrip("*")
+        names.add(name)
+        if (partition is None and parts[0].endswith("*")) or name == partition:
+            gpus = sum(int(m) for m in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", parts[3]))
+            nodes.append(NodeShape(parts[1], int(parts[2]), gpus))
+    if not nodes:
+        which = f"partition {partition!r}" if partition else "a default partition"
         raise ConfigError(
-            f"--gpus-per-node {gpus_per_node} but trainer.devices={cfg.trainer.devices}: pass "
-            f"--gpus-per-node {cfg.trainer.devices} or override trainer.devices={gpus_per_node}"
+            f"sinfo lists no nodes of {which} (partitions: {', '.join(sorted(names)) or 'none'})"
+        )
+    return nodes
+
+
+def check_resources(cfg: RunConfig, nodes: list[NodeShape] | str) -> None:
+    """Refuse a request that no node of the partition can satisfy (it would stay PENDING for ever);
+    when the nodes are unknown (`nodes` is the reason), warn that nothing was checked."""
+    sc, tc = cfg.slurm, cfg.trainer
+    cpus = tc.devices * sc.cpus_per_task
+    gpus = 0 if tc.accelerator == "cpu" else tc.devices
+    where = f"partition {sc.partition}" if sc.partition else "the default partition"
+    if isinstance(nodes, str):
+        print(
+            f"skein: warning: {nodes}; not checked that {tc.num_nodes} node(s) of {where} have {cpus} CPUs"
+            + (f" and {gpus} GPUs" if gpus else "")
+            + " each",
+            file=sys.stderr,
+        )
+        return
+    most_gpus = max(n.gpus for n in nodes)
+    if gpus > most_gpus:
+        raise ConfigError(
+            f"--gpus-per-node {gpus} (trainer.devices), but the nodes of {where} have at most {most_gpus} GPUs"
+        )
+    most_cpus = max(n.cpus for n in nodes)
+    if cpus > most_cpus:
+        fit = most_cpus // tc.devices
+        fix = f"set slurm.cpus_per_task={fit}" if fit else "use fewer tasks per node (--gpus-per-node)"
+        raise ConfigError(
+            f"slurm.cpus_per_task={sc.cpus_per_task} x {tc.devices} task(s) per node asks for {cpus} CPUs per "
+            f"node, but the nodes of {where} have at most {most_cpus}: {fix}"
+        )
+    enough = [n for n in nodes if n.cpus >= cpus and n.gpus >= gpus]
+    if tc.num_nodes > len(enough):
+        raise ConfigError(
+            f"--nodes {tc.num_nodes} (trainer.num_nodes), but {where} has {len(enough)} node(s) with at "
+            f"least {cpus} CPUs" + (f" and {gpus} GPUs" if gpus else "")
         )
 
 
@@ -121,7 +234,7 @@ def render(
         "log": str(run_dir / "slurm-%j.log"),
         "workdir": str((workdir or Path.cwd()).resolve()),
         "sbatch_options": "\n".join(f"#SBATCH {o}" for o in options),
-        "env": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sc.env.items()),
+        "env": "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sc.env.items() if v is not None),
         "command": shlex.join(command),
     }
     text = template.read_text()

@@ -208,7 +208,7 @@ def train(
         print(dump_config(cfg) + derived_comment(cfg, stage_plans(cfg)), end="")
         return None
     summary = train_from_config(cfg, resume=resume, init_from=init_from)
-    if is_global_zero():
+    if is_global_zero() and not summary.get("requeued"):  # a requeue said what happens (slurm.py)
         print(describe(summary, cfg, config))
     return summary
 

@@ -38,6 +38,18 @@ def cluster_plugins() -> list[Any]:
     return [SLURMEnvironment(auto_requeue=False)]
 
 
+def requeue_message(summary: dict[str, Any], job_id: str, restart: int) -> str:
+    """The one line that says a stop with a checkpoint is followed by a requeue, and that the step's
+    end Slurm then logs (CANCELLED DUE TO JOB REQUEUE, srun's Terminated, exit 143) is expected."""
+    ckpt = summary.get("checkpoint")
+    where = f"step {summary.get('steps', '?')} of stage {summary.get('stages_done', 0) + 1}"
+    return (
+        f"skein: checkpoint saved at {where} ({ckpt}); requeueing job {job_id} as restart {restart}, "
+        "which resumes from it. Slurm now ends this step: its CANCELLED ... DUE TO JOB REQUEUE, "
+        "`srun: error: ... Terminated` and exit code 143 are expected"
+    )
+
+
 def requeue_if_stopped(summary: dict[str, Any], requeue: bool) -> bool:
     """After a run stopped early with a checkpoint (summary["interrupted"]) by the warning signal
     SIGUSR1 or by run.stop_after_steps, requeue this Slurm job from rank 0 once every rank is
@@ -55,7 +67,7 @@ def requeue_if_stopped(summary: dict[str, Any], requeue: bool) -> bool:
         print("skein: scontrol is not on PATH; the job is not requeued", file=sys.stderr)
         return False
     # Said first: Slurm ends this process (SIGTERM) as it requeues the job.
-    print(f"skein: requeueing job {job_id}; it resumes from {summary.get('checkpoint')}", flush=True)
+    print(requeue_message(summary, job_id, int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1), flush=True)
     res = subprocess.run([scontrol, "requeue", job_id], capture_output=True, text=True)
     if res.returncode != 0:
         print(f"skein: scontrol requeue {job_id} failed: {res.stderr.strip()}", file=sys.stderr)
