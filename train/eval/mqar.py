@@ -19,7 +19,7 @@ from skein.data.mqar import MQARSetting, mqar_splits
 from skein.train.eval.common import pick_device
 from skein.train.eval.fit import FitConfig, fit
 from skein.train.eval.models import MixerLM, mixer_spec, num_params
-from skein.train.eval.output import ResultsDir, table
+from skein.train.eval.output import ResultsDir, results_path, table
 from skein.train.eval.state_size import state_size
 from skein.train.typed import ConfigError
 
@@ -45,7 +45,7 @@ def parse_settings(settings: list[str], vocab_size: int) -> list[MQARSetting]:
 
 
 def mqar(
-    output: str = "eval/mqar",
+    output: str | None = None,
     mixers: list[str] | None = None,
     d_models: list[int] | None = None,
     settings: list[str] | None = None,
@@ -67,7 +67,7 @@ def mqar(
     """Multi-query associative recall sweep: accuracy per mixer, d_model and setting at the best lr.
 
     Args:
-        output: results directory (new or empty).
+        output: results directory (new or empty; default runs/eval/mqar).
         mixers: rwkv7, deltanet or attention, each optionally with the shared short convolution
             as `_conv4` (default: rwkv7 rwkv7_conv4 deltanet attention).
         d_models: model widths (default 64 128 256 512).
@@ -103,7 +103,7 @@ def mqar(
     d_models = d_models or [64, 128, 256, 512]
     lrs = lrs or [10 ** (-4 + 2 * i / 3) for i in range(4)]
     cells = parse_settings(settings or ZOOLOGY_SETTINGS, vocab_size)
-    out = ResultsDir(output)
+    out = ResultsDir(results_path("mqar", output))
     dev = pick_device(device)
     out.json(
         "args.json",
@@ -162,6 +162,7 @@ def mqar(
     print(table(["mixer", "d_model", "state_size", "cells", "mean_accuracy"], summary))
     if skipped:
         print(f"skipped {len(skipped)} runs (max_minutes={max_minutes}): first {skipped[0]}")
+    print(f"results: {out.path}")
     return results
 
 

@@ -16,7 +16,7 @@ from skein.data.groups import GROUPS, group_table, word_problems
 from skein.rwkv.models import build_model, model_config_from_dict
 from skein.train.eval.common import pick_device
 from skein.train.eval.fit import FitConfig, accuracy, fit
-from skein.train.eval.output import ResultsDir, table
+from skein.train.eval.output import ResultsDir, results_path, table
 from skein.train.typed import ConfigError
 
 DELTAPRODUCT_S3 = {
@@ -32,7 +32,7 @@ DELTAPRODUCT_S3 = {
 
 
 def state(
-    output: str = "eval/state",
+    output: str | None = None,
     groups: list[str] | None = None,
     model: dict[str, Any] | None = None,
     train_len: int = 128,
@@ -52,7 +52,7 @@ def state(
     """Word problems on S3, S5, A5, Z60: train at train_len, accuracy per position up to test_len.
 
     Args:
-        output: results directory (new or empty).
+        output: results directory (new or empty; default runs/eval/state).
         groups: any of S3, S5, A5, Z60 (default: all four).
         model: model config keys over the default (one DeltaProduct layer, 8 heads, n_h = 2,
             negative eigenvalues); with another `arch`, only n_layer and d_model are kept from it.
@@ -90,7 +90,7 @@ def state(
         spec = {**DELTAPRODUCT_S3, **model}
     else:  # another architecture keeps only the size of the default
         spec = {"n_layer": DELTAPRODUCT_S3["n_layer"], "d_model": DELTAPRODUCT_S3["d_model"], **model}
-    out = ResultsDir(output)
+    out = ResultsDir(results_path("state", output))
     dev = pick_device(device)
     out.json(
         "args.json",
@@ -145,6 +145,7 @@ def state(
     header = ["group", "order", "acc<=train_len", "acc>train_len", "acc@test_len"]
     print(table(header, [[g, v["order"], v["accuracy_within_train_len"], v["accuracy_beyond_train_len"],
                           v["accuracy_at_test_len"]] for g, v in per_group.items()]))  # fmt: skip
+    print(f"results: {out.path}")
     return results
 
 
