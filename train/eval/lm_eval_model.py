@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from skein.data.tokenizer import load_tokenizer
 from skein.rwkv.models import CausalLM
-from skein.rwkv.models.common import State
+from skein.rwkv.models.common import State, map_state
 from skein.train.eval.common import load, pick_device, run_ctx_len
 from skein.train.generate import sample_tokens
 from skein.train.typed import ConfigError
@@ -131,6 +131,40 @@ def score_pairs(
 
 
 @torch.inference_mode()
+def context_states(
+    model: CausalLM,
+    contexts: Sequence[tuple[int, ...]],
+    batch_size: int,
+    chunk_len: int,
+    device: torch.device,
+    cast: Any,
+    progress: bool = False,
+) -> dict[tuple[int, ...], tuple[State, Tensor]]:
+    """context -> (its batch-1 state after the last token, log-probabilities [V] of the next one),
+    for a model with a fixed-size state. A batch of contexts, longest first, runs together up to
+    the shortest one's end, where that one's state is taken; the others go on from their states,
+    so nothing ever reads padding."""
+    out: dict[tuple[int, ...], tuple[State, Tensor]] = {}
+    order = sorted(contexts, key=len, reverse=True)
+    for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="contexts"):
+        batch = order[b : b + batch_size]
+        x = torch.zeros(len(batch), len(batch[0]), dtype=torch.long)
+        for r, c in enumerate(batch):
+            x[r, : len(c)] = torch.tensor(c)
+        state, start, active = None, 0, len(batch)
+        for end in sorted({len(c) for c in batch}):
+            for s in range(start, end, chunk_len):
+                with cast:
+                    logits, state = model(x[:active, s : min(s + chunk_len, end)].to(device), state)
+            while active and len(batch[active - 1]) == end:
+                active -= 1
+                row = map_state(lambda t, r=active: t[r : r + 1].clone(), state)
+                out[batch[active]] = (row, F.log_softmax(logits[active, -1].float(), dim=-1).cpu())
+            state, start = map_state(lambda t, n=active: t[:n], state), end
+    return out
+
+
+@torch.inference_mode()
 def score_shared(
     model: CausalLM,
     pairs: Sequence[tuple[list[int], list[int]]],
@@ -141,17 +175,11 @@ def score_shared(
     progress: bool = False,
 ) -> list[tuple[float, bool]]:
     """score_pairs for a model with a fixed-size state (has_fixed_state): each distinct context is
-    read once, its state and last log-probabilities kept; the continuations then run in batches
-    from the stacked states of their contexts."""
+    read once (context_states), its state and last log-probabilities kept; the continuations then
+    run in batches from the stacked states of their contexts."""
     cast = cast if cast is not None else nullcontext()
     contexts = list(dict.fromkeys(tuple(c) for c, _ in pairs))
-    ctx_state: dict[tuple[int, ...], tuple[State, Tensor]] = {}
-    for ctx in tqdm(contexts, disable=not progress, desc="contexts"):
-        state = None
-        for s in range(0, len(ctx), chunk_len):
-            with cast:
-                logits, state = model(torch.tensor([ctx[s : s + chunk_len]], device=device), state)
-        ctx_state[ctx] = (state, F.log_softmax(logits[0, -1].float(), dim=-1).cpu())
+    ctx_state = context_states(model, contexts, batch_size, chunk_len, device, cast, progress)
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][1]))
     out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
     for b in range(0, len(order), batch_size):
