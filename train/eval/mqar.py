@@ -63,6 +63,7 @@ def mqar(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    setup: str = "skein",
 ) -> dict[str, Any]:
     """Multi-query associative recall sweep: accuracy per mixer, d_model and setting at the best lr.
 
@@ -87,7 +88,14 @@ def mqar(
         device: auto (CUDA when present), cpu, cuda, cuda:1, ...
         seed: seed of the data and of the initialisation.
         progress: show a progress bar.
+        setup: skein (the default: skein's mixer-only models, warmup, clipping, best epoch) or
+            paper (zoology's figure-2 backbone and training point by point, the final epoch's
+            accuracy; train/eval/paper.py).
     """
+    if setup not in ("skein", "paper"):
+        raise ConfigError(f"--setup {setup!r}: skein or paper")
+    if setup == "paper":  # figure 2 has no shared short convolution
+        mixers = mixers or ["attention", "rwkv7", "deltanet"]
     if quick:
         mixers = mixers or ["rwkv7", "rwkv7_conv4", "deltanet", "attention"]
         d_models, settings = d_models or [32], settings or ["32:4"]
@@ -105,6 +113,13 @@ def mqar(
     cells = parse_settings(settings or ZOOLOGY_SETTINGS, vocab_size)
     out = ResultsDir(results_path("mqar", output))
     dev = pick_device(device)
+    if setup == "paper":
+        from skein.train.eval.paper import mqar_paper
+
+        r = mqar_paper(out, mixers, d_models, cells, lrs, n_layer, num_train, num_test, epochs, batch_size,
+                       None if run_minutes is None else 60 * run_minutes, dev, seed, progress)  # fmt: skip
+        print(f"results: {out.path}")
+        return r
     out.json(
         "args.json",
         {"mixers": mixers, "d_models": d_models, "settings": [c.__dict__ for c in cells], "lrs": lrs,

@@ -8,6 +8,7 @@ accuracy_by_position.png (one curve per group, the training length marked).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -37,17 +38,18 @@ def state(
     model: dict[str, Any] | None = None,
     train_len: int = 128,
     test_len: int = 512,
-    num_train: int = 100_000,
-    num_test: int = 2_000,
+    num_train: int | None = None,
+    num_test: int | None = None,
     lr: float = 1e-3,
     batch_size: int = 2048,
     epochs: int = 100,
-    weight_decay: float = 0.1,
+    weight_decay: float | None = None,
     run_minutes: float | None = None,
     quick: bool = False,
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    setup: str = "skein",
 ) -> dict[str, Any]:
     """Word problems on S3, S5, A5, Z60: train at train_len, accuracy per position up to test_len.
 
@@ -59,19 +61,26 @@ def state(
             vocab_size is set to the group's order.
         train_len: length of the training sequences.
         test_len: length of the test sequences.
-        num_train: training sequences per group.
-        num_test: test sequences per group.
+        num_train: training sequences per group (default 100,000; paper: 99,000 distinct).
+        num_test: test sequences per group (default 2,000; paper: 1,000).
         lr: peak learning rate (linear warmup, cosine decay).
         batch_size: sequences per step.
         epochs: passes over the training set.
-        weight_decay: AdamW weight decay of the matrices.
+        weight_decay: AdamW weight decay of the matrices (default 0.1; the paper setup's is 1e-6).
         run_minutes: training time budget of each run; its step count (and cosine schedule)
             shrinks to fit after a few timed steps.
         quick: a CPU-sized run of minutes (S3 and Z60, small data, few epochs).
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the data and of the initialisation.
         progress: show a progress bar.
+        setup: skein (the default: skein's model and training, per-position accuracy) or paper
+            (DeltaProduct's published setup point by point, sequence accuracy; train/eval/paper.py).
     """
+    if setup not in ("skein", "paper"):
+        raise ConfigError(f"--setup {setup!r}: skein or paper")
+    paper = setup == "paper"
+    num_train = num_train or (99_000 if paper else 100_000)
+    num_test = num_test or (1_000 if paper else 2_000)
     model = dict(model or {})
     arch = model.get("arch", "deltaproduct")
     if quick:
@@ -92,6 +101,20 @@ def state(
         spec = {"n_layer": DELTAPRODUCT_S3["n_layer"], "d_model": DELTAPRODUCT_S3["d_model"], **model}
     out = ResultsDir(results_path("state", output))
     dev = pick_device(device)
+    if paper:
+        from skein.train.eval.paper import state_paper, state_training
+
+        training = state_training(
+            lr, epochs, batch_size, max_seconds=None if run_minutes is None else 60 * run_minutes
+        )
+        if weight_decay is not None:
+            training = replace(training, weight_decay=weight_decay)
+        r = state_paper(
+            out, groups, model, train_len, test_len, num_train, num_test, training, dev, seed, progress
+        )
+        print(f"results: {out.path}")
+        return r
+    weight_decay = 0.1 if weight_decay is None else weight_decay
     out.json(
         "args.json",
         {"groups": groups, "model": spec, "train_len": train_len, "test_len": test_len,
