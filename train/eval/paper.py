@@ -271,7 +271,7 @@ def metrics(pred: Tensor, labels: Tensor, prefix_lengths: dict[str, int] | None 
     mask = labels != IGNORE
     right = (pred == labels) | ~mask
     out = {
-        "token_accuracy": float(((pred == labels) & mask).sum() / mask.sum().clamp_min(1)),
+        "token_accuracy": float(((pred == labels) & mask).sum().double() / mask.sum().clamp_min(1)),
         "sequence_accuracy": float(right.all(1).double().mean()),
     }
     for name, L in (prefix_lengths or {}).items():
