@@ -118,49 +118,12 @@ def score_pairs(
     out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
     for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="loglikelihood"):
         idx = order[b : b + batch_size]
-        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-        T = max(len(s) for s in seqs) - 1
-        x = torch.zeros(len(idx), T, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            x[r, : len(s) - 1] = torch.tensor(s[:-1])
-        logp = _log_probs(model, x, chunk_len, device, cast)
+        x, y = _padded([pairs[i][0] + pairs[i][1] for i in idx])
+        logp, hit = target_scores(model, x, y, chunk_len, device, cast)
         for r, i in enumerate(idx):
             ctx, cont = pairs[i]
-            out[i] = _sum_and_greedy(logp[r, len(ctx) - 1 : len(ctx) - 1 + len(cont)], cont)
-    return out
-
-
-@torch.inference_mode()
-def context_states(
-    model: CausalLM,
-    contexts: Sequence[tuple[int, ...]],
-    batch_size: int,
-    chunk_len: int,
-    device: torch.device,
-    cast: Any,
-    progress: bool = False,
-) -> dict[tuple[int, ...], tuple[State, Tensor]]:
-    """context -> (its batch-1 state after the last token, log-probabilities [V] of the next one),
-    for a model with a fixed-size state. A batch of contexts, longest first, runs together up to
-    the shortest one's end, where that one's state is taken; the others go on from their states,
-    so nothing ever reads padding."""
-    out: dict[tuple[int, ...], tuple[State, Tensor]] = {}
-    order = sorted(contexts, key=len, reverse=True)
-    for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="contexts"):
-        batch = order[b : b + batch_size]
-        x = torch.zeros(len(batch), len(batch[0]), dtype=torch.long)
-        for r, c in enumerate(batch):
-            x[r, : len(c)] = torch.tensor(c)
-        state, start, active = None, 0, len(batch)
-        for end in sorted({len(c) for c in batch}):
-            for s in range(start, end, chunk_len):
-                with cast:
-                    logits, state = model(x[:active, s : min(s + chunk_len, end)].to(device), state)
-            while active and len(batch[active - 1]) == end:
-                active -= 1
-                row = map_state(lambda t, r=active: t[r : r + 1].clone(), state)
-                out[batch[active]] = (row, F.log_softmax(logits[active, -1].float(), dim=-1).cpu())
-            state, start = map_state(lambda t, n=active: t[:n], state), end
+            span = slice(len(ctx) - 1, len(ctx) - 1 + len(cont))
+            out[i] = (float(logp[r, span].sum()), bool(hit[r, span].all()))
     return out
 
 
@@ -175,53 +138,96 @@ def score_shared(
     progress: bool = False,
 ) -> list[tuple[float, bool]]:
     """score_pairs for a model with a fixed-size state (has_fixed_state): each distinct context is
-    read once (context_states), its state and last log-probabilities kept; the continuations then
-    run in batches from the stacked states of their contexts."""
+    read once (a batch of them at a time, context_states), and the continuations of that batch run
+    from the stacked states of their contexts; then the states are dropped, so memory holds one
+    batch of states whatever the number of requests."""
     cast = cast if cast is not None else nullcontext()
-    contexts = list(dict.fromkeys(tuple(c) for c, _ in pairs))
-    ctx_state = context_states(model, contexts, batch_size, chunk_len, device, cast, progress)
-    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][1]))
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _) in enumerate(pairs):
+        by_context.setdefault(tuple(ctx), []).append(i)
+    contexts = sorted(by_context, key=len, reverse=True)
     out: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        firsts = torch.stack([ctx_state[tuple(pairs[i][0])][1] for i in idx])  # [B, V]
-        T = max(len(pairs[i][1]) for i in idx) - 1
-        rest = None
-        if T > 0:
-            x = torch.zeros(len(idx), T, dtype=torch.long)
+    for b in tqdm(range(0, len(contexts), batch_size), disable=not progress, desc="contexts"):
+        batch = contexts[b : b + batch_size]
+        states = context_states(model, batch, chunk_len, device, cast)
+        reqs = sorted((i for c in batch for i in by_context[c]), key=lambda i: -len(pairs[i][1]))
+        for c in range(0, len(reqs), batch_size):
+            idx = reqs[c : c + batch_size]
+            ctxs = [tuple(pairs[i][0]) for i in idx]
+            firsts = torch.stack([states[k][1] for k in ctxs])  # [B, V] log-probabilities on the device
+            heads = torch.tensor([pairs[i][1][0] for i in idx], device=firsts.device)
+            first_lp = firsts.gather(1, heads[:, None])[:, 0].double().cpu()
+            first_hit = (firsts.argmax(-1) == heads).cpu()
+            logp = hit = None
+            if max(len(pairs[i][1]) for i in idx) > 1:
+                x, y = _padded([pairs[i][1] for i in idx])
+                state = stack_states([states[k][0] for k in ctxs])
+                logp, hit = target_scores(model, x, y, chunk_len, device, cast, state)
             for r, i in enumerate(idx):
-                cont = pairs[i][1]
-                x[r, : len(cont) - 1] = torch.tensor(cont[:-1])
-            state = stack_states([ctx_state[tuple(pairs[i][0])][0] for i in idx])
-            rest = _log_probs(model, x, chunk_len, device, cast, state)
-        for r, i in enumerate(idx):
-            cont = pairs[i][1]
-            lp = (
-                firsts[r : r + 1]
-                if rest is None
-                else torch.cat([firsts[r : r + 1], rest[r, : len(cont) - 1]])
-            )
-            out[i] = _sum_and_greedy(lp, cont)
+                n = len(pairs[i][1]) - 1
+                rest_lp = float(logp[r, :n].sum()) if n else 0.0
+                rest_hit = bool(hit[r, :n].all()) if n else True
+                out[i] = (float(first_lp[r]) + rest_lp, bool(first_hit[r]) and rest_hit)
     return out
 
 
-def _log_probs(
-    model: CausalLM, x: Tensor, chunk_len: int, device: torch.device, cast: Any, state: State | None = None
-) -> Tensor:
-    """log_softmax of the logits, float32 on the CPU [B, T, V], for inputs x [B, T] fed in chunks."""
-    out = []
+def context_states(
+    model: CausalLM, batch: Sequence[tuple[int, ...]], chunk_len: int, device: torch.device, cast: Any
+) -> dict[tuple[int, ...], tuple[State, Tensor]]:
+    """context -> (its batch-1 state after its last token, log-probabilities [V] of the next token,
+    on the device), for contexts sorted longest first and a model with a fixed-size state. They
+    run together up to the shortest one's end, where that one's state is taken; the others go on
+    from their states, so nothing reads padding."""
+    out: dict[tuple[int, ...], tuple[State, Tensor]] = {}
+    x = torch.zeros(len(batch), len(batch[0]), dtype=torch.long)
+    for r, c in enumerate(batch):
+        x[r, : len(c)] = torch.tensor(c)
+    state, start, active = None, 0, len(batch)
+    for end in sorted({len(c) for c in batch}):
+        for s in range(start, end, chunk_len):
+            with cast:
+                logits, state = model(x[:active, s : min(s + chunk_len, end)].to(device), state)
+        while active and len(batch[active - 1]) == end:
+            active -= 1
+            row = map_state(lambda t, r=active: t[r : r + 1].clone(), state)
+            out[batch[active]] = (row, F.log_softmax(logits[active, -1].float(), dim=-1))
+        state, start = map_state(lambda t, n=active: t[:n], state), end
+    return out
+
+
+def _padded(seqs: Sequence[list[int]]) -> tuple[Tensor, Tensor]:
+    """(inputs, targets) [B, T]: each sequence without its last id, and without its first,
+    right-padded with 0 to the longest."""
+    T = max(len(q) for q in seqs) - 1
+    x = torch.zeros(len(seqs), T, dtype=torch.long)
+    y = torch.zeros(len(seqs), T, dtype=torch.long)
+    for r, q in enumerate(seqs):
+        x[r, : len(q) - 1] = torch.tensor(q[:-1])
+        y[r, : len(q) - 1] = torch.tensor(q[1:])
+    return x, y
+
+
+def target_scores(
+    model: CausalLM,
+    x: Tensor,
+    y: Tensor,
+    chunk_len: int,
+    device: torch.device,
+    cast: Any,
+    state: State | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(log p(y | inputs up to x) float64, y is the argmax bool), both [B, T] on the CPU, for
+    inputs x [B, T] fed chunk_len tokens at a time with the state carried; only these leave the
+    device, never the logits."""
+    lp, hit = [], []
     for s in range(0, x.shape[1], chunk_len):
         with cast:
             logits, state = model(x[:, s : s + chunk_len].to(device), state)
-        out.append(F.log_softmax(logits.float(), dim=-1).cpu())
-    return torch.cat(out, dim=1)
-
-
-def _sum_and_greedy(logp: Tensor, target: list[int]) -> tuple[float, bool]:
-    """logp [n, V] of n targets -> (sum of the targets' log-probabilities, all of them argmax)."""
-    t = torch.tensor(target)
-    picked = logp.gather(1, t[:, None])[:, 0].double()
-    return float(picked.sum()), bool((logp.argmax(-1) == t).all())
+        logits = logits.float()
+        yc = y[:, s : s + chunk_len].to(device)
+        lp.append((logits.gather(-1, yc[..., None])[..., 0] - logits.logsumexp(-1)).double().cpu())
+        hit.append((logits.argmax(-1) == yc).cpu())
+    return torch.cat(lp, dim=1), torch.cat(hit, dim=1)
 
 
 @register_model("skein")
