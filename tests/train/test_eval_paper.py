@@ -54,10 +54,12 @@ def test_state_model_is_the_published_one() -> None:
     assert c.vocab_size == 6 + 7 and c.d_ffn == 512  # group elements + 7 special tokens; MLP 512
     mixer = model.blocks[0].mixer
     assert not any(isinstance(m, nn.Conv1d) for m in mixer.modules()) and not hasattr(mixer, "g_proj")
-    for name in ("q_proj", "k_proj", "v_proj", "b_proj", "o_proj"):  # xavier-uniform, gain 2^-2.5
+    # xavier-uniform, gain 2^-2.5; k, v and beta: one published Linear per Householder step (n_h = 2)
+    for name, steps in (("q_proj", 1), ("k_proj", 2), ("v_proj", 2), ("b_proj", 2), ("o_proj", 1)):
         w = getattr(mixer, name).weight
-        fan_out, fan_in = w.shape
-        _uniform_bound_and_std(w, 2**-2.5 * math.sqrt(6 / (fan_in + fan_out)))
+        fan_out, fan_in = w.shape[0] // steps, w.shape[1]
+        for part in w.chunk(steps, dim=0):
+            _uniform_bound_and_std(part, 2**-2.5 * math.sqrt(6 / (fan_in + fan_out)))
     down = model.blocks[0].ffn.down.weight  # kaiming-uniform(a = sqrt 5) / sqrt(2 n_layer)
     _uniform_bound_and_std(down, 1 / math.sqrt(down.shape[1]) / math.sqrt(2))
     assert float(model.emb.weight.detach().std()) == pytest.approx(0.02, rel=0.1)

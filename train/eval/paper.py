@@ -139,13 +139,21 @@ def distinct_rows(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def init_state_model(model: nn.Module, n_layer: int) -> None:
-    """The published init over skein's: mixer projections xavier-uniform (gain 2^-2.5), the MLP's
+    """The published init over skein's: mixer projections xavier-uniform (gain 2^-2.5, per
+    Householder step for k, v and beta), the MLP's
     down projection kaiming-uniform(a = sqrt 5) / sqrt(2 n_layer); everything else as built
     (normal(0.02), norms 1)."""
     for block in model.blocks:
-        for module in block.mixer.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight, gain=XAVIER_GAIN)
+        n_h = block.mixer.cfg.n_householder
+        for name, module in block.mixer.named_modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            # the published k, v and beta projections are one Linear per Householder step, the
+            # rows of skein's (ordered (n_h, ...)): each slice gets its own xavier fan
+            parts = n_h if name in ("k_proj", "v_proj", "b_proj") else 1
+            with torch.no_grad():
+                for w in module.weight.chunk(parts, dim=0):
+                    nn.init.xavier_uniform_(w, gain=XAVIER_GAIN)
         down = block.ffn.down.weight
         nn.init.kaiming_uniform_(down, a=math.sqrt(5))
         with torch.no_grad():
