@@ -19,7 +19,7 @@ attention only) with dropout 0.1; two blocks, each residual += mixer(LayerNorm(r
 the identity "state mixer" adds LayerNorm(residual) to the residual; final LayerNorm; head tied
 to the embedding. Attention: one head, biased qkv and output projections, dropout 0.1 on the
 attention weights. Linear and embedding weights normal(0.02), biases 0, output projections
-normal(0.02 / sqrt(n_layer)) (skein's recurrent mixers keep their own init: zoology has none of
+normal(0.02 / sqrt(2 n_layer)) (skein's recurrent mixers keep their own init: zoology has none of
 them). float32; AdamW on every parameter (weight decay 0.1, betas (0.9, 0.999)), no warmup, no
 clipping, cosine to 0 stepped once per epoch over 64 epochs, stop after an epoch whose test
 accuracy exceeds 0.99; the lr sweep logspace(-4, -2, 4); the plotted number is the last epoch's
@@ -229,9 +229,9 @@ class ZoologyLM(nn.Module):
                     nn.init.normal_(module.weight, std=0.02)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
-        if self.attention:  # one residual per layer: the state mixer is the identity
+        if self.attention:  # zoology: std 0.02 / sqrt(2 n_layers) on every out_proj
             for m in self.mixers:
-                nn.init.normal_(m.out_proj.weight, std=0.02 / math.sqrt(n_layer))
+                nn.init.normal_(m.out_proj.weight, std=0.02 / math.sqrt(2 * n_layer))
 
     def forward(self, idx: Tensor) -> Tensor:
         x = self.emb(idx)
