@@ -376,7 +376,10 @@ def state_paper(
         tbl = group_table(g)
         order = tbl.shape[0]
         torch.manual_seed(seed)
-        net = _LogitsOnly(build_state_model(order, model))
+        try:
+            net = _LogitsOnly(build_state_model(order, model))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--model {model}: {e} (the paper setup is one DeltaProduct layer)") from e
         train = distinct_rows(*with_bos(*word_problems(tbl, num_train, train_len, seed), order))
         test = with_bos(*word_problems(tbl, num_test, test_len, seed + 1), order)
         lengths = {str(train_len): train_len + 1, str(test_len): test_len + 1}
