@@ -125,3 +125,20 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "is not empty" in err
     assert (tmp_path / "done" / "results.json").read_text() == "{}"
+
+
+def test_results_go_under_the_run_and_the_path_is_printed(
+    trained: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    run, val = trained
+    monkeypatch.chdir(tmp_path)
+    ckpt = latest_checkpoint(run)[0]
+    for expected in ("loss", "loss-2"):  # a second evaluation never touches the first one's results
+        main(["eval", "loss", str(ckpt), "--data", val, "--samples", "2", "--device", "cpu"])
+        assert capsys.readouterr().out.strip().splitlines()[-1] == f"results: {run / 'eval' / expected}"
+        assert (run / "eval" / expected / "results.json").is_file()
+    main(["eval", "state", "--quick", "true", "--groups+", "S3", "--epochs", "1", "--num_train", "64",
+          "--device", "cpu", "--progress", "false"])  # fmt: skip
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"results: {Path('runs/eval/state')}"
+    assert (tmp_path / "runs" / "eval" / "state" / "results.json").is_file()
+    assert not (tmp_path / "eval").exists()

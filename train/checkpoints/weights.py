@@ -68,13 +68,21 @@ class Source:
         return None
 
 
-def _run_config_near(path: Path) -> dict[str, Any] | None:
-    """config.yaml of the run directory holding `path` (a folder with checkpoints/ or snapshots/)."""
+def run_dir_of(path: str | Path) -> Path | None:
+    """The run directory holding `path`: itself or the nearest of its parents (up to RUN_DIR_DEPTH)
+    with a config.yaml beside checkpoints/ or snapshots/; None outside a run."""
+    path = Path(path)
     folder = path if path.is_dir() else path.parent
     for d in [folder, *folder.parents][: RUN_DIR_DEPTH + 1]:
         if (d / "config.yaml").is_file() and ((d / "checkpoints").is_dir() or (d / "snapshots").is_dir()):
-            return yaml.safe_load((d / "config.yaml").read_text())
+            return d
     return None
+
+
+def _run_config_near(path: Path) -> dict[str, Any] | None:
+    """config.yaml of the run directory holding `path` (a folder with checkpoints/ or snapshots/)."""
+    run = run_dir_of(path)
+    return yaml.safe_load((run / "config.yaml").read_text()) if run is not None else None
 
 
 def _embedded_config(ckpt: Path) -> dict[str, Any] | None:

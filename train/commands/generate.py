@@ -8,7 +8,7 @@ logits / temperature, softmax, nucleus (top-p) filter, one draw from a seeded ge
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -42,10 +42,11 @@ def sample_tokens(
     top_p: float,
     seed: int,
     banned: Sequence[int] = (),
+    stop: Callable[[list[int]], bool] | None = None,
 ) -> tuple[list[int], Tensor]:
-    """Generate max_tokens ids after prompt_ids, never one of `banned`. Returns the ids and the
-    logits [max_tokens, V] each was drawn from (the prompt's last position, then one RNN step per
-    token; banned ids at -inf)."""
+    """Generate max_tokens ids after prompt_ids, never one of `banned`, ending early once
+    `stop(ids so far)` is true. Returns the ids and the logits [len(ids), V] each was drawn from
+    (the prompt's last position, then one RNN step per token; banned ids at -inf)."""
     if not prompt_ids:
         raise ValueError("prompt_ids: at least one token is needed to start from")
     model.eval()
@@ -64,6 +65,8 @@ def sample_tokens(
         used.append(last)
         token = sample_next(last, temperature, top_p, generator)
         out.append(token)
+        if stop is not None and stop(out):
+            break
         if i + 1 < max_tokens:
             logits, state = model(torch.tensor([[token]], device=device), state)
     return out, torch.stack(used) if used else torch.empty(0, V)

@@ -4,8 +4,10 @@
     length  loss by position up to several times the training context, RNN-chunked
     mqar    multi-query associative recall sweep (Zoology)
     state   word problems on S3, S5, A5, Z60 (state tracking, DeltaProduct paper)
+    harness lm-evaluation-harness tasks (arc_easy, hellaswag, wikitext, local YAMLs) on any model
 
-Each writes a results directory (args.json, CSV, results.json, PNG) and prints a table.
+Each writes a results directory (args.json, CSV, results.json, PNG): --output, else under the
+evaluated run (<run>/eval/<suite>/), else runs/eval/<suite>/; it prints a table and the path.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ SUITES = {
     "length": "skein.train.eval.length:length",
     "mqar": "skein.train.eval.mqar:mqar",
     "state": "skein.train.eval.state:state",
+    "harness": "skein.train.eval.harness:harness",
 }
 
 

@@ -69,3 +69,8 @@ def token_bytes(tok: Tokenizer, vocab_size: int) -> torch.Tensor:
             if i != tok.eod_id:
                 out[i] = len(tok.decode([i]).encode("utf-8"))
     return out
+
+
+def zoology_batch_size(seq_len: int) -> int:
+    """Zoology's MQAR batch size: 512 up to length 128, 256 at 256, 128 beyond."""
+    return 512 if seq_len <= 128 else 256 if seq_len <= 256 else 128

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from skein.rwkv.models import CausalLM
 from skein.train.eval.common import autocast, held_out, load, pick_device, run_ctx_len
-from skein.train.eval.output import ResultsDir, table
+from skein.train.eval.output import ResultsDir, results_path, table
 from skein.train.typed import ConfigError
 
 
@@ -49,7 +49,7 @@ def length(
     chunk_len: int | None = None,
     samples: int = 16,
     micro_bsz: int = 4,
-    output: str = "eval/length",
+    output: str | None = None,
     quick: bool = False,
     device: str = "auto",
     seed: int = 0,
@@ -65,7 +65,8 @@ def length(
         chunk_len: tokens per forward pass (default: ctx_len).
         samples: number of held-out sequences.
         micro_bsz: sequences per forward pass.
-        output: results directory (new or empty).
+        output: results directory (new or empty; default <run>/eval/length of the first model,
+            or runs/eval/length).
         quick: at most 4 sequences.
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the held-out sample order.
@@ -79,7 +80,7 @@ def length(
         raise ConfigError(f"--factor must be >= 1, got {factor}")
     dev = pick_device(device)
     samples = min(samples, 4) if quick else samples
-    out = ResultsDir(output)
+    out = ResultsDir(results_path("length", output, models[0]))
     names, rows, windows, ds = _names(models), [], {}, None
     for path, name in zip(models, names):
         src = load(path, dev)
@@ -111,6 +112,7 @@ def length(
     out.json("results.json", results)
     keys = list(next(iter(windows.values())))
     print(table(["model", *keys], [[n, *w.values()] for n, w in windows.items()]))
+    print(f"results: {out.path}")
     return results
 
 

@@ -9,15 +9,8 @@ from typing import Any
 
 from skein.data.tokenizer import load_tokenizer
 from skein.train.config import TrainerSection
-from skein.train.eval.common import (
-    autocast,
-    held_out,
-    load,
-    pick_device,
-    run_ctx_len,
-    token_bytes,
-)
-from skein.train.eval.output import ResultsDir, table
+from skein.train.eval.common import autocast, held_out, load, pick_device, run_ctx_len, token_bytes
+from skein.train.eval.output import ResultsDir, results_path, table
 from skein.train.loop.evaluation import ValidationLoss
 from skein.train.typed import ConfigError
 
@@ -29,7 +22,7 @@ def loss(
     samples: int = 256,
     micro_bsz: int = 8,
     tokenizer: str | None = None,
-    output: str = "eval/loss",
+    output: str | None = None,
     quick: bool = False,
     device: str = "auto",
     seed: int = 0,
@@ -43,7 +36,8 @@ def loss(
         samples: number of samples (the first ones of the held-out stream, as in training).
         micro_bsz: samples per forward pass.
         tokenizer: tokenizer spec for the byte count (default: the one recorded with the run).
-        output: results directory (new or empty).
+        output: results directory (new or empty; default <run>/eval/loss, or runs/eval/loss
+            for weights outside a run).
         quick: at most 8 samples.
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the held-out sample order (the run's seed reproduces its eval numbers).
@@ -60,7 +54,7 @@ def loss(
         raise ConfigError(
             f"--model {model}: no tokenizer recorded; pass --tokenizer (byte, hf:<file>, rwkv_world)"
         )
-    out = ResultsDir(output)
+    out = ResultsDir(results_path("loss", output, model))
     # the fused chunked head, as training runs it by default: no logits of the whole batch
     chunk = TrainerSection.loss_chunk_tokens
     evaluator = ValidationLoss(held_out(data, ctx_len, seed), samples, micro_bsz, chunk_tokens=chunk)
@@ -88,4 +82,5 @@ def loss(
     out.json("results.json", results)
     print(table(["model", "loss", "perplexity", "bits_per_byte"],
                 [[src.path, nats, results["perplexity"], results["bits_per_byte"]]]))  # fmt: skip
+    print(f"results: {out.path}")
     return results

@@ -109,3 +109,14 @@ class MixerLM(nn.Module):
 def num_params(model: nn.Module) -> int:
     """Parameter count of a model."""
     return sum(p.numel() for p in model.parameters())
+
+
+class LogitsOnly(nn.Module):
+    """A skein CausalLM as idx -> logits (the state is dropped)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.model(idx)[0]

@@ -16,19 +16,14 @@ from typing import Any
 import torch
 
 from skein.data.mqar import MQARSetting, mqar_splits
-from skein.train.eval.common import pick_device
+from skein.train.eval.common import pick_device, zoology_batch_size
 from skein.train.eval.fit import FitConfig, fit
 from skein.train.eval.models import MixerLM, mixer_spec, num_params
-from skein.train.eval.output import ResultsDir, table
+from skein.train.eval.output import ResultsDir, results_path, table
 from skein.train.eval.state_size import state_size
 from skein.train.typed import ConfigError
 
 ZOOLOGY_SETTINGS = ["64:4", "128:8", "256:16", "512:64"]
-
-
-def zoology_batch_size(seq_len: int) -> int:
-    """512 up to length 128, 256 at 256, 128 beyond."""
-    return 512 if seq_len <= 128 else 256 if seq_len <= 256 else 128
 
 
 def parse_settings(settings: list[str], vocab_size: int) -> list[MQARSetting]:
@@ -45,7 +40,7 @@ def parse_settings(settings: list[str], vocab_size: int) -> list[MQARSetting]:
 
 
 def mqar(
-    output: str = "eval/mqar",
+    output: str | None = None,
     mixers: list[str] | None = None,
     d_models: list[int] | None = None,
     settings: list[str] | None = None,
@@ -63,11 +58,12 @@ def mqar(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    setup: str = "skein",
 ) -> dict[str, Any]:
     """Multi-query associative recall sweep: accuracy per mixer, d_model and setting at the best lr.
 
     Args:
-        output: results directory (new or empty).
+        output: results directory (new or empty; default runs/eval/mqar).
         mixers: rwkv7, deltanet or attention, each optionally with the shared short convolution
             as `_conv4` (default: rwkv7 rwkv7_conv4 deltanet attention).
         d_models: model widths (default 64 128 256 512).
@@ -87,7 +83,14 @@ def mqar(
         device: auto (CUDA when present), cpu, cuda, cuda:1, ...
         seed: seed of the data and of the initialisation.
         progress: show a progress bar.
+        setup: skein (the default: skein's mixer-only models, warmup, clipping, best epoch) or
+            paper (zoology's figure-2 backbone and training point by point, the final epoch's
+            accuracy; train/eval/paper.py).
     """
+    if setup not in ("skein", "paper"):
+        raise ConfigError(f"--setup {setup!r}: skein or paper")
+    if setup == "paper":  # figure 2 has no shared short convolution
+        mixers = mixers or ["attention", "rwkv7", "deltanet"]
     if quick:
         mixers = mixers or ["rwkv7", "rwkv7_conv4", "deltanet", "attention"]
         d_models, settings = d_models or [32], settings or ["32:4"]
@@ -103,8 +106,15 @@ def mqar(
     d_models = d_models or [64, 128, 256, 512]
     lrs = lrs or [10 ** (-4 + 2 * i / 3) for i in range(4)]
     cells = parse_settings(settings or ZOOLOGY_SETTINGS, vocab_size)
-    out = ResultsDir(output)
+    out = ResultsDir(results_path("mqar", output))
     dev = pick_device(device)
+    if setup == "paper":
+        from skein.train.eval.paper import mqar_paper
+
+        r = mqar_paper(out, mixers, d_models, cells, lrs, n_layer, num_train, num_test, epochs, batch_size,
+                       None if run_minutes is None else 60 * run_minutes, dev, seed, progress)  # fmt: skip
+        print(f"results: {out.path}")
+        return r
     out.json(
         "args.json",
         {"mixers": mixers, "d_models": d_models, "settings": [c.__dict__ for c in cells], "lrs": lrs,
@@ -162,6 +172,7 @@ def mqar(
     print(table(["mixer", "d_model", "state_size", "cells", "mean_accuracy"], summary))
     if skipped:
         print(f"skipped {len(skipped)} runs (max_minutes={max_minutes}): first {skipped[0]}")
+    print(f"results: {out.path}")
     return results
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from skein.train.checkpoints.weights import run_dir_of
 from skein.train.typed import ConfigError
 
 
@@ -66,3 +67,22 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+RUNLESS_ROOT = Path("runs") / "eval"
+"""Where the suites that evaluate no run (mqar, state) write by default: runs/eval/<suite>/."""
+
+
+def results_path(suite: str, output: str | None, model: str | Path | None = None) -> Path:
+    """--output when given; else <run>/eval/<suite> for a model inside a run directory, else
+    runs/eval/<suite>. A default that already holds results gets the next free -2, -3, ... so
+    nothing saved before is touched."""
+    if output:
+        return Path(output)
+    run = run_dir_of(model) if model is not None else None
+    base = (run / "eval" if run is not None else RUNLESS_ROOT) / suite
+    path, n = base, 1
+    while path.is_dir() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path

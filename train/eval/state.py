@@ -8,6 +8,7 @@ accuracy_by_position.png (one curve per group, the training length marked).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -16,7 +17,8 @@ from skein.data.groups import GROUPS, group_table, word_problems
 from skein.rwkv.models import build_model, model_config_from_dict
 from skein.train.eval.common import pick_device
 from skein.train.eval.fit import FitConfig, accuracy, fit
-from skein.train.eval.output import ResultsDir, table
+from skein.train.eval.models import LogitsOnly
+from skein.train.eval.output import ResultsDir, results_path, table
 from skein.train.typed import ConfigError
 
 DELTAPRODUCT_S3 = {
@@ -32,46 +34,54 @@ DELTAPRODUCT_S3 = {
 
 
 def state(
-    output: str = "eval/state",
+    output: str | None = None,
     groups: list[str] | None = None,
     model: dict[str, Any] | None = None,
     train_len: int = 128,
     test_len: int = 512,
-    num_train: int = 100_000,
-    num_test: int = 2_000,
+    num_train: int | None = None,
+    num_test: int | None = None,
     lr: float = 1e-3,
     batch_size: int = 2048,
     epochs: int = 100,
-    weight_decay: float = 0.1,
+    weight_decay: float | None = None,
     run_minutes: float | None = None,
     quick: bool = False,
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    setup: str = "skein",
 ) -> dict[str, Any]:
     """Word problems on S3, S5, A5, Z60: train at train_len, accuracy per position up to test_len.
 
     Args:
-        output: results directory (new or empty).
+        output: results directory (new or empty; default runs/eval/state).
         groups: any of S3, S5, A5, Z60 (default: all four).
         model: model config keys over the default (one DeltaProduct layer, 8 heads, n_h = 2,
             negative eigenvalues); with another `arch`, only n_layer and d_model are kept from it.
             vocab_size is set to the group's order.
         train_len: length of the training sequences.
         test_len: length of the test sequences.
-        num_train: training sequences per group.
-        num_test: test sequences per group.
+        num_train: training sequences per group (default 100,000; paper: 99,000 distinct).
+        num_test: test sequences per group (default 2,000; paper: 1,000).
         lr: peak learning rate (linear warmup, cosine decay).
         batch_size: sequences per step.
         epochs: passes over the training set.
-        weight_decay: AdamW weight decay of the matrices.
+        weight_decay: AdamW weight decay of the matrices (default 0.1; the paper setup's is 1e-6).
         run_minutes: training time budget of each run; its step count (and cosine schedule)
             shrinks to fit after a few timed steps.
         quick: a CPU-sized run of minutes (S3 and Z60, small data, few epochs).
         device: auto (CUDA when present), cpu, cuda, ...
         seed: seed of the data and of the initialisation.
         progress: show a progress bar.
+        setup: skein (the default: skein's model and training, per-position accuracy) or paper
+            (DeltaProduct's published setup point by point, sequence accuracy; train/eval/paper.py).
     """
+    if setup not in ("skein", "paper"):
+        raise ConfigError(f"--setup {setup!r}: skein or paper")
+    paper = setup == "paper"
+    num_train = num_train or (99_000 if paper else 100_000)
+    num_test = num_test or (1_000 if paper else 2_000)
     model = dict(model or {})
     arch = model.get("arch", DELTAPRODUCT_S3["arch"])
     if quick:
@@ -90,8 +100,22 @@ def state(
         spec = {**DELTAPRODUCT_S3, **model}
     else:  # another architecture keeps only the size of the default
         spec = {"n_layer": DELTAPRODUCT_S3["n_layer"], "d_model": DELTAPRODUCT_S3["d_model"], **model}
-    out = ResultsDir(output)
+    out = ResultsDir(results_path("state", output))
     dev = pick_device(device)
+    if paper:
+        from skein.train.eval.paper import state_paper, state_training
+
+        training = state_training(
+            lr, epochs, batch_size, max_seconds=None if run_minutes is None else 60 * run_minutes
+        )
+        if weight_decay is not None:
+            training = replace(training, weight_decay=weight_decay)
+        r = state_paper(
+            out, groups, model, train_len, test_len, num_train, num_test, training, dev, seed, progress
+        )
+        print(f"results: {out.path}")
+        return r
+    weight_decay = 0.1 if weight_decay is None else weight_decay
     out.json(
         "args.json",
         {"groups": groups, "model": spec, "train_len": train_len, "test_len": test_len,
@@ -107,7 +131,7 @@ def state(
             raise ConfigError(f"--model: {e}") from e
         torch.manual_seed(seed)
         net = build_model(cfg)
-        lm = _LogitsOnly(net)
+        lm = LogitsOnly(net)
         train = word_problems(tbl, num_train, train_len, seed)
         test = word_problems(tbl, num_test, test_len, seed + 1)
         fit_cfg = FitConfig(
@@ -145,18 +169,8 @@ def state(
     header = ["group", "order", "acc<=train_len", "acc>train_len", "acc@test_len"]
     print(table(header, [[g, v["order"], v["accuracy_within_train_len"], v["accuracy_beyond_train_len"],
                           v["accuracy_at_test_len"]] for g, v in per_group.items()]))  # fmt: skip
+    print(f"results: {out.path}")
     return results
-
-
-class _LogitsOnly(torch.nn.Module):
-    """A skein CausalLM as idx -> logits (the state is dropped)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model(idx)[0]
 
 
 def plot(rows: list[list[Any]], train_len: int):
