@@ -9,7 +9,7 @@ import torch
 
 from skein.data.dataset import PretrainDataset
 from skein.data.tokenizer import ByteTokenizer, RwkvWorldTokenizer, Tokenizer
-from skein.train.commands.export import Source, load_source
+from skein.train.checkpoints.weights import Source, load_source
 from skein.train.parallel.execution import inference_execution
 from skein.train.typed import ConfigError
 

@@ -175,7 +175,7 @@ def resolve_execution(tc: TrainerSection, validate: bool = True) -> Execution:
         num_nodes=tc.num_nodes,
         zero_stage=tc.zero_stage if sharded else 0,
         offload_optimizer=tc.offload_optimizer and sharded,
-        compile=use_gpu(tc) if tc.compile == "auto" else tc.compile,
+        compile=resolve_compile(tc),
     )
 
 
