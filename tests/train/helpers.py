@@ -98,3 +98,17 @@ def metric_rows(out_dir: Path) -> list[dict[str, str]]:
     """metrics.csv as written, one dict per row, repeats included (unlike `losses`)."""
     with open(out_dir / "metrics.csv") as f:
         return list(csv.DictReader(f))
+
+
+def cli_error(args: list[str], capsys) -> str:
+    """Run the `skein` CLI in-process, expect exit status 2 and return its one-line stderr."""
+    import pytest
+
+    from skein.train.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err

@@ -14,17 +14,7 @@ import pytest
 import yaml
 
 from skein.train.cli import main
-from tests.train.helpers import tiny_run, write_config
-
-
-def _error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run the CLI, expect exit status 2 and return its one-line stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
+from tests.train.helpers import cli_error, tiny_run, write_config
 
 
 def _count(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -93,19 +83,19 @@ def test_missing_shard_fails_in_one_line_and_writes_nothing(
 ) -> None:
     run = tmp_path / "run"
     path = write_config(tiny_run(str(tmp_path / "nope"), run, log={"wandb": "offline"}), tmp_path / "c.yaml")
-    err = _error(["train", str(path)], capsys)
+    err = cli_error(["train", str(path)], capsys)
     assert err.startswith("skein train: error: data.train[0]=") and "skein prepare" in err
     assert not run.exists()
 
 
 def test_bad_stage_lr_is_refused_at_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml")
-    err = _error(["train", str(path), "stages.0.lr_init=-3e-3", "--print_config"], capsys)
+    err = cli_error(["train", str(path), "stages.0.lr_init=-3e-3", "--print_config"], capsys)
     assert err == (
         "skein train: error: command-line override stages.0.lr_init=-3e-3: stages[0].lr_init=-0.003 must lie "
         "in (0, 1), e.g. 3e-4"
     )
-    err = _error(["params", str(path), "stages.0.lr_final=0.5"], capsys)
+    err = cli_error(["params", str(path), "stages.0.lr_final=0.5"], capsys)
     assert "stages[0]: lr_final=0.5 exceeds lr_init=0.003" in err
 
 
@@ -116,7 +106,7 @@ def test_a_config_that_cannot_run_here_says_everything_at_once(
     trainer = {"accelerator": "gpu", "strategy": "deepspeed", "precision": "bf16-mixed", "devices": 1}
     run = tmp_path / "run"
     path = write_config(tiny_run(corpus, run, trainer=trainer), tmp_path / "c.yaml")
-    err = _error(["train", str(path)], capsys)
+    err = cli_error(["train", str(path)], capsys)
     assert "change 3 things" in err
     for key in ("trainer.accelerator=auto", "trainer.strategy=auto", "trainer.precision=auto"):
         assert key in err
@@ -151,7 +141,7 @@ def test_finished_run_damaged_files_and_the_closing_sentence(
         weights = c / "model.ckpt"
         data = weights.read_bytes()
         weights.write_bytes(data[: len(data) // 3])
-    err = _error(["train", path], capsys)
+    err = cli_error(["train", path], capsys)
     assert "model.ckpt" in err and ("damaged" in err or "checksum" in err)
     with pytest.raises((RuntimeError, ValueError)) as raised:
         main(["--debug", "train", path])
@@ -213,7 +203,7 @@ def test_import_writes_a_ready_finetune_recipe(
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"] == {**model.config.to_dict(), "arch": "rwkv7"}
     assert printed["stages"][0]["tokens"] == 500_000 and printed["data"]["tokenizer"] == "byte"
-    err = _error(["train", str(recipe)], capsys)  # the recipe names no data yet, and says so
+    err = cli_error(["train", str(recipe)], capsys)  # the recipe names no data yet, and says so
     assert "data.train: no binidx prefixes given" in err
 
 
@@ -233,7 +223,7 @@ def test_quiet_by_default_verbose_on_request(corpus: str, tmp_path: Path) -> Non
     assert res.returncode == 0 and "GPU available" in res.stdout + res.stderr
 
 
-def _load_error(path: Path) -> BaseException:
+def _loadcli_error(path: Path) -> BaseException:
     import torch
 
     try:
@@ -256,6 +246,6 @@ def test_damaged_weight_files_are_named_in_one_line(tmp_path: Path) -> None:
     legacy.write_bytes(legacy.read_bytes()[:200])
     noise.write_bytes(random.Random(5).randbytes(4096))
     for path in (zipped, legacy, noise):
-        message = explain(_load_error(path))
+        message = explain(_loadcli_error(path))
         assert message is not None and message.startswith(f"{path}: damaged or truncated"), message
         assert "\n" not in message

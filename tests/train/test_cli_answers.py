@@ -19,18 +19,9 @@ import pytest
 
 from skein.train.cli import main
 from skein.train.typed import ConfigError
-from tests.train.helpers import tiny_run, write_config
+from tests.train.helpers import cli_error, tiny_run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_a_missing_config_names_its_near_matches(
@@ -38,14 +29,14 @@ def test_a_missing_config_names_its_near_matches(
 ) -> None:
     shutil.copytree(ROOT / "configs" / "rwkv7", tmp_path / "configs" / "rwkv7")
     monkeypatch.chdir(tmp_path)
-    err = _error(["params", "configs/rwkv7/0.1B.yaml"], capsys)
+    err = cli_error(["params", "configs/rwkv7/0.1B.yaml"], capsys)
     assert err == (
         "skein params: error: config file configs/rwkv7/0.1B.yaml does not exist; "
         "did you mean configs/rwkv7/0.1b.yaml?"
     )
-    err = _error(["train", "configs/rwkv/1.5b.yaml"], capsys)
+    err = cli_error(["train", "configs/rwkv/1.5b.yaml"], capsys)
     assert "configs/rwkv/1.5b.yaml does not exist; did you mean configs/rwkv7/1.5b.yaml" in err
-    err = _error(["train", "configs/nothing-like-it/run.yaml"], capsys)
+    err = cli_error(["train", "configs/nothing-like-it/run.yaml"], capsys)
     assert err.endswith("config file configs/nothing-like-it/run.yaml does not exist")
 
 
@@ -53,12 +44,12 @@ def test_an_override_error_names_the_command_line_not_the_yaml(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = str(write_config(tiny_run("c", tmp_path), tmp_path / "c.yaml"))
-    err = _error(["train", path, "optim.lr_intt=1"], capsys)
+    err = cli_error(["train", path, "optim.lr_intt=1"], capsys)
     assert err == (
         "skein train: error: command-line override optim.lr_intt=1: optim.lr_intt: unknown key "
         "(did you mean 'lr_init'?)"
     )
-    err = _error(["params", path, "--stages.0.micro_bsz", "four"], capsys)
+    err = cli_error(["params", path, "--stages.0.micro_bsz", "four"], capsys)
     assert err.endswith(
         "command-line override stages.0.micro_bsz=four: stages[0].micro_bsz: expected an integer, got 'four'"
     )
@@ -66,7 +57,7 @@ def test_an_override_error_names_the_command_line_not_the_yaml(
     cfg = tiny_run("c", tmp_path)
     cfg["optim"]["lr_intt"] = 1
     bad = str(write_config(cfg, tmp_path / "bad.yaml"))
-    err = _error(["train", bad, "optim.lr_init=0.002"], capsys)
+    err = cli_error(["train", bad, "optim.lr_init=0.002"], capsys)
     assert err == f"skein train: error: {bad}: optim.lr_intt: unknown key (did you mean 'lr_init'?)"
 
 
@@ -75,7 +66,7 @@ def test_the_readme_tokenizer_line_says_where_the_file_comes_from(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corpus.jsonl").write_text('{"text": "def main(): pass"}\n')
-    err = _error(
+    err = cli_error(
         [
             "prepare",
             "--inputs",
