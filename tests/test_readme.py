@@ -9,6 +9,7 @@ from pathlib import Path
 
 from skein.data.prepare import prepare
 from skein.train.config import load_config
+from skein.train.plan import stage_plans
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def test_the_demo_sentence_states_what_the_demo_config_plans() -> None:
     text = " ".join((ROOT / "README.md").read_text().split())
     m = re.search(r"The demo trains (\d+) steps of ([\d,]+) byte tokens \(([\d.]+) M in all", text)
     assert m is not None, "the README's demo sentence names steps, tokens per step and tokens in all"
-    (plan,) = cfg.plans
+    (plan,) = stage_plans(cfg)
     assert int(m.group(1)) == plan.steps and int(m.group(2).replace(",", "")) == plan.tokens_per_step
     assert float(m.group(3)) == round(plan.total_tokens / 1e6, 1)
     timing = re.search(r"Measured in a fresh clone on 2 idle cores, the steps take (\d+)-(\d+) s", text)

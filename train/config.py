@@ -333,6 +333,8 @@ class RunConfig:
             raise ConfigError("stages: at least one stage is needed")
         for i, stage in enumerate(self.stages):
             if stage.segmented and not self.model.recurrent:
+                from skein.rwkv.models import ModelConfig  # imports torch: only for this message
+
                 recurrent = [arch for arch, c in ModelConfig.variants().items() if c.recurrent]
                 raise ConfigError(
                     f"stages[{i}].segment_len={stage.segment_len}: model.arch={self.model.arch} carries "
