@@ -13,6 +13,15 @@ from pathlib import Path
 
 import yaml
 
+ROOT = Path(__file__).resolve().parents[2]
+EVAL_TASKS = ROOT / "configs" / "eval"
+"""lm-evaluation-harness task files (`skein eval harness --include_path`), not run configs."""
+
+
+def run_configs() -> list[Path]:
+    """Every run config the repository ships (configs/**/*.yaml but the eval task files)."""
+    return sorted(p for p in (ROOT / "configs").rglob("*.yaml") if EVAL_TASKS not in p.parents)
+
 
 def tiny_run(corpus: str, out_dir: Path, arch: str = "llama", **sections) -> dict:
     """A run config dict for a tiny model on `corpus`; `sections` replace or extend the defaults."""

@@ -19,7 +19,7 @@ import pytest
 
 from skein.train.cli import main
 from skein.train.typed import ConfigError
-from tests.train.helpers import cli_error, tiny_run, write_config
+from tests.train.helpers import cli_error, run_configs, tiny_run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,9 +175,7 @@ def test_the_first_check_reads_the_model_fields_the_classes_have() -> None:
         assert {k: v for k, v in declared.items() if v is not None} == {k: hints[k] for k in declared}, arch
 
 
-@pytest.mark.parametrize(
-    "config", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
-)
+@pytest.mark.parametrize("config", [str(p.relative_to(ROOT)) for p in run_configs()])
 def test_the_first_check_agrees_with_load_config(config: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every shipped config passes it; a wrong value for a random model or trainer key is refused
     by it with the message load_config gives."""

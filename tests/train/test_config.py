@@ -11,10 +11,10 @@ from skein.train.cli import main
 from skein.train.config import ConfigError, load_config
 from skein.train.loop.trainer import build_training_model
 from skein.train.parallel.execution import resolve_compile
-from tests.train.helpers import tiny_run, write_config
+from tests.train.helpers import run_configs, tiny_run, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted((ROOT / "configs").rglob("*.yaml"))
+RECIPES = run_configs()
 
 
 def test_recipes_exist() -> None:
