@@ -170,7 +170,8 @@ def bench_kernels(
     shape = BenchShape(B, T, H, K, getattr(torch, dtype), n_h)
     cases = [c for c in REGISTRY.values() if peers or not c.peer]
     if peers:
-        cases[2:2] = peer_cases(rwkv_lm_cuda, wind_rwkv)
+        end_of_rwkv7 = max(i for i, c in enumerate(cases) if c.op == "rwkv7") + 1
+        cases[end_of_rwkv7:end_of_rwkv7] = peer_cases(rwkv_lm_cuda, wind_rwkv)
     cases = [c for c in cases if c.op in wanted]
     torch.manual_seed(0)
     print(f"{torch.cuda.get_device_name()}  B={B} T={T} H={H} K={K} {dtype} n_h={n_h}")

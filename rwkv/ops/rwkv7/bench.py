@@ -59,15 +59,19 @@ def rwkv7_runner(
     return Runner(runner.fwd, runner.fwd_bwd, runner.floor_fwd, runner.floor_fwd_bwd, lambda: check(run))
 
 
-def _skein_rwkv7(s: BenchShape, bwd_kernel: str = "triton") -> Runner:
+def _skein_rwkv7(s: BenchShape, bwd_kernel: str = "triton", dots: str = "auto") -> Runner:
     from skein.rwkv.ops.rwkv7.chunk import Rwkv7Launch, chunk_rwkv7
 
-    launch = Rwkv7Launch(bwd_kernel=bwd_kernel)
+    launch = Rwkv7Launch(bwd_kernel=bwd_kernel, dots=dots)
     return rwkv7_runner(_named_inputs(s), lambda **kw: [chunk_rwkv7(**kw, launch=launch)[0]])
 
 
 def _skein_rwkv7_cuda_bwd(s: BenchShape) -> Runner:
     return _skein_rwkv7(s, "cuda")
+
+
+def _skein_rwkv7_bf16_dots(s: BenchShape) -> Runner:
+    return _skein_rwkv7(s, dots="bf16")
 
 
 def _fla_rwkv7(s: BenchShape) -> Runner:
@@ -118,5 +122,6 @@ def peer_cases(rwkv_lm_cuda: str | None, wind_rwkv: str | None) -> list[BenchCas
 CASES = (
     BenchCase("skein chunk_rwkv7", "rwkv7", _skein_rwkv7),
     BenchCase("skein chunk_rwkv7, CUDA backward", "rwkv7", _skein_rwkv7_cuda_bwd),
+    BenchCase("skein chunk_rwkv7, bf16 tile products", "rwkv7", _skein_rwkv7_bf16_dots),
     BenchCase("fla chunk_rwkv7", "rwkv7", _fla_rwkv7, peer=True),
 )
