@@ -373,13 +373,14 @@ _BWD_SCHEMA = (
 
 
 @torch.library.custom_op("skein::rwkv7_fwd", mutates_args=(), schema=_FWD_SCHEMA)
-def rwkv7_fwd(r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, save_u, *bwd_launch):
+def rwkv7_fwd(
+    r, w, k, v, a, b, state, scale, chunk, block_v, num_warps, save, save_u,
+    bwd_block_v, bwd_atomic, bwd_two_pass, bwd_warps, bwd_stages, cuda_config, dots="auto",
+):  # fmt: skip
     """o [B, T, H, V], the final state [B, H, K, V] (fp32), when `save` the chunk-start states
     [B * H, NT, K, V] and when `save_u` every u_t = S_{t-1}^T a_t [B, T, H, V] (fp32; else empty
-    tensors). `bwd_launch` (V block, atomic reduction, two passes, warps, stages, CUDA config and
-    the tile products' operands, Rwkv7Launch.dots) is kept for the backward; `save_u` picks the
-    CUDA backward."""
-    dots = bwd_launch[6] if len(bwd_launch) > 6 else "auto"
+    tensors). The bwd_* arguments and `cuda_config` are kept for the backward (setup_context),
+    `dots` (Rwkv7Launch.dots) serves both passes; `save_u` picks the CUDA backward."""
     B, T, H, K = r.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, chunk)
