@@ -7,6 +7,7 @@ kernel's own decay parametrization."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,7 @@ def rwkv7_runner(
         return t[:1, :, :4]
 
     check = Float64Check(reference, inputs, cut, cut)
-    runner = autograd_runner(lambda: run(**inputs), list(inputs.values()))
-    return Runner(runner.fwd, runner.fwd_bwd, runner.floor_fwd, runner.floor_fwd_bwd, lambda: check(run))
+    return replace(autograd_runner(lambda: run(**inputs), list(inputs.values())), accuracy=lambda: check(run))
 
 
 def _skein_rwkv7(s: BenchShape, bwd_kernel: str = "triton", dots: str = "auto") -> Runner:
