@@ -262,49 +262,59 @@ def _flags(flags: dict[str, Any]) -> list[str]:
     return out
 
 
+def _rwkv_lm_model_and_data(
+    recipe: dict[str, Any], shard: str, prime: int, proj_dir: Path, kernel: str
+) -> dict[str, Any]:
+    """The flags both demo scripts give train.py alike: the model, the data and the engine."""
+    m, st = recipe["model"], recipe["stages"][0]
+    return {
+        "wandb": "",
+        "proj_dir": proj_dir,
+        "my_testing": "x070",
+        "ctx_len": st["ctx_len"],
+        "epoch_begin": 0,
+        "data_file": shard,
+        "data_type": "binidx",
+        "magic_prime": prime,
+        "vocab_size": m["vocab_size"],
+        "n_layer": m["n_layer"],
+        "n_embd": m["d_model"],
+        "head_size": m["head_size"],
+        "kernel": kernel,
+        "num_nodes": 1,
+        "devices": 1,
+        "precision": "bf16",
+        "strategy": "deepspeed_stage_2",
+    }
+
+
 def rwkv_lm_args(
     recipe: dict[str, Any], shard: str, steps: int, prime: int, proj_dir: Path, kernel: str
 ) -> list[str]:
     """RWKV-LM train.py flags of its demo run (demo-training-run.sh) with the recipe's numbers: one
     call of `steps` steps (--my_exit_tokens = steps * tokens per step) from the rwkv-init.pth in
     proj_dir (--train_stage 3 --load_model 0, as the demo)."""
-    m, o, st = recipe["model"], recipe["optim"], recipe["stages"][0]
+    o, st = recipe["optim"], recipe["stages"][0]
     tps = st["ctx_len"] * st["micro_bsz"]
     return _flags(
         {
+            **_rwkv_lm_model_and_data(recipe, shard, prime, proj_dir, kernel),
             "load_model": "0",
-            "wandb": "",
-            "proj_dir": proj_dir,
-            "my_testing": "x070",
-            "ctx_len": st["ctx_len"],
             "train_stage": 3,
             "epoch_count": 999999,
-            "epoch_begin": 0,
-            "data_file": shard,
             "my_exit_tokens": steps * tps,
-            "magic_prime": prime,
-            "num_nodes": 1,
             "micro_bsz": st["micro_bsz"],
-            "n_layer": m["n_layer"],
-            "n_embd": m["d_model"],
-            "kernel": kernel,
             "lr_init": o["lr_init"],
             "lr_final": o["lr_final"],
             "warmup_steps": recipe["schedule"]["warmup_tokens"] // tps,
             "beta1": o["betas"][0],
             "beta2": o["betas"][1],
             "adam_eps": o["eps"],
-            "data_type": "binidx",
-            "vocab_size": m["vocab_size"],
             "weight_decay": o["weight_decay"],
             "epoch_save": 10,
-            "head_size": m["head_size"],
             "head_chunk": 0,
             "grad_clip": o["grad_clip"],
             "accelerator": "gpu",
-            "devices": 1,
-            "precision": "bf16",
-            "strategy": "deepspeed_stage_2",
             "grad_cp": 1 if recipe["trainer"]["grad_checkpointing"] else 0,
             "enable_progress_bar": False,
         }
@@ -317,28 +327,15 @@ def rwkv_lm_prepare_args(
     """demo-training-prepare.sh's flags: train.py --train_stage 1 on the CPU writes
     proj_dir/rwkv-init.pth and exits. --kernel as the runs (the demo leaves it out): it picks
     which WKV extension loads, not the weights, and that one is in the extension cache."""
-    m, st = recipe["model"], recipe["stages"][0]
     return _flags(
         {
-            "wandb": "",
-            "proj_dir": proj_dir,
-            "data_file": shard,
-            "data_type": "binidx",
-            "vocab_size": m["vocab_size"],
-            "my_testing": "x070",
-            "ctx_len": st["ctx_len"],
+            **_rwkv_lm_model_and_data(recipe, shard, prime, proj_dir, kernel),
             "train_stage": 1,
             "epoch_count": 1,
-            "epoch_begin": 0,
             "epoch_save": 1,
             "weight_decay": 0,
-            "head_size": m["head_size"],
-            "num_nodes": 1,
             "micro_bsz": 1,
-            "n_layer": m["n_layer"],
-            "n_embd": m["d_model"],
             "my_exit_tokens": num_tokens,
-            "magic_prime": prime,
             "lr_init": 1e-5,
             "lr_final": 1e-5,
             "warmup_steps": 10,
@@ -346,11 +343,7 @@ def rwkv_lm_prepare_args(
             "beta2": 0.99,
             "adam_eps": 1e-8,
             "accelerator": "cpu",
-            "devices": 1,
-            "precision": "bf16",
-            "strategy": "deepspeed_stage_2",
             "grad_cp": 1,
-            "kernel": kernel,
         }
     )
 
