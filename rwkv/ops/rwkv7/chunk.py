@@ -42,7 +42,7 @@ from skein.rwkv.ops.common.triton_utils import (
     sum_parts,
     tri_inverse,
 )
-from skein.rwkv.ops.rwkv7 import bwd_cuda
+from skein.rwkv.ops.rwkv7 import DOTS, bwd_cuda
 
 CHUNK = 16
 """Default tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w
@@ -83,7 +83,6 @@ class Rwkv7Launch(ChunkLaunch):
             raise ValueError(f"{op}: cuda_config = {self.cuda_config} must be one of {configs} for V = {V}")
 
 
-DOTS = ("auto", "bf16")
 DEFAULT_LAUNCH = Rwkv7Launch()
 
 
