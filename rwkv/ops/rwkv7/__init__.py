@@ -7,11 +7,10 @@ from dataclasses import replace
 from torch import Tensor
 
 from skein.rwkv.ops.common import resolve_backend
+from skein.rwkv.ops.common.chunk_launch import DOTS
 from skein.rwkv.ops.rwkv7.naive import rwkv7_naive
 
 GPU_BACKENDS = ("triton",)
-DOTS = ("auto", "bf16")
-"""Operand choices of the GPU kernel's tile products (chunk.Rwkv7Launch.dots)."""
 
 
 def rwkv7(

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from skein.rwkv.ops.common.chunk_launch import (
     CHUNKS,
+    DOTS,
     ChunkLaunch,
     backward_can_follow,
     prepare_state,
@@ -42,7 +43,7 @@ from skein.rwkv.ops.common.triton_utils import (
     sum_parts,
     tri_inverse,
 )
-from skein.rwkv.ops.rwkv7 import DOTS, bwd_cuda
+from skein.rwkv.ops.rwkv7 import bwd_cuda
 
 CHUNK = 16
 """Default tokens per chunk. exp(+-g) factors span half a chunk's total log decay, so per-token w
