@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from torch import Tensor
 
 from skein.rwkv.ops.common import resolve_backend
@@ -34,10 +32,9 @@ def rwkv7(
         from skein.rwkv.ops.rwkv7.parallel import rwkv7_parallel
 
         return rwkv7_parallel(r, w, k, v, a, b, state, scale)
-    from skein.rwkv.ops.rwkv7.chunk import DEFAULT_LAUNCH, chunk_rwkv7
+    from skein.rwkv.ops.rwkv7.chunk import LAUNCH_BY_DOTS, chunk_rwkv7
 
-    launch = DEFAULT_LAUNCH if dots == DEFAULT_LAUNCH.dots else replace(DEFAULT_LAUNCH, dots=dots)
-    return chunk_rwkv7(r, w, k, v, a, b, state, scale, launch=launch)
+    return chunk_rwkv7(r, w, k, v, a, b, state, scale, launch=LAUNCH_BY_DOTS[dots])
 
 
 __all__ = ["DOTS", "GPU_BACKENDS", "rwkv7", "rwkv7_naive"]
