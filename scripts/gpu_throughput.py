@@ -1,12 +1,14 @@
-"""Training throughput on one GPU in one call (about 8 minutes): `skein bench train` on RWKV-LM's
-RWKV-7 demo recipe (configs/recipes/rwkv_lm_demo.yaml) with torch.compile and the fused loss off and
-on, and on RWKV-7 1.5B at ctx 4096 (micro_bsz 8, gradient checkpointing); one table at the end.
+"""Training throughput on one GPU in one call (under 10 minutes): `skein bench train` on RWKV-LM's
+RWKV-7 demo recipe (configs/recipes/rwkv_lm_demo.yaml) with torch.compile, the fused loss and
+checkpointing off and on (`--suite demo`), or on RWKV-7 1.5B at ctx 4096 (`--suite 1.5b`): full,
+selective and no gradient checkpointing at the micro_bsz that fits the card, the last also with
+bf16 kernel operands, and a kernel profile of the no-checkpointing step; one table at the end.
 
-    python scripts/gpu_throughput.py [--shard PREFIX] [--budget_s 470]
+    python scripts/gpu_throughput.py [--suite demo|1.5b] [--shard PREFIX] [--budget_s 540]
 
 Without --shard it writes a vocab-65536 shard first (scripts/bench_shard.py). Each run is its own
-process with a time limit; runs that no longer fit in the budget are skipped and say so. Logs and
-JSON go to $OUT (or ./bench_out), the table last on stdout and to $OUT/throughput.md.
+process with a time limit; runs that no longer fit in the budget are skipped and say so. Logs, JSON
+and profiles go to $OUT (or ./bench_out), the table last on stdout and to $OUT/throughput.md.
 """
 
 from __future__ import annotations
@@ -17,66 +19,80 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "configs/recipes/rwkv_lm_demo.yaml"
 BIG = "configs/rwkv7/1.5b.yaml"
-BIG_STAGE = [
-    "trainer.devices=1",
-    "model.vocab_size=65536",
-    "data.tokenizer=null",
-    "checkpoint.snapshot_every_steps=0",
-    "stages.2.micro_bsz=8",
-    "stages.2.tokens_per_step=32768",
-]
-
-# (name, config, overrides, steps, warmup, stage, seconds allowed), most telling first
-RUNS = [
-    ("demo eager, plain loss", DEMO, ["trainer.compile=false", "trainer.fused_loss=false"], 30, 5, 0, 120),
-    ("demo compile, fused loss", DEMO, ["trainer.compile=true", "trainer.fused_loss=true"], 30, 5, 0, 200),
-    ("1.5B ctx4096 eager, fused", BIG, [*BIG_STAGE, "trainer.compile=false"], 8, 3, 2, 150),
-    ("demo eager, fused loss", DEMO, ["trainer.compile=false", "trainer.fused_loss=true"], 30, 5, 0, 90),
-    ("demo compile, plain loss", DEMO, ["trainer.compile=true", "trainer.fused_loss=false"], 30, 5, 0, 120),
-    (
-        "demo compile, fused, no ckpt",
-        DEMO,
-        ["trainer.compile=true", "trainer.grad_checkpointing=false"],
-        30,
-        5,
-        0,
-        120,
-    ),
-    ("1.5B ctx4096 compile, fused", BIG, [*BIG_STAGE, "trainer.compile=true"], 8, 3, 2, 240),
-    (
-        "1.5B ctx4096 compile, fused, selective ckpt",
-        BIG,
-        [*BIG_STAGE, "trainer.compile=true", "trainer.grad_checkpointing=selective"],
-        8,
-        3,
-        2,
-        240,
-    ),
-    (
-        "demo compile, fused, selective ckpt",
-        DEMO,
-        ["trainer.compile=true", "trainer.grad_checkpointing=selective"],
-        30,
-        5,
-        0,
-        120,
-    ),
-]
 
 
-def run_one(name, config, overrides, steps, warmup, stage, limit, shard, out: Path) -> dict | str:
-    tag = name.replace(" ", "_").replace(",", "")
+@dataclass(frozen=True)
+class Run:
+    name: str
+    config: str
+    overrides: list[str]
+    steps: int
+    warmup: int
+    stage: int
+    limit_s: float
+    profile: bool = False
+
+
+def demo_runs() -> list[Run]:
+    """The demo recipe's rows, most telling first."""
+    plain, fused = ["trainer.fused_loss=false"], ["trainer.fused_loss=true"]
+    eager, comp = ["trainer.compile=false"], ["trainer.compile=true"]
+    return [
+        Run("demo eager, plain loss", DEMO, eager + plain, 30, 5, 0, 120),
+        Run("demo compile, fused loss", DEMO, comp + fused, 30, 5, 0, 200),
+        Run("demo eager, fused loss", DEMO, eager + fused, 30, 5, 0, 90),
+        Run("demo compile, plain loss", DEMO, comp + plain, 30, 5, 0, 120),
+        Run("demo compile, fused, no ckpt", DEMO, comp + ["trainer.grad_checkpointing=false"], 30, 5, 0, 120),
+        Run("demo compile, fused, selective ckpt", DEMO, comp + ["trainer.grad_checkpointing=selective"], 30, 5, 0, 120),
+    ]  # fmt: skip
+
+
+def big_runs(gpu_gib: float) -> list[Run]:
+    """RWKV-7 1.5B at ctx 4096 (stage 2), 32768 tokens a step, compiled, fused loss, one device; the
+    micro-batch each checkpointing mode fits on a card of `gpu_gib` GiB (no checkpointing held
+    about 105 GiB at micro_bsz 4 when eager; selective keeps the matmul and kernel outputs)."""
+    large = gpu_gib > 100
+    base = ["trainer.devices=1", "model.vocab_size=65536", "data.tokenizer=null",
+            "checkpoint.snapshot_every_steps=0", "stages.2.tokens_per_step=32768", "trainer.compile=true"]  # fmt: skip
+
+    def run(name: str, ckpt: str, mb: int, extra: list[str] | None = None, profile: bool = False) -> Run:
+        over = [*base, f"trainer.grad_checkpointing={ckpt}", f"stages.2.micro_bsz={mb}", *(extra or [])]
+        return Run(f"1.5B {name}, micro_bsz {mb}", BIG, over, 5, 2, 2, 170, profile)
+
+    none_mb = 4 if large else 2
+    return [
+        run("no ckpt", "false", none_mb, profile=True),
+        run("selective ckpt", "selective", 8 if large else 4),
+        run("full ckpt", "true", 8),
+        run("no ckpt, kernel_dots bf16", "false", none_mb, ["model.kernel_dots=bf16"]),
+        run("selective ckpt, kernel_dots bf16", "selective", 8 if large else 4, ["model.kernel_dots=bf16"]),
+    ]
+
+
+def gpu_memory_gib() -> float:
+    """The first GPU's memory, from nvidia-smi (the script itself never starts CUDA)."""
+    q = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    return float(q.stdout.split()[0]) / 1024
+
+
+def run_one(r: Run, limit: float, shard: str, out: Path) -> dict | str:
+    name = r.name
+    tag = name.replace(" ", "_").replace(",", "").replace(".", "p")
     js, log = out / f"{tag}.json", out / f"{tag}.log"
     cmd = [
-        sys.executable, "-m", "skein.train.cli", "bench", "train", config,
-        f"data.train=[{shard}]", *overrides,
-        "--steps", str(steps), "--warmup", str(warmup), "--stage", str(stage), "--json", str(js),
+        sys.executable, "-m", "skein.train.cli", "bench", "train", r.config,
+        f"data.train=[{shard}]", *r.overrides,
+        "--steps", str(r.steps), "--warmup", str(r.warmup), "--stage", str(r.stage), "--json", str(js),
     ]  # fmt: skip
+    if r.profile:
+        cmd += ["--profile", str(out / f"{tag}.profile.md")]
     t0 = time.time()
     with open(log, "w") as f:
         f.write(" ".join(cmd) + "\n")
@@ -113,7 +129,8 @@ def table(results: list[tuple[str, dict | str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shard", default=None, help="binidx prefix, vocab <= 65536 (default: make one)")
-    ap.add_argument("--budget_s", type=float, default=470.0, help="stop starting runs after this")
+    ap.add_argument("--suite", choices=("demo", "1.5b"), default="demo", help="which rows to run")
+    ap.add_argument("--budget_s", type=float, default=540.0, help="stop starting runs after this")
     a = ap.parse_args()
     t_start = time.time()
     out = Path(os.environ.get("OUT") or "bench_out").resolve()
@@ -134,14 +151,13 @@ def main() -> None:
             check=True,
         )
     results: list[tuple[str, dict | str]] = []
-    for name, config, overrides, steps, warmup, stage, limit in RUNS:
+    runs = demo_runs() if a.suite == "demo" else big_runs(gpu_memory_gib())
+    for r in runs:
         left = a.budget_s - (time.time() - t_start)
         if left < 45:
-            results.append((name, "skipped: out of time budget"))
+            results.append((r.name, "skipped: out of time budget"))
             continue
-        results.append(
-            (name, run_one(name, config, overrides, steps, warmup, stage, min(limit, left), shard, out))
-        )
+        results.append((r.name, run_one(r, min(r.limit_s, left), shard, out)))
     text = table(results)
     (out / "throughput.md").write_text(text + "\n")
     print(f"\nGPU throughput ({time.time() - t_start:.0f} s; logs in {out})\n{text}")

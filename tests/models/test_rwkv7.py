@@ -163,6 +163,45 @@ def test_config_validation() -> None:
         RWKV7Config(d_model=128, head_size=32, gate_lora=0)
     with pytest.raises(ValueError, match="ln_x_eps"):
         RWKV7Config(d_model=128, head_size=32, ln_x_eps=0.0)
+    with pytest.raises(ValueError, match="kernel_dots='tf32' must be one of auto, bf16"):
+        RWKV7Config(d_model=128, head_size=32, kernel_dots="tf32")
+
+
+@pytest.mark.parametrize("dots", ["auto", "bf16"])
+def test_kernel_dots_reaches_the_recurrence(dots: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import skein.rwkv.models.rwkv7 as m
+
+    seen, real = [], m.rwkv7
+
+    def spy(*args, **kw):
+        seen.append((kw["backend"], kw["dots"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(m, "rwkv7", spy)
+    torch.manual_seed(0)
+    model = build_model({**TINY, "kernel_dots": dots})
+    ref = build_model(TINY)
+    ref.load_state_dict(model.state_dict())
+    idx = random_tokens(TINY["vocab_size"], 2, 24)
+    out, _ = model(idx)
+    assert seen == [("auto", dots)] * TINY["n_layer"]
+    # the PyTorch forms compute the same function whatever the GPU kernel's operands would be
+    assert torch.equal(out, ref(idx)[0])
+
+
+@pytest.mark.gpu
+def test_kernel_dots_bf16_on_the_gpu_stays_close() -> None:
+    torch.manual_seed(0)
+    cfg = {**TINY, "d_model": 256, "head_size": 64, "n_layer": 2}
+    auto = build_model(cfg).cuda()
+    perturb_parameters(auto, 0.1)
+    bf16 = build_model({**cfg, "kernel_dots": "bf16"}).cuda()
+    bf16.load_state_dict(auto.state_dict())
+    idx = random_tokens(cfg["vocab_size"], 4, 256).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        a, b = auto(idx)[0].float(), bf16(idx)[0].float()
+    assert not torch.equal(a, b)  # the bf16 operands were used
+    assert (a - b).norm() / a.norm() < 3e-2
 
 
 OFFICIAL = textwrap.dedent(

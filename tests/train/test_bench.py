@@ -73,3 +73,55 @@ def test_bench_refuses_a_segmented_stage(corpus: str, tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="segment_len"):
         bench_train(str(write_config(cfg, tmp_path / "run.yaml")), steps=1, warmup=0)
+
+
+def test_bench_profile_runs_extra_steps_outside_the_timed_window(corpus: str, tmp_path: Path) -> None:
+    from skein.train.commands.bench import bench_train
+
+    cfg = write_config(tiny_run(corpus, tmp_path / "run", arch="rwkv7"), tmp_path / "run.yaml")
+    prof = tmp_path / "prof" / "profile.md"
+    r = bench_train(str(cfg), steps=2, warmup=1, profile=str(prof), profile_steps=2)
+    assert r["steps"] == 2 and r["profile"] == str(prof)
+    text = prof.read_text()
+    assert text.startswith("CPU self time per step over 2 steps")
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 10
+    ops = {row[1].strip(" `") for row in rows}
+    assert ops & {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"}, ops
+    times = [float(row[2]) for row in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert not list(prof.parent.glob(".*tmp"))
+
+
+def test_kernel_report_sums_device_time_by_category() -> None:
+    from types import SimpleNamespace
+
+    from skein.train.commands.profile import category, kernel_report
+
+    rng = __import__("random").Random(3)
+    names = {
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1": "matmul",
+        "nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNT": "matmul",
+        "_rwkv7_bwd_kernel": "recurrence kernels",
+        "triton_red_fused__to_copy_add_mul_native_layer_norm_0": "Inductor fused",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer",
+        "ncclDevKernel_AllReduce_Sum_f32_RING_LL": "communication",
+        "Memcpy DtoD (Device -> Device)": "copies",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other",
+    }
+    events, want = [], {}
+    for name, cat in names.items():
+        for _ in range(rng.randint(1, 6)):
+            us = rng.uniform(5.0, 4000.0)
+            events.append(SimpleNamespace(name=name, time_range=SimpleNamespace(elapsed_us=lambda us=us: us)))
+            want[cat] = want.get(cat, 0.0) + us
+        assert category(name) == cat, name
+    text = kernel_report(events, steps=3)
+    total = sum(want.values())
+    assert text.startswith(
+        f"device time per step: {total / 3 / 1e3:.1f} ms over 3 steps ({len(events)} kernels)"
+    )
+    rows = [r.split("|") for r in text.splitlines() if r.count("|") == 4]
+    cats = {r[1].strip(): float(r[2]) for r in rows if r[1].strip() not in ("category", "---")}
+    for cat, us in want.items():
+        assert cats[cat] == pytest.approx(us / 3 / 1e3, abs=0.051), cat

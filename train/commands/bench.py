@@ -34,6 +34,7 @@ import lightning as L
 import torch
 
 from skein.train.checkpoints.lock import is_global_zero
+from skein.train.commands.profile import ProfileSteps
 from skein.train.config import ConfigError, RunConfig, load_config
 from skein.train.loop.callbacks import PEAK_TFLOPS, step_done
 from skein.train.loop.data_module import StageDataModule, check_vocab
@@ -63,10 +64,12 @@ class _Clock:
 
 
 class StepTimer(L.Callback):
-    """Records the phase boundaries of every optimizer step (all micro-batches) after `warmup`."""
+    """Records the phase boundaries of every optimizer step (all micro-batches) after `warmup`, up
+    to `warmup + steps` (all the steps that follow when `steps` is None)."""
 
-    def __init__(self, warmup: int, cuda: bool) -> None:
+    def __init__(self, warmup: int, cuda: bool, steps: int | None = None) -> None:
         self.warmup, self.clock = warmup, _Clock(cuda)
+        self.stop = None if steps is None else warmup + steps
         self.steps: list[dict[str, Any]] = []
         self._cur: dict[str, Any] | None = None
         self._last_end: Any = None
@@ -80,7 +83,12 @@ class StepTimer(L.Callback):
             self._last_end = self.clock.mark()
 
     def _measuring(self, trainer: L.Trainer) -> bool:
-        return trainer.global_step >= self.warmup
+        return trainer.global_step >= self.warmup and (self.stop is None or trainer.global_step < self.stop)
+
+    def _close(self) -> None:
+        if self.clock.cuda:
+            torch.cuda.synchronize()
+        self.window.append(time.perf_counter())
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
         if not self._measuring(trainer):
@@ -111,16 +119,15 @@ class StepTimer(L.Callback):
             self._cur["end"] = end
             self.steps.append(self._cur)
             self._cur = None
+            if trainer.global_step == self.stop:  # the last measured step: the window closes here
+                self._close()
         elif trainer.global_step == self.warmup:  # the last warmup step: the window opens here
-            if self.clock.cuda:
-                torch.cuda.synchronize()
-            self.window.append(time.perf_counter())
+            self._close()
         self._last_end = end
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
-        if self.clock.cuda:
-            torch.cuda.synchronize()
-        self.window.append(time.perf_counter())
+        if len(self.window) < 2:
+            self._close()
 
     def breakdown(self) -> list[dict[str, float]]:
         """Seconds per phase and in all, one dict per measured step."""
@@ -179,11 +186,22 @@ def _param_sample(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().flatten()[:4096].float().cpu().clone() for p in model.parameters()]
 
 
-def bench_config(cfg: RunConfig, steps: int = 20, warmup: int = 5, stage: int = 0) -> dict[str, Any]:
+def bench_config(
+    cfg: RunConfig,
+    steps: int = 20,
+    warmup: int = 5,
+    stage: int = 0,
+    profile: str | None = None,
+    profile_steps: int = 2,
+) -> dict[str, Any]:
     """Run `warmup` + `steps` optimizer steps of stage `stage` of `cfg` and return the figures
-    (see the module docstring); the run directory is a temporary one."""
-    if steps <= 0 or warmup < 0:
-        raise ConfigError(f"bench train: --steps must be positive and --warmup >= 0, got {steps}, {warmup}")
+    (see the module docstring); the run directory is a temporary one. With `profile`, then
+    `profile_steps` more steps under torch.profiler, reported to that file (commands/profile.py)."""
+    if steps <= 0 or warmup < 0 or profile_steps <= 0:
+        raise ConfigError(
+            f"bench train: --steps and --profile_steps must be positive and --warmup >= 0, got {steps}, "
+            f"{profile_steps}, {warmup}"
+        )
     if not 0 <= stage < len(cfg.stages):
         raise ConfigError(f"bench train: --stage {stage} is not a stage of the config ({len(cfg.stages)})")
     check_vocab(cfg)
@@ -195,18 +213,23 @@ def bench_config(cfg: RunConfig, steps: int = 20, warmup: int = 5, stage: int = 
         cfg = replace(cfg, run=replace(cfg.run, out_dir=tmp))
         model = build_training_model(cfg, execution=execution)
         module = LMModule(cfg, stage, model, plan, execution)
-        timer = StepTimer(warmup, cuda)
-        trainer = build_stage_trainer(cfg, plan, execution, tmp, [timer], max_steps=warmup + steps)
+        timer = StepTimer(warmup, cuda, steps)
+        callbacks: list[L.Callback] = [timer]
+        extra = 0
+        if profile is not None:
+            callbacks.append(ProfileSteps(warmup + steps, profile, cuda))
+            extra = profile_steps
+        trainer = build_stage_trainer(cfg, plan, execution, tmp, callbacks, max_steps=warmup + steps + extra)
         data = StageDataModule(cfg, plan.ctx_len, cfg.stages[stage].micro_bsz, plan.global_batch, 0)
         before = _param_sample(model)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         trainer.fit(module, datamodule=data)
         after = _param_sample(model)
-    if trainer.global_step != warmup + steps or len(timer.steps) != steps:
+    if trainer.global_step != warmup + steps + extra or len(timer.steps) != steps:
         raise RuntimeError(
             f"bench train: ran {trainer.global_step} steps ({len(timer.steps)} measured), "
-            f"expected {warmup + steps}: the data ran out?"
+            f"expected {warmup + steps + extra}: the data ran out?"
         )
     rows = timer.breakdown()
     wall = timer.window[-1] - timer.window[0]
@@ -250,6 +273,7 @@ def bench_config(cfg: RunConfig, steps: int = 20, warmup: int = 5, stage: int = 
         "memory_kind": "cuda max_memory_allocated" if cuda else "host max RSS",
         "param_change": max(float((a - b).abs().max()) for a, b in zip(after, before)),
         "loss": module.last_step_loss,
+        "profile": profile,
     }
 
 
@@ -279,6 +303,8 @@ def bench_train(
     warmup: int = 5,
     stage: int = 0,
     json: str | None = None,
+    profile: str | None = None,
+    profile_steps: int = 2,
 ) -> dict[str, Any]:
     """Training throughput of a run config: tokens/s, MFU, memory and step-time breakdown.
 
@@ -289,10 +315,15 @@ def bench_train(
         warmup: optimizer steps run first and not measured (compilation, allocator warmup).
         stage: index of the stage to measure.
         json: also write the figures to this JSON file.
+        profile: after the measured steps, profile `profile_steps` more and write where the time goes
+            (kernels by category and the costliest kernels on a GPU, operators on the CPU) to this file.
+        profile_steps: optimizer steps profiled.
     """
-    result = bench_config(load_config(config, overrides), steps, warmup, stage)
+    result = bench_config(load_config(config, overrides), steps, warmup, stage, profile, profile_steps)
     if is_global_zero():
         print(format_report(result))
+        if profile is not None:
+            print(f"profile of {profile_steps} more steps: {profile}")
         if json is not None:
             path = Path(json)
             tmp = path.with_name(f".{path.name}.tmp")

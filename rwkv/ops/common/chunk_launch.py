@@ -12,6 +12,10 @@ from torch import Tensor
 
 from skein.rwkv.ops.common.kernel_checks import check_shape
 
+DOTS = ("auto", "bf16")
+"""Operands of a chunked kernel's tile products: "auto" (fp32 tiles, TF32 products for 16-bit
+inputs) or "bf16" (tiles rounded to bf16, fp32 accumulation); triton_utils.mm computes both."""
+
 CHUNKS = (16, 32, 64)
 """Chunk sizes the kernels take."""
 WARPS = (1, 2, 4, 8, 16)

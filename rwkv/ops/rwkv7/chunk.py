@@ -19,6 +19,7 @@ from torch import Tensor
 
 from skein.rwkv.ops.common.chunk_launch import (
     CHUNKS,
+    DOTS,
     ChunkLaunch,
     backward_can_follow,
     prepare_state,
@@ -83,8 +84,9 @@ class Rwkv7Launch(ChunkLaunch):
             raise ValueError(f"{op}: cuda_config = {self.cuda_config} must be one of {configs} for V = {V}")
 
 
-DOTS = ("auto", "bf16")
 DEFAULT_LAUNCH = Rwkv7Launch()
+LAUNCH_BY_DOTS = {d: DEFAULT_LAUNCH if d == DEFAULT_LAUNCH.dots else Rwkv7Launch(dots=d) for d in DOTS}
+"""The default launch for each `dots`, built once (compiled callers look it up, never build one)."""
 
 
 def tile_precision(dots: str, dtype: torch.dtype) -> str:
@@ -602,4 +604,13 @@ def _cuda_backward(launch: Rwkv7Launch, kin: tuple[Tensor, ...], v: Tensor) -> b
     return True
 
 
-__all__ = ["CHUNK", "CHUNKS", "DEFAULT_LAUNCH", "DOTS", "Rwkv7Launch", "chunk_rwkv7", "tile_precision"]
+__all__ = [
+    "CHUNK",
+    "CHUNKS",
+    "DEFAULT_LAUNCH",
+    "DOTS",
+    "LAUNCH_BY_DOTS",
+    "Rwkv7Launch",
+    "chunk_rwkv7",
+    "tile_precision",
+]

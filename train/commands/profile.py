@@ -1,0 +1,117 @@
+"""`skein bench train --profile PATH`: where a training step's time goes, kernel by kernel.
+
+ProfileSteps runs torch.profiler over a few optimizer steps taken after the measured window (so the
+profiler's overhead never touches the timed figures) and writes a text report: on a GPU, the device
+time of every kernel summed by category (matmul, recurrence kernels, Inductor's fused kernels,
+optimizer, copies, communication, other) and the kernels that take the most; on the CPU, the
+operators with the most self time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.autograd import DeviceType
+
+from skein.train.loop.callbacks import step_done
+
+CATEGORIES = (
+    ("matmul", re.compile(r"gemm|cutlass|xmma|nvjet|cublas|sm\d+_.*(tn|nt|nn)|wgmma", re.I)),
+    ("recurrence kernels", re.compile(r"rwkv|wkv|delta_product|_chunk_|bwd_cuda", re.I)),
+    ("optimizer", re.compile(r"adam|multi_tensor|foreach|l2norm|lpnorm", re.I)),
+    ("communication", re.compile(r"nccl|allreduce|all_gather|reduce_scatter", re.I)),
+    ("Inductor fused", re.compile(r"^triton_", re.I)),
+    ("copies", re.compile(r"memcpy|memset|copy_kernel|CatArrayBatchedCopy", re.I)),
+)
+"""A kernel's category is the first whose pattern its name matches; the rest is `other`."""
+
+
+def category(name: str) -> str:
+    """The category of a kernel name (CATEGORIES)."""
+    return next((c for c, pat in CATEGORIES if pat.search(name)), "other")
+
+
+def kernel_report(events: list[Any], steps: int, top: int = 30) -> str:
+    """Device time per step of `events` (FunctionEvents of device kernels) by category and by
+    kernel, as text tables."""
+    per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in events:
+        row = per_kernel[e.name]
+        row[0] += e.time_range.elapsed_us()
+        row[1] += 1
+    total = sum(t for t, _ in per_kernel.values()) or 1.0
+    per_cat: dict[str, float] = defaultdict(float)
+    for name, (t, _) in per_kernel.items():
+        per_cat[category(name)] += t
+    lines = [
+        f"device time per step: {total / steps / 1e3:.1f} ms over {steps} steps ({len(events)} kernels)",
+        "",
+    ]
+    lines += ["| category | ms/step | share |", "| --- | --- | --- |"]
+    for c, t in sorted(per_cat.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {c} | {t / steps / 1e3:.1f} | {100 * t / total:.1f}% |")
+    lines += ["", "| kernel | category | ms/step | calls/step | share |", "| --- | --- | --- | --- | --- |"]
+    for name, (t, n) in sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]:
+        short = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(
+            f"| `{short}` | {category(name)} | {t / steps / 1e3:.2f} | {n / steps:.0f} | {100 * t / total:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def operator_report(prof: Any, steps: int, top: int = 30) -> str:
+    """Self CPU time per step of the operators that take the most (the CPU's report)."""
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    lines = [f"CPU self time per step over {steps} steps", "", "| operator | ms/step | calls/step |",
+             "| --- | --- | --- |"]  # fmt: skip
+    for e in rows:
+        lines.append(f"| `{e.key}` | {e.self_cpu_time_total / steps / 1e3:.2f} | {e.count / steps:.0f} |")
+    return "\n".join(lines)
+
+
+class ProfileSteps(L.Callback):
+    """Profiles the optimizer steps from `start` (a global step) to the end of training and writes
+    the report to `path` (written to a temporary name, then renamed)."""
+
+    def __init__(self, start: int, path: str | Path, cuda: bool) -> None:
+        self.start, self.path, self.cuda = start, Path(path), cuda
+        self.prof: Any = None
+        self.steps = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+        if self.prof is None and trainer.global_step >= self.start:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if self.cuda:
+                torch.cuda.synchronize()
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.prof is not None and step_done(module, batch_idx):
+            self.steps += 1
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self.prof is None:
+            return
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.prof.__exit__(None, None, None)
+        steps = max(self.steps, 1)
+        if self.cuda:
+            kernels = [e for e in self.prof.events() if e.device_type == DeviceType.CUDA]
+            text = kernel_report(kernels, steps)
+        else:
+            text = operator_report(self.prof, steps)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(self.path)
+        self.report = text
