@@ -68,9 +68,9 @@ def big_runs(gpu_gib: float) -> list[Run]:
     none_mb = 4 if large else 2
     return [
         run("no ckpt", "false", none_mb, profile=True),
+        run("no ckpt, kernel_dots bf16", "false", none_mb, ["model.kernel_dots=bf16"]),
         run("selective ckpt", "selective", 8 if large else 4),
         run("full ckpt", "true", 8),
-        run("no ckpt, kernel_dots bf16", "false", none_mb, ["model.kernel_dots=bf16"]),
         run("selective ckpt, kernel_dots bf16", "selective", 8 if large else 4, ["model.kernel_dots=bf16"]),
     ]
 
