@@ -662,6 +662,8 @@ def main() -> None:
             failed.append(str(e))
             continue
         runs.append(run)
+        # the report so far, after every run: a call stopped at its time limit still leaves one
+        (out / "side_by_side.md").write_text(report(a, runs, parity, failed) + "\n")
         print(
             f"{name}: median {median_step(run.times, a.skip + 1):.4f} s/step over steps {a.skip + 1}-{a.steps}; "
             f"losses at steps 1-3 {', '.join(f'{x:.4f}' for x in run.loss[:3])}; {time.time() - t0:.0f} s so far",

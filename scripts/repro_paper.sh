@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Both synthetic reproductions in the papers' own setups (`--setup paper`, docs/eval.md) in one
+# call on one GPU, every run a process of its own, side by side:
+#   state tracking: S3, DeltaProduct n_h = 2 and n_h = 1 (negative eigenvalues), train 128 / test 512;
+#   MQAR: attention, rwkv7 and deltanet at d_model 128, the four zoology cells, the lr sweep
+#   logspace(-4, -2, 4), one process per mixer and pair of cells.
+#   bash scripts/repro_paper.sh [STATE_MINUTES] [MQAR_RUN_MINUTES] [EXTRA]
+# STATE_MINUTES (default 5) bounds each state run, MQAR_RUN_MINUTES (default 0.6) each MQAR
+# (cell, lr) run; a run ends after the epoch that crosses its budget and says how many epochs it
+# ran. Results go to ${OUT:-paper-logs}/paper_eval.tar.gz (every suite's folder), the logs to one
+# file, and the summary table is printed last. EXTRA goes to every run: `bash scripts/repro_paper.sh
+# 0.1 0.05 '--quick true --device cpu'` runs the whole script at CPU size.
+set -uo pipefail
+state_minutes=${1:-5}
+mqar_minutes=${2:-0.6}
+read -r -a extra <<<"${3:-}"
+out=${OUT:-paper-logs}
+work=$(mktemp -d)
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+eval_run() {  # NAME SUITE ARGS...: one suite into $work/NAME, its log beside it
+    local name=$1 suite=$2
+    shift 2
+    python -m skein.train.cli eval "$suite" --setup paper --output "$work/$name" "$@" "${extra[@]}" >"$work/$name.log" 2>&1 ||
+        echo "$name failed (rc $?)" >>"$work/$name.log"
+}
+eval_run state-nh2 state --groups S3 --run_minutes "$state_minutes" &
+eval_run state-nh1 state --groups S3 --model '{n_householder: 1}' --run_minutes "$state_minutes" &
+for mixer in attention rwkv7 deltanet; do
+    eval_run "mqar-$mixer-short" mqar --mixers "$mixer" --d_models 128 --settings 64:4 128:8 \
+        --run_minutes "$mqar_minutes" &
+    eval_run "mqar-$mixer-long" mqar --mixers "$mixer" --d_models 128 --settings 256:16 512:64 \
+        --run_minutes "$mqar_minutes" &
+done
+wait
+echo "all runs ended after $(($(date +%s) - t0)) s"
+for f in "$work"/*.log; do
+    echo "===== $(basename "$f")"
+    cat "$f"
+done >"$out/paper_eval.log"
+tar -czf "$out/paper_eval.tar.gz" -C "$work" .
+python - "$work" <<'EOF'
+import csv, json, sys
+from pathlib import Path
+
+work = Path(sys.argv[1])
+print("| state run | epochs | seq@train_len | seq@test_len | token acc | best seq@test_len (epoch) |")
+print("| --- | --- | --- | --- | --- | --- |")
+for d in sorted(p for p in work.glob("state-*") if p.is_dir()):
+    if not (d / "results.json").is_file():
+        print(f"| {d.name} | failed (see paper_eval.log) | | | | |")
+        continue
+    args = json.loads((d / "args.json").read_text())
+    n, m = args["train_len"], args["test_len"]
+    for g, r in json.loads((d / "results.json").read_text())["groups"].items():
+        f, b = r["final"], r["best"]
+        print(f"| {d.name} {g} | {r['epochs']} | {f[f'sequence_accuracy_{n}']:.4f} (@{n}) "
+              f"| {f[f'sequence_accuracy_{m}']:.4f} (@{m}) | {f['token_accuracy']:.4f} "
+              f"| {b[f'sequence_accuracy_{m}']:.4f} ({r['best_epoch']}) |")
+print()
+print("| mixer | cell | lr | epochs | final acc | final seq acc | best acc (epoch) |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for d in sorted(p for p in work.glob("mqar-*") if p.is_dir()):
+    cells = d / "cells.csv"
+    if not cells.is_file():
+        print(f"| {d.name} | failed (see paper_eval.log) | | | | | |")
+        continue
+    for r in csv.DictReader(cells.open()):
+        print(f"| {r['mixer']} | {r['seq_len']}:{r['kv_pairs']} | {float(r['lr']):.1e} | {r['epochs']} "
+              f"| {float(r['final_accuracy']):.4f} | {float(r['final_sequence_accuracy']):.4f} "
+              f"| {float(r['best_accuracy']):.4f} ({r['best_epoch']}) |")
+EOF
