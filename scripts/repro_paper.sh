@@ -4,16 +4,19 @@
 #   state tracking: S3, DeltaProduct n_h = 2 and n_h = 1 (negative eigenvalues), train 128 / test 512;
 #   MQAR: attention, rwkv7 and deltanet at d_model 128, the four zoology cells, the lr sweep
 #   logspace(-4, -2, 4), one process per mixer and pair of cells.
-#   bash scripts/repro_paper.sh [STATE_MINUTES] [MQAR_RUN_MINUTES] [EXTRA]
+#   bash scripts/repro_paper.sh [STATE_MINUTES] [MQAR_RUN_MINUTES] [EXTRA] [HARD_MINUTES]
 # STATE_MINUTES (default 5) bounds each state run, MQAR_RUN_MINUTES (default 0.6) each MQAR
 # (cell, lr) run; a run ends after the epoch that crosses its budget and says how many epochs it
-# ran. Results go to ${OUT:-paper-logs}/paper_eval.tar.gz (every suite's folder), the logs to one
+# ran. An epoch of the long MQAR cells takes minutes when eight processes share the GPU, so every
+# process is also stopped at HARD_MINUTES (default 8); the MQAR cells finished by then are kept
+# (cells.csv is written after each). Results go to ${OUT:-paper-logs}/paper_eval.tar.gz (every suite's folder), the logs to one
 # file, and the summary table is printed last. EXTRA goes to every run: `bash scripts/repro_paper.sh
 # 0.1 0.05 '--quick true --device cpu'` runs the whole script at CPU size.
 set -uo pipefail
 state_minutes=${1:-5}
 mqar_minutes=${2:-0.6}
 read -r -a extra <<<"${3:-}"
+hard_s=$(python -c "print(int(60 * ${4:-8}))")
 out=${OUT:-paper-logs}
 work=$(mktemp -d)
 mkdir -p "$out"
@@ -22,7 +25,7 @@ t0=$(date +%s)
 eval_run() {  # NAME SUITE ARGS...: one suite into $work/NAME, its log beside it
     local name=$1 suite=$2
     shift 2
-    python -m skein.train.cli eval "$suite" --setup paper --output "$work/$name" "$@" "${extra[@]}" >"$work/$name.log" 2>&1 ||
+    timeout "$hard_s" python -m skein.train.cli eval "$suite" --setup paper --output "$work/$name" "$@" "${extra[@]}" >"$work/$name.log" 2>&1 ||
         echo "$name failed (rc $?)" >>"$work/$name.log"
 }
 eval_run state-nh2 state --groups S3 --run_minutes "$state_minutes" &
