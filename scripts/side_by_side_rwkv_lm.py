@@ -38,11 +38,12 @@ train_log.txt has one line per 40320 samples) and then runs RWKV-LM's train.py u
 demo script's --kernel @rwkv3 (its H100 WKV kernel). RWKV-LM compiles its CUDA ops on first use, so
 nvcc and ninja must be on the GPU machine.
 
-Those builds (eight CUDA extensions and DeepSpeed's fused Adam) take minutes, one after the other.
-With --ext_cache DIR each is built once into DIR/<name>/ and later runs load DIR/<name>/<name>.so;
---prebuild builds them all at once, one process each, and exits:
+Those builds (eight CUDA extensions and DeepSpeed's fused Adam) would take minutes one after the
+other. Before its runs the script builds every one missing from --ext_cache DIR (default
+~/.cache/skein/rwkv_lm_ext) at once, one process each, into DIR/<name>/ (about 2 minutes on 16
+cores); later runs load DIR/<name>/<name>.so. --prebuild only builds them, and exits:
 
-    python scripts/side_by_side_rwkv_lm.py --rwkv_lm ... --rwkv_lm_site ... --ext_cache ~/rwkv_lm_ext --prebuild
+    python scripts/side_by_side_rwkv_lm.py --rwkv_lm ... --rwkv_lm_site ... --prebuild
 """
 
 from __future__ import annotations
@@ -607,8 +608,8 @@ def main() -> None:
     )
     ap.add_argument(
         "--ext_cache",
-        default=os.environ.get("SKEIN_SBS_EXT_CACHE", ""),
-        help="folder where RWKV-LM's CUDA extensions are built once and loaded by later runs",
+        default=os.environ.get("SKEIN_SBS_EXT_CACHE", str(Path.home() / ".cache" / "skein" / "rwkv_lm_ext")),
+        help="folder where RWKV-LM's CUDA extensions are built once, in parallel, and loaded by later runs",
     )
     ap.add_argument("--prebuild", action="store_true", help="only build the extensions into --ext_cache")
     a = ap.parse_args()
@@ -617,8 +618,6 @@ def main() -> None:
         raise SystemExit(f"--rwkv_lm {a.rwkv_lm}: no train.py there (want RWKV-LM/RWKV-v7/train_temp)")
     out = Path(os.environ.get("OUT") or "side_by_side_out").resolve()
     if a.prebuild:
-        if not a.ext_cache:
-            raise SystemExit("--prebuild needs --ext_cache")
         return prebuild(a, out / "prebuild")
     if not a.shard:
         raise SystemExit("--shard is required (a binidx prefix)")
@@ -636,6 +635,7 @@ def main() -> None:
         raise SystemExit(f"{a.shard}: {n} tokens is too small for RWKV-LM's magic-prime check at ctx {CTX}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    prebuild(a, out / "prebuild")  # every missing extension at once; seconds when all are cached
     names = run_names(kinds)
     configs = {k: write_skein_config(a, recipe, k, out / k) for k in set(kinds) - {"rwkv_lm"}}
     m = recipe["model"]
