@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ class RWKV7Config(ModelConfig):
     square-root factor only when vocab_size > d_model)."""
     lr_scale_w0: float = 2.0
     """Learning-rate multiplier of att.w0 (RWKV-LM's x070 optimizer groups)."""
-    kernel_dots: str = "auto"
+    kernel_dots: Literal["auto", "bf16"] = "auto"
     """Operands of the GPU kernel's tile products: auto (TF32 for bf16 inputs) or bf16 (rounded
     to bf16 with fp32 accumulation: about 1.5x faster forward + backward and about twice the
     error against float64, docs/kernels.md). The CPU forms ignore it."""

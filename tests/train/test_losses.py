@@ -103,3 +103,22 @@ def test_training_step_loss_is_the_same_fused_or_not(tmp_path) -> None:
         torch.testing.assert_close(
             g_fused[n], g_plain[n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("l2wrap", [0.0, 1e-4])
+def test_compiled_chunks_match_the_eager_ones(l2wrap: float) -> None:
+    """trainer.compile also compiles the fused loss's per-chunk work: the same loss and gradients,
+    a tail chunk of another size included (37 * 3 = 111 rows in chunks of 32)."""
+    from skein.train.loop.losses import _COMPILED_CE_CHUNK
+
+    h, w, y = _case(5, V=997)
+    eager = _grads(lambda h, w: fused_lm_loss(h, w, y, l2wrap, 32), h, w)
+    torch._dynamo.reset()
+    _COMPILED_CE_CHUNK.clear()
+    got = _grads(lambda h, w: fused_lm_loss(h, w, y, l2wrap, 32, compiled=True), h, w)
+    assert _COMPILED_CE_CHUNK, "the compiled form was not used"
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_lm_loss(h, w, y, l2wrap, 32, compiled=True), eager[0])

@@ -10,6 +10,8 @@ same loss and the same gradients within float32 rounding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -42,6 +44,37 @@ def lm_loss(logits: Tensor, targets: Tensor, l2wrap: float = 0.0) -> Tensor:
     return loss
 
 
+def _ce_chunk(raw: Tensor, yc: Tensor, n: int, want_grad: bool, want_top: bool) -> tuple[Tensor, ...]:
+    """One chunk of head outputs raw [c, V] (the matmul's dtype) against targets yc [c]: the sum of
+    its cross entropies (float32); with `want_grad`, d mean-loss / d raw in raw's dtype; with
+    `want_top`, each row's largest raw logit (float32) and its index."""
+    logits = raw.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    total = (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+    if not want_grad:
+        return (total,)
+    top = raw.max(dim=-1) if want_top else None  # before the in-place softmax below
+    # d loss / d logits = (softmax - onehot) / N
+    g = logits.sub_(lse[:, None]).exp_()
+    g[torch.arange(len(yc), device=g.device), yc] -= 1.0
+    g = g.div_(n).to(raw.dtype)  # the logits' dtype, as the autograd of .float() would cast it
+    return (total, g) if top is None else (total, g, top.values.float(), top.indices)
+
+
+_COMPILED_CE_CHUNK: list = []
+
+
+def ce_chunk_fn(compiled: bool) -> Callable[..., tuple[Tensor, ...]]:
+    """_ce_chunk, or its torch.compile'd form (made once): its elementwise passes over the [c, V]
+    logits (upcast, logsumexp, softmax, one-hot, scale, downcast) become two fused kernels that read
+    the head output twice and write the gradient once, instead of about ten full passes."""
+    if not compiled:
+        return _ce_chunk
+    if not _COMPILED_CE_CHUNK:
+        _COMPILED_CE_CHUNK.append(torch.compile(_ce_chunk, dynamic=False))
+    return _COMPILED_CE_CHUNK[0]
+
+
 class _FusedHeadLoss(torch.autograd.Function):
     """loss = mean_n CE(h_n W^T, y_n); the cross-entropy gradients are formed chunk by chunk in the
     forward pass and scaled by the incoming gradient in the backward pass (the loss is a scalar).
@@ -49,7 +82,9 @@ class _FusedHeadLoss(torch.autograd.Function):
     row, so the backward pass adds it from the saved argmax indices and maxima."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, l2wrap: float, chunk: int) -> Tensor:
+    def forward(
+        ctx, h: Tensor, weight: Tensor, targets: Tensor, l2wrap: float, chunk: int, compiled: bool
+    ) -> Tensor:
         # h: [N, C]; weight: [V, C]; targets: [N]. Under autocast the head matmul runs in the autocast
         # dtype, exactly as nn.Linear would; everything after it is float32.
         n = h.shape[0]
@@ -61,21 +96,17 @@ class _FusedHeadLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         top = torch.zeros(n, dtype=torch.float32, device=h.device) if l2wrap > 0 else None
         idx = torch.zeros(n, dtype=torch.long, device=h.device) if l2wrap > 0 else None
+        ce = ce_chunk_fn(compiled)
         for s in range(0, n, chunk):
             hc, yc = h[s : s + chunk].to(dt), targets[s : s + chunk]
             raw = hc @ w.t()  # [c, V] in the matmul dtype, as F.linear's output
-            logits = raw.float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+            out = ce(raw, yc, n, need_grad, need_grad and l2wrap > 0)
+            total += out[0]
             if not need_grad:
                 continue
+            g = out[1]
             if l2wrap > 0:
-                mx, arg = raw.max(dim=-1)  # before the in-place softmax below
-                top[s : s + chunk], idx[s : s + chunk] = mx.float(), arg
-            # d loss / d logits = (softmax - onehot) / N
-            g = logits.sub_(lse[:, None]).exp_()
-            g[torch.arange(len(yc), device=g.device), yc] -= 1.0
-            g = g.div_(n).to(dt)  # the logits' dtype, as the autograd of .float() would cast it
+                top[s : s + chunk], idx[s : s + chunk] = out[2], out[3]
             grad_h[s : s + chunk] = (g @ w).to(h.dtype)
             grad_w += (g.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w, h, weight, top, idx)
@@ -94,7 +125,7 @@ class _FusedHeadLoss(torch.autograd.Function):
             gw.index_add_(0, idx, (coef * h.to(ctx.dt)).float())
         gh = gh if ctx.needs_input_grad[0] else None
         gw = gw.to(weight.dtype) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None
+        return gh, gw, None, None, None, None
 
 
 def _autocast_on(h: Tensor) -> bool:
@@ -102,7 +133,12 @@ def _autocast_on(h: Tensor) -> bool:
 
 
 def fused_lm_loss(
-    hidden: Tensor, weight: Tensor, targets: Tensor, l2wrap: float = 0.0, chunk_tokens: int = 4096
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    l2wrap: float = 0.0,
+    chunk_tokens: int = 4096,
+    compiled: bool = False,
 ) -> Tensor:
     """lm_loss(hidden @ weight^T, targets, l2wrap) without the whole logits tensor.
 
@@ -112,6 +148,7 @@ def fused_lm_loss(
         targets: [B, T] token ids.
         l2wrap: L2Wrap factor (0 disables).
         chunk_tokens: rows of logits formed at once (memory: chunk_tokens * V * 4 bytes, a few times).
+        compiled: run each chunk's cross entropy and gradient through torch.compile (ce_chunk_fn).
     """
     if chunk_tokens <= 0:
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
@@ -119,7 +156,7 @@ def fused_lm_loss(
     y = targets.flatten()
     if not torch.is_grad_enabled():
         l2wrap = 0.0
-    return _FusedHeadLoss.apply(h, weight, y, float(l2wrap), int(chunk_tokens))
+    return _FusedHeadLoss.apply(h, weight, y, float(l2wrap), int(chunk_tokens), bool(compiled))
 
 
 def model_loss(
@@ -129,12 +166,14 @@ def model_loss(
     l2wrap: float = 0.0,
     chunk_tokens: int | None = None,
     state: object = None,
+    compiled: bool = False,
 ) -> tuple[Tensor, object]:
     """The loss of a skein model on tokens x [B, T] against targets y [B, T] from `state`, and its
     final state: with `chunk_tokens`, the fused chunked head + cross entropy on the model's hidden
-    states (no whole logits tensor), else the logits and lm_loss."""
+    states (no whole logits tensor; its per-chunk work compiled with `compiled`), else the logits
+    and lm_loss."""
     if chunk_tokens:
         h, state = model.hidden(x, state)
-        return fused_lm_loss(h, model.head.weight, y, l2wrap, chunk_tokens), state
+        return fused_lm_loss(h, model.head.weight, y, l2wrap, chunk_tokens, compiled), state
     logits, state = model(x, state)
     return lm_loss(logits, y, l2wrap), state

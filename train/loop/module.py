@@ -107,7 +107,8 @@ class LMModule(L.LightningModule):
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Whole-sequence loss (train/loop/losses.py model_loss)."""
-        return model_loss(self.model, x, y, self.cfg.optim.l2wrap, self._loss_chunk_tokens())[0]
+        chunk = self._loss_chunk_tokens()
+        return model_loss(self.model, x, y, self.cfg.optim.l2wrap, chunk, compiled=self.execution.compile)[0]
 
     def _segmented_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The sample in segments of segment_len with the state carried (see train/loop/segments.py):
@@ -121,6 +122,7 @@ class LMModule(L.LightningModule):
             self.cfg.optim.l2wrap,
             self._loss_chunk_tokens(),
             partitioned_params=self.execution.partitioned_params,
+            compiled=self.execution.compile,
         )
         self._record(loss)
         return loss

@@ -114,6 +114,7 @@ def segmented_loss(
     l2wrap: float = 0.0,
     chunk_tokens: int | None = None,
     partitioned_params: bool = False,
+    compiled: bool = False,
 ) -> Tensor:
     """Mean next-token loss of `model` on x [B, T] against targets y [B, T], run in segments of
     `segment_len` tokens (which must divide T) with the state carried across them.
@@ -123,7 +124,8 @@ def segmented_loss(
     segment trains on a detached incoming state). The L2Wrap factor is spread over the segments so
     that its gradient, like the loss, is that of the whole sequence. `chunk_tokens` selects the
     fused chunked head + cross entropy inside each segment (train/loop/losses.py model_loss).
-    `partitioned_params` (ZeRO-3, Execution.partitioned_params) runs segments under activation checkpointing.
+    `partitioned_params` (ZeRO-3, Execution.partitioned_params) runs segments under activation checkpointing;
+    `compiled` compiles the fused loss's per-chunk work (losses.ce_chunk_fn).
     """
     T = x.shape[1]
     if segment_len <= 0 or T % segment_len:
@@ -137,7 +139,7 @@ def segmented_loss(
         sl = slice(i * segment_len, (i + 1) * segment_len)
 
         def run(s: State | None, xs: Tensor = x[:, sl], ys: Tensor = y[:, sl]) -> tuple[Tensor, State]:
-            return model_loss(model, xs, ys, l2wrap / n, chunk_tokens, s)
+            return model_loss(model, xs, ys, l2wrap / n, chunk_tokens, s, compiled)
 
         if partitioned_params:
             loss, state = _checkpointed_segment(run, state)
