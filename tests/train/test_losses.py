@@ -110,14 +110,14 @@ def test_training_step_loss_is_the_same_fused_or_not(tmp_path) -> None:
 def test_compiled_chunks_match_the_eager_ones(l2wrap: float) -> None:
     """trainer.compile also compiles the fused loss's per-chunk work: the same loss and gradients,
     a tail chunk of another size included (37 * 3 = 111 rows in chunks of 32)."""
-    from skein.train.loop.losses import _COMPILED_CE_CHUNK
+    from skein.train.loop.losses import _compiled_ce_chunk
 
     h, w, y = _case(5, V=997)
     eager = _grads(lambda h, w: fused_lm_loss(h, w, y, l2wrap, 32), h, w)
     torch._dynamo.reset()
-    _COMPILED_CE_CHUNK.clear()
+    _compiled_ce_chunk.cache_clear()
     got = _grads(lambda h, w: fused_lm_loss(h, w, y, l2wrap, 32, compiled=True), h, w)
-    assert _COMPILED_CE_CHUNK, "the compiled form was not used"
+    assert _compiled_ce_chunk.cache_info().currsize == 1, "the compiled form was not used"
     for a, b in zip(got, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with torch.no_grad():

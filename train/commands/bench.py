@@ -33,6 +33,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from skein.train.checkpoints.checkpoint import write_text_atomic
 from skein.train.checkpoints.lock import is_global_zero
 from skein.train.commands.profile import ProfileSteps
 from skein.train.config import ConfigError, RunConfig, load_config
@@ -325,10 +326,6 @@ def bench_train(
         if profile is not None:
             print(f"profile of {profile_steps} more steps: {profile}")
         if json is not None:
-            path = Path(json)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(jsonlib.dumps(result, indent=2))
-            jsonlib.loads(tmp.read_text())
-            tmp.replace(path)
+            write_text_atomic(Path(json), jsonlib.dumps(result, indent=2))
         sys.stdout.flush()
     return result

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch.autograd import DeviceType
 
+from skein.train.checkpoints.checkpoint import write_text_atomic
 from skein.train.loop.callbacks import step_done
 
 CATEGORIES = (
@@ -76,7 +77,7 @@ def operator_report(prof: Any, steps: int, top: int = 30) -> str:
 
 class ProfileSteps(L.Callback):
     """Profiles the optimizer steps from `start` (a global step) to the end of training and writes
-    the report to `path` (written to a temporary name, then renamed)."""
+    the report to `path` (checkpoint.write_text_atomic)."""
 
     def __init__(self, start: int, path: str | Path, cuda: bool) -> None:
         self.start, self.path, self.cuda = start, Path(path), cuda
@@ -110,8 +111,4 @@ class ProfileSteps(L.Callback):
             text = kernel_report(kernels, steps)
         else:
             text = operator_report(self.prof, steps)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(self.path)
-        self.report = text
+        write_text_atomic(self.path, text + "\n")

@@ -10,6 +10,7 @@ same loss and the same gradients within float32 rounding.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -61,18 +62,16 @@ def _ce_chunk(raw: Tensor, yc: Tensor, n: int, want_grad: bool, want_top: bool) 
     return (total, g) if top is None else (total, g, top.values.float(), top.indices)
 
 
-_COMPILED_CE_CHUNK: list = []
+@functools.cache
+def _compiled_ce_chunk() -> Callable[..., tuple[Tensor, ...]]:
+    return torch.compile(_ce_chunk, dynamic=False)
 
 
 def ce_chunk_fn(compiled: bool) -> Callable[..., tuple[Tensor, ...]]:
     """_ce_chunk, or its torch.compile'd form (made once): its elementwise passes over the [c, V]
     logits (upcast, logsumexp, softmax, one-hot, scale, downcast) become two fused kernels that read
     the head output twice and write the gradient once, instead of about ten full passes."""
-    if not compiled:
-        return _ce_chunk
-    if not _COMPILED_CE_CHUNK:
-        _COMPILED_CE_CHUNK.append(torch.compile(_ce_chunk, dynamic=False))
-    return _COMPILED_CE_CHUNK[0]
+    return _compiled_ce_chunk() if compiled else _ce_chunk
 
 
 class _FusedHeadLoss(torch.autograd.Function):
