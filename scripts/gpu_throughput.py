@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +37,19 @@ class Run:
     stage: int
     limit_s: float
     profile: bool = False
+    micro_bsz: int = 0
+    """The stage's micro_bsz when a run at half of it may replace one that ran out of memory."""
+
+    @property
+    def tag(self) -> str:
+        return self.name.replace(" ", "_").replace(",", "").replace(".", "p")
+
+    def halved(self) -> Run:
+        """The same run at half the micro-batch (the tokens per step stay)."""
+        key = f"stages.{self.stage}.micro_bsz="
+        over = [o for o in self.overrides if not o.startswith(key)] + [f"{key}{self.micro_bsz // 2}"]
+        name = self.name.replace(f"micro_bsz {self.micro_bsz}", f"micro_bsz {self.micro_bsz // 2}")
+        return replace(self, name=name, overrides=over, micro_bsz=self.micro_bsz // 2)
 
 
 def demo_runs() -> list[Run]:
@@ -63,7 +76,7 @@ def big_runs(gpu_gib: float) -> list[Run]:
 
     def run(name: str, ckpt: str, mb: int, extra: list[str] | None = None, profile: bool = False) -> Run:
         over = [*base, f"trainer.grad_checkpointing={ckpt}", f"stages.2.micro_bsz={mb}", *(extra or [])]
-        return Run(f"1.5B {name}, micro_bsz {mb}", BIG, over, 5, 2, 2, 170, profile)
+        return Run(f"1.5B {name}, micro_bsz {mb}", BIG, over, 5, 2, 2, 170, profile, micro_bsz=mb)
 
     none_mb = 4 if large else 2
     return [
@@ -83,8 +96,7 @@ def gpu_memory_gib() -> float:
 
 
 def run_one(r: Run, limit: float, shard: str, out: Path) -> dict | str:
-    name = r.name
-    tag = name.replace(" ", "_").replace(",", "").replace(".", "p")
+    name, tag = r.name, r.tag
     js, log = out / f"{tag}.json", out / f"{tag}.log"
     cmd = [
         sys.executable, "-m", "skein.train.cli", "bench", "train", r.config,
@@ -157,7 +169,16 @@ def main() -> None:
         if left < 45:
             results.append((r.name, "skipped: out of time budget"))
             continue
-        results.append((r.name, run_one(r, min(r.limit_s, left), shard, out)))
+        res = run_one(r, min(r.limit_s, left), shard, out)
+        log = out / f"{r.tag}.log"
+        if isinstance(res, str) and r.micro_bsz > 1 and "out of memory" in log.read_text(errors="replace"):
+            results.append((r.name, res))
+            r = r.halved()  # the card is smaller than the row assumed: once more at half the micro-batch
+            left = a.budget_s - (time.time() - t_start)
+            if left < 45:
+                continue
+            res = run_one(r, min(r.limit_s, left), shard, out)
+        results.append((r.name, res))
     text = table(results)
     (out / "throughput.md").write_text(text + "\n")
     print(f"\nGPU throughput ({time.time() - t_start:.0f} s; logs in {out})\n{text}")
