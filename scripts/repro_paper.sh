@@ -4,7 +4,7 @@
 #   state tracking: S3, DeltaProduct n_h = 2 and n_h = 1 (negative eigenvalues), train 128 / test 512;
 #   MQAR: attention, rwkv7 and deltanet at d_model 128, the four zoology cells, the lr sweep
 #   logspace(-4, -2, 4), one process per mixer and pair of cells.
-#   bash scripts/repro_paper.sh [STATE_MINUTES] [MQAR_EPOCHS] [HARD_MINUTES] [EXTRA]
+#   bash scripts/repro_paper.sh [STATE_MINUTES] [MQAR_EPOCHS] [HARD_MINUTES] [EXTRA] [SUITES]
 # STATE_MINUTES (default 5) bounds each state run (it ends after the epoch that crosses it; the
 # paper's 100 epochs of 49 steps usually end first). MQAR_EPOCHS (default 4; zoology's figure 2
 # trains 64) sets each MQAR run's epochs, its cosine stepped over them: the full 48-run sweep at 64
@@ -12,12 +12,14 @@
 # is stopped at HARD_MINUTES (default 8.5); cells.csv keeps the MQAR runs finished by then.
 # Results go to ${OUT:-paper-logs}/paper_eval.tar.gz (every suite's folder), the logs to one file,
 # and the summary table is printed last. EXTRA goes to every run: `bash scripts/repro_paper.sh 0.1 1
-# 0.5 '--quick true --device cpu'` runs the whole script at CPU size.
+# 0.5 '--quick true --device cpu'` runs the whole script at CPU size. SUITES (default 'state mqar')
+# picks the suites: `bash scripts/repro_paper.sh 8.5 4 9 '' state` gives the two state runs the GPU alone.
 set -uo pipefail
 state_minutes=${1:-5}
 mqar_epochs=${2:-4}
 hard_s=$(python -c "print(int(60 * ${3:-8.5}))")
 read -r -a extra <<<"${4:-}"
+suites=" ${5:-state mqar} "
 out=${OUT:-paper-logs}
 work=$(mktemp -d)
 mkdir -p "$out"
@@ -29,14 +31,18 @@ eval_run() {  # NAME SUITE ARGS...: one suite into $work/NAME, its log beside it
     timeout "$hard_s" python -m skein.train.cli eval "$suite" --setup paper --output "$work/$name" "$@" "${extra[@]}" >"$work/$name.log" 2>&1 ||
         echo "$name failed (rc $?)" >>"$work/$name.log"
 }
-eval_run state-nh2 state --groups S3 --run_minutes "$state_minutes" &
-eval_run state-nh1 state --groups S3 --model '{n_householder: 1}' --run_minutes "$state_minutes" &
-for mixer in attention rwkv7 deltanet; do
-    eval_run "mqar-$mixer-short" mqar --mixers "$mixer" --d_models 128 --settings 64:4 128:8 \
-        --epochs "$mqar_epochs" &
-    eval_run "mqar-$mixer-long" mqar --mixers "$mixer" --d_models 128 --settings 256:16 512:64 \
-        --epochs "$mqar_epochs" &
-done
+if [[ $suites == *" state "* ]]; then
+    eval_run state-nh2 state --groups S3 --run_minutes "$state_minutes" &
+    eval_run state-nh1 state --groups S3 --model '{n_householder: 1}' --run_minutes "$state_minutes" &
+fi
+if [[ $suites == *" mqar "* ]]; then
+    for mixer in attention rwkv7 deltanet; do
+        eval_run "mqar-$mixer-short" mqar --mixers "$mixer" --d_models 128 --settings 64:4 128:8 \
+            --epochs "$mqar_epochs" &
+        eval_run "mqar-$mixer-long" mqar --mixers "$mixer" --d_models 128 --settings 256:16 512:64 \
+            --epochs "$mqar_epochs" &
+    done
+fi
 wait
 echo "all runs ended after $(($(date +%s) - t0)) s"
 for f in "$work"/*.log; do

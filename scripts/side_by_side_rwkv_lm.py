@@ -54,6 +54,7 @@ import csv
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -80,7 +81,7 @@ LAUNCHER = '''"""Runs RWKV-LM's train.py, appending "step loss seconds" per opti
 With SKEIN_SBS_EXT_CACHE set, every torch.utils.cpp_extension.load (RWKV-LM's CUDA ops and
 DeepSpeed's fused Adam) builds into CACHE/<name>/, and a later run loads CACHE/<name>/<name>.so
 without building; with SKEIN_SBS_PREBUILD=1 it only builds them, one process per extension."""
-import json, os, runpy, subprocess, sys, time
+import json, os, runpy, shutil, subprocess, sys, time
 
 import torch
 import torch.utils.cpp_extension as cpp
@@ -97,11 +98,16 @@ def cached_load(name, sources, **kw):
     where = os.path.join(CACHE, name)
     lib = os.path.join(where, name + ".so")
     if os.path.exists(lib):
+        print(f"extension {name}: cached", flush=True)
         if kw.get("is_python_module", True):
             return cpp._import_module_from_library(name, where, True)
         torch.ops.load_library(lib)
         return lib
-    os.makedirs(where, exist_ok=True)
+    # no library: whatever is there is a build that was stopped, and its lock file would make
+    # this build wait for it forever; start afresh
+    shutil.rmtree(where, ignore_errors=True)
+    os.makedirs(where)
+    print(f"extension {name}: building into {where}", flush=True)
     kw.update(name=name, sources=[os.path.abspath(s) for s in sources], build_directory=where)
     if PREBUILD:
         _jobs[name] = subprocess.Popen([sys.executable, "-c", BUILD_ONE, json.dumps(kw)])
@@ -370,7 +376,17 @@ def prebuild(a: argparse.Namespace, out: Path) -> None:
                RWKV_HEAD_SIZE=str(HEAD_SIZE), RWKV_HEAD_L2WRAP_CE_CHUNK="0", RWKV_FLOAT_MODE="bf16",
                RWKV_JIT_ON="1")  # fmt: skip
     t0 = time.time()
-    rc = subprocess.run([sys.executable, str(launcher)], cwd=a.rwkv_lm, env=env).returncode
+    # its own process group: a timeout stops the builds it started too
+    job = subprocess.Popen([sys.executable, str(launcher)], cwd=a.rwkv_lm, env=env, start_new_session=True)
+    try:
+        rc = job.wait(timeout=a.prebuild_timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        raise SystemExit(
+            f"prebuild: not done after --prebuild_timeout {a.prebuild_timeout:.0f} s; the extensions "
+            f"built so far stay in {a.ext_cache} and the next run builds only the others"
+        ) from None
     print(f"prebuild: rc {rc} in {time.time() - t0:.0f} s into {a.ext_cache}", flush=True)
     if rc != 0:
         raise SystemExit(rc)
@@ -612,6 +628,9 @@ def main() -> None:
         help="folder where RWKV-LM's CUDA extensions are built once, in parallel, and loaded by later runs",
     )
     ap.add_argument("--prebuild", action="store_true", help="only build the extensions into --ext_cache")
+    ap.add_argument(
+        "--prebuild_timeout", type=float, default=420, help="seconds the extension builds may take together"
+    )
     a = ap.parse_args()
     a.skein_trainer = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.skein.split())}
     if not (Path(a.rwkv_lm) / "train.py").is_file():

@@ -262,3 +262,59 @@ def test_skein_run_starts_from_the_rwkv_lm_file_on_rwkv_lm_data(corpus: str, tmp
     torch.save({k: torch.randn(v, generator=gen).to(torch.bfloat16) for k, v in shapes.items()}, wide)
     with pytest.raises(sbs.RunFailed, match=r"(?s)skein stopped after 0 of 6 steps \(rc \d+\).*r_k"):
         sbs.run_skein(a, config, wide, "skein")
+
+
+def test_launcher_clears_a_stopped_build_and_loads_a_cached_one(tmp_path: Path) -> None:
+    """A build killed mid-way leaves its folder with torch's lock file and no library: the launcher
+    must build afresh there (torch would otherwise wait on that lock forever), and load a cached
+    library without building."""
+    import subprocess
+
+    rwkv_lm, cache = tmp_path / "train_temp", tmp_path / "cache"
+    (rwkv_lm / "src").mkdir(parents=True)
+    stale = cache / "wkv_stopped"
+    stale.mkdir(parents=True)
+    (stale / "lock").write_text("")
+    (stale / "half_built.o").write_bytes(random.randbytes(64))
+    built = tmp_path / "built.txt"
+    # RWKV-LM's trainer stand-in: swaps the real build for one that records its folder, then
+    # asks for the stopped extension as RWKV-LM's model does
+    (rwkv_lm / "src" / "trainer.py").write_text(
+        "import os, __main__, torch.utils.cpp_extension as cpp\n"
+        "def fake_build(name, sources, build_directory, **kw):\n"
+        f"    open({str(built)!r}, 'a').write(name + '|' + ','.join(sorted(os.listdir(build_directory))) + '\\n')\n"
+        "__main__._load = fake_build\n"
+        "cpp.load(name='wkv_stopped', sources=['cuda/wkv.cu'], verbose=False)\n"
+        "class train_callback:\n"
+        "    def on_train_batch_end(self, *a):\n"
+        "        pass\n"
+    )  # fmt: skip
+    (rwkv_lm / "train.py").write_text("")
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(sbs.LAUNCHER)
+    env = {
+        **__import__("os").environ,
+        "SKEIN_SBS_EXT_CACHE": str(cache),
+        "SKEIN_SBS_LOSS_FILE": str(tmp_path / "steps.txt"),
+    }
+    done = subprocess.run(
+        [sys.executable, str(launcher)], cwd=rwkv_lm, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert built.read_text() == "wkv_stopped|\n", "the build ran in an emptied folder"
+    assert "extension wkv_stopped: building" in done.stdout
+
+    # a cached library is loaded, not built: a real shared object from the build's folder
+    lib = cache / "ops_cached" / "ops_cached.so"
+    lib.parent.mkdir()
+    lib.write_bytes(random.randbytes(256))  # not a library: loading it must fail, proving it was read
+    (rwkv_lm / "src" / "trainer.py").write_text(
+        "import torch.utils.cpp_extension as cpp\n"
+        "cpp.load(name='ops_cached', sources=['cuda/ops.cu'], is_python_module=False)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(launcher)], cwd=rwkv_lm, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "extension ops_cached: cached" in done.stdout
+    assert done.returncode != 0 and "ops_cached.so" in done.stderr
+    assert built.read_text().count("\n") == 1, "a cached extension was built again"

@@ -125,3 +125,36 @@ def test_kernel_report_sums_device_time_by_category() -> None:
     cats = {r[1].strip(): float(r[2]) for r in rows if r[1].strip() not in ("category", "---")}
     for cat, us in want.items():
         assert cats[cat] == pytest.approx(us / 3 / 1e3, abs=0.051), cat
+
+
+def test_device_kernels_leave_out_annotation_ranges_and_host_events() -> None:
+    """An `Optimizer.step#...` range on the device timeline spans kernels that are also listed one
+    by one: the report counts the kernels once and never the range."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from skein.train.commands.profile import device_kernels, kernel_report
+
+    rng = __import__("random").Random(11)
+
+    def event(name: str, us: float, device: DeviceType, annotation: bool = False) -> SimpleNamespace:
+        span = SimpleNamespace(elapsed_us=lambda: us)
+        return SimpleNamespace(name=name, time_range=span, device_type=device, is_user_annotation=annotation)
+
+    kernels = [
+        event(name, rng.uniform(50.0, 900.0), DeviceType.CUDA)
+        for name in ("_rwkv7_bwd_kernel", "nvjet_tst_256x128_NNT", "triton_poi_fused_add_0") * 4
+    ]
+    span = sum(e.time_range.elapsed_us() for e in kernels) * 1.3
+    events = [
+        *kernels,
+        event("Optimizer.step#AdamW.step", span, DeviceType.CUDA, annotation=True),
+        event("aten::mm", rng.uniform(10.0, 90.0), DeviceType.CPU),
+        event("Optimizer.step#AdamW.step", span, DeviceType.CPU, annotation=True),
+    ]
+    rng.shuffle(events)
+    kept = device_kernels(events)
+    assert sorted(id(e) for e in kept) == sorted(id(e) for e in kernels)
+    total = sum(e.time_range.elapsed_us() for e in kernels)
+    assert kernel_report(kept, steps=2).startswith(f"device time per step: {total / 2 / 1e3:.1f} ms")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from skein.train.eval.models import LogitsOnly
 from skein.train.eval.paper import (
     ZoologyAttention,
     ZoologyLM,
+    best_epoch,
     build_state_model,
     metrics,
     mqar_training,
@@ -141,6 +143,19 @@ def test_paper_training_no_warmup_no_clipping_decay_everywhere(monkeypatch: pyte
     again = metrics(predictions(model, test[0], 256, torch.device("cpu"), torch.no_grad()), test[1], {"6": 7})
     assert again == pytest.approx(r["final"])
     assert r["best"]["sequence_accuracy"] >= r["final"]["sequence_accuracy"]
+
+
+def test_best_epoch_breaks_ties_by_token_accuracy() -> None:
+    """A long state run can end with sequence accuracy 0 at every epoch: the best epoch is then
+    the one with the most positions right, not the first."""
+    rng = random.Random(5)
+    history = [{"sequence_accuracy_512": 0.0, "token_accuracy": rng.uniform(0.15, 0.4)} for _ in range(9)]
+    top = max(range(9), key=lambda e: history[e]["token_accuracy"])
+    assert best_epoch(history, "sequence_accuracy_512") == top
+    history[2]["sequence_accuracy_512"] = 0.004  # any sequence accuracy outranks token accuracy
+    assert best_epoch(history, "sequence_accuracy_512") == 2
+    history[6] = dict(history[2])  # an exact tie: the later epoch
+    assert best_epoch(history, "sequence_accuracy_512") == 6
 
 
 def test_zoology_cosine_is_stepped_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None:

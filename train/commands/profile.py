@@ -37,6 +37,16 @@ def category(name: str) -> str:
     return next((c for c, pat in CATEGORIES if pat.search(name)), "other")
 
 
+def device_kernels(events: list[Any]) -> list[Any]:
+    """The device kernels among profiler events. Ranges such as `Optimizer.step#AdamW.step` also
+    appear on the device timeline (gpu_user_annotation), spanning from their first kernel to their
+    last and so over kernels launched before them that were still running: counting them would add
+    a kernel's time twice."""
+    return [
+        e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    ]
+
+
 def kernel_report(events: list[Any], steps: int, top: int = 30) -> str:
     """Device time per step of `events` (FunctionEvents of device kernels) by category and by
     kernel, as text tables."""
@@ -107,8 +117,7 @@ class ProfileSteps(L.Callback):
         self.prof.__exit__(None, None, None)
         steps = max(self.steps, 1)
         if self.cuda:
-            kernels = [e for e in self.prof.events() if e.device_type == DeviceType.CUDA]
-            text = kernel_report(kernels, steps)
+            text = kernel_report(device_kernels(self.prof.events()), steps)
         else:
             text = operator_report(self.prof, steps)
         write_text_atomic(self.path, text + "\n")

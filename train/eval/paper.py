@@ -286,6 +286,12 @@ def metrics(pred: Tensor, labels: Tensor, prefix_lengths: dict[str, int] | None 
     return out
 
 
+def best_epoch(history: list[dict[str, float]], stop_key: str) -> int:
+    """The index of the best epoch: highest `stop_key`, ties (e.g. a sequence accuracy still 0
+    everywhere) broken by token accuracy, then by the later epoch."""
+    return max(range(len(history)), key=lambda e: (history[e][stop_key], history[e]["token_accuracy"], e))
+
+
 def train_paper(
     model: nn.Module,
     train: tuple[Tensor, Tensor],
@@ -299,7 +305,7 @@ def train_paper(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train as the published code does (see PaperTraining) and score the test set after every
-    epoch. Returns the final and the best epoch's metrics (best by stop_key), the epochs and steps
+    epoch. Returns the final and the best epoch's metrics (best_epoch), the epochs and steps
     run, and the last training loss."""
     model.to(device).train()
     if cfg.bf16_weights:
@@ -342,7 +348,7 @@ def train_paper(
         if cfg.cosine_per == "epoch":
             sched.step()
     bar.close()
-    best = max(range(len(history)), key=lambda e: history[e][stop_key])
+    best = best_epoch(history, stop_key)
     return {"final": history[-1], "best": history[best], "best_epoch": best + 1, "epochs": len(history),
             "steps": step, "train_loss": float(loss.detach()), "seconds": time.monotonic() - started}  # fmt: skip
 
