@@ -52,6 +52,10 @@ RWKV7_VARIANTS = {
     },
     "c16 bwd per head": Rwkv7Launch(chunk=16, bwd_kernel="triton"),
     "c16 bf16 dots": Rwkv7Launch(chunk=16, dots="bf16"),
+    "c16 bf16 dots bwd_bv32 sum": Rwkv7Launch(chunk=16, dots="bf16", bwd_block_v=32),
+    "c16 bf16 dots two-pass bwd_bv32 sum": Rwkv7Launch(
+        chunk=16, dots="bf16", bwd_block_v=32, bwd_two_pass=True
+    ),
     "c16 bwd 16 warps": Rwkv7Launch(chunk=16, bwd_warps=16),
     "c16 bwd 4 warps": Rwkv7Launch(chunk=16, bwd_warps=4),
     "c16 bwd 1 stage": Rwkv7Launch(chunk=16, bwd_stages=1),
@@ -288,6 +292,24 @@ def _cuda_dir(path: str | None) -> str | None:
     return str(sub if sub.is_dir() else Path(path))
 
 
+NAMED_SHAPES = {"large": (8, 4096, 32), "small": (16, 512, 12)}
+
+
+def rwkv7_shapes(spec: str) -> list[BenchShape]:
+    """The bf16 RWKV-7 shapes (head size 64) of a --shapes value: names of NAMED_SHAPES or BxTxH."""
+    shapes = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        dims = NAMED_SHAPES.get(item)
+        if dims is None:
+            try:
+                B, T, H = (int(x) for x in item.split("x"))
+            except ValueError:
+                raise SystemExit(f"--shapes {item!r}: use large, small or BxTxH such as 2x4096x32") from None
+            dims = (B, T, H)
+        shapes.append(BenchShape(*dims, 64, torch.bfloat16))
+    return shapes
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rwkv_lm", help="RWKV-LM checkout (or its RWKV-v7/train_temp/cuda folder)")
@@ -299,7 +321,10 @@ def main() -> None:
         "--no_fla", dest="fla", action="store_false", help="leave fla's rwkv7 kernel out (slow to compile)"
     )
     p.add_argument(
-        "--shapes", default="large,small", help="rwkv7 shapes: large (B8 T4096 H32), small (B16 T512 H12)"
+        "--shapes",
+        default="large,small",
+        help="rwkv7 shapes, comma-separated: large (B8 T4096 H32), small (B16 T512 H12) or BxTxH, "
+        "e.g. 2x4096x32 (the 1.5B model at micro_bsz 2)",
     )
     args = p.parse_args()
     if args.variants:
@@ -316,10 +341,8 @@ def main() -> None:
     rows: list[Row] = []
     t0 = time.time()
     if "rwkv7" in ops:
-        if "large" in args.shapes:
-            sweep_rwkv7(rows, BenchShape(8, 4096, 32, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm), args.fla)
-        if "small" in args.shapes:
-            sweep_rwkv7(rows, BenchShape(16, 512, 12, 64, torch.bfloat16), _cuda_dir(args.rwkv_lm), args.fla)
+        for shape in rwkv7_shapes(args.shapes):
+            sweep_rwkv7(rows, shape, _cuda_dir(args.rwkv_lm), args.fla)
     if "delta_product" in ops:
         sweep_delta_product(rows, BenchShape(8, 4096, 32, 64, torch.bfloat16, n_h=2))
     if "wkv4" in ops:
