@@ -1,8 +1,9 @@
 """Training throughput on one GPU in one call (under 10 minutes): `skein bench train` on RWKV-LM's
 RWKV-7 demo recipe (configs/recipes/rwkv_lm_demo.yaml) with torch.compile, the fused loss and
-checkpointing off and on (`--suite demo`), or on RWKV-7 1.5B at ctx 4096 (`--suite 1.5b`): full,
-selective and no gradient checkpointing at the micro_bsz that fits the card, the last also with
-bf16 kernel operands, and a kernel profile of the no-checkpointing step; one table at the end.
+checkpointing off and on, and CUDA graphs of the blocks (`--suite demo`), or on RWKV-7 1.5B at ctx
+4096 (`--suite 1.5b`): full, selective and no gradient checkpointing at the micro_bsz that fits
+the card, the last also with bf16 kernel operands, and a kernel profile of the no-checkpointing
+step; one table at the end.
 
     python scripts/gpu_throughput.py [--suite demo|1.5b] [--shard PREFIX] [--budget_s 540]
 
@@ -63,6 +64,7 @@ def demo_runs() -> list[Run]:
         Run("demo compile, plain loss", DEMO, comp + plain, 30, 5, 0, 120),
         Run("demo compile, fused, no ckpt", DEMO, comp + ["trainer.grad_checkpointing=false"], 30, 5, 0, 120),
         Run("demo compile, fused, selective ckpt", DEMO, comp + ["trainer.grad_checkpointing=selective"], 30, 5, 0, 120),
+        Run("demo compile reduce-overhead, fused", DEMO, comp + ["trainer.compile_mode=reduce-overhead"], 30, 5, 0, 200),
     ]  # fmt: skip
 
 

@@ -192,6 +192,14 @@ class TrainerSection:
     """torch.compile each block (Inductor). auto: on when training on GPUs (1.5x the eager step
     on RWKV-LM's demo recipe, docs/perf.md), off on the CPU (Inductor's C++ build of every block
     takes minutes there)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
+    """torch.compile's mode for the blocks when compile is on. reduce-overhead replays each block's
+    kernels as a CUDA graph (one launch instead of hundreds: for small models whose step waits on
+    kernel launches; the graphs hold their own copies of the activations); max-autotune also
+    searches matmul configurations (minutes more compile time), with CUDA graphs;
+    max-autotune-no-cudagraphs without them."""
     fused_loss: bool = True
     """Compute head, cross entropy and L2Wrap in chunks of rows, never holding the float32 logits
     of the whole batch (same loss and gradients as the plain form within float32 rounding)."""
@@ -207,6 +215,10 @@ class TrainerSection:
             )
         if self.loss_chunk_tokens <= 0:
             raise ConfigError(f"trainer.loss_chunk_tokens must be positive, got {self.loss_chunk_tokens}")
+        if self.compile_mode != "default" and self.compile is False:
+            raise ConfigError(
+                f"trainer.compile_mode = {self.compile_mode} needs trainer.compile true or auto (it is false)"
+            )
 
 
 @dataclass(kw_only=True)

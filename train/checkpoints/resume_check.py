@@ -5,7 +5,7 @@ alter what the checkpoint holds or the stages already started (done or in progre
 
 - allowed: run.name, run.out_dir (another spelling of the same directory), run.stop_after_steps,
   data.num_workers, trainer.accelerator / devices / num_nodes / grad_checkpointing / compile /
-  fused_loss / loss_chunk_tokens / deterministic, all of checkpoint.*, log.*, eval.* and slurm.*; every key of a stage not started yet
+  compile_mode / fused_loss / loss_chunk_tokens / deterministic, all of checkpoint.*, log.*, eval.* and slurm.*; every key of a stage not started yet
   (stages may be added or removed after the current one); optim.lr_init / lr_final when every
   started stage sets its own lr_init / lr_final.
 - refused: model.* (weights), data.train / weights / tokenizer and run.seed (the data order),
@@ -41,6 +41,7 @@ ALLOWED = (
     "trainer.num_nodes",
     "trainer.grad_checkpointing",
     "trainer.compile",
+    "trainer.compile_mode",
     "trainer.fused_loss",
     "trainer.loss_chunk_tokens",
     "trainer.deterministic",

@@ -257,6 +257,7 @@ def bench_config(
         "steps": steps,
         "warmup": warmup,
         "compile": any(getattr(b, "_skein_compile", None) for b in model.blocks),
+        "compile_mode": cfg.trainer.compile_mode,
         "grad_checkpointing": cfg.trainer.grad_checkpointing,
         "fused_loss": cfg.trainer.fused_loss,
         "tokens_per_s_per_gpu": tok_s_gpu,
@@ -286,7 +287,7 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"{r['arch']} ctx {r['ctx_len']}, {r['tokens_per_step']} tokens/step, {r['world_size']} x {r['device']}, "
-            f"compile {r['compile']}, grad_checkpointing {r['grad_checkpointing']}, fused_loss {r['fused_loss']}",
+            f"compile {r['compile']} ({r['compile_mode']}), grad_checkpointing {r['grad_checkpointing']}, fused_loss {r['fused_loss']}",
             f"tokens/s per GPU {r['tokens_per_s_per_gpu']:.0f} (total {r['tokens_per_s']:.0f}); "
             f"step median {1e3 * r['step_s_median']:.1f} ms",
             f"MFU {100 * r['mfu_measured']:.1f}% of measured {r['matmul_peak_tflops']:.3g} TFLOP/s, {sheet} of "

@@ -19,6 +19,7 @@ from skein.data.dataset import PretrainDataset
 from skein.rwkv.models import CausalLM
 from skein.train.loop.callbacks import drop_rows_after, step_done
 from skein.train.loop.losses import model_loss
+from skein.train.parallel.blocks import begin_graph_step
 
 Evaluator = Callable[[CausalLM, L.Trainer], dict[str, float]]
 
@@ -51,6 +52,7 @@ class ValidationLoss:
             batch = [self.dataset[n] for n in mine[i : i + self.micro_bsz]]
             x = torch.stack([b[0] for b in batch]).to(device)
             y = torch.stack([b[1] for b in batch]).to(device)
+            begin_graph_step(model)
             total[0] += model_loss(model, x, y, chunk_tokens=self.chunk_tokens)[0].double() * len(batch)
             total[1] += len(batch)
         return total

@@ -16,6 +16,7 @@ from skein.train.loop.losses import model_loss
 from skein.train.loop.optim import build_optimizer, param_groups
 from skein.train.loop.schedule import AutoDecay
 from skein.train.loop.segments import segmented_loss
+from skein.train.parallel.blocks import begin_graph_step
 from skein.train.parallel.execution import Execution
 from skein.train.plan import StagePlan
 from skein.train.typed import ConfigError
@@ -94,6 +95,7 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, y = batch
+        begin_graph_step(self.model)
         if not self.stage.segmented:
             loss = self._loss(x, y)
             self._record(loss)

@@ -36,7 +36,7 @@ def build_training_model(
     if cfg.trainer.grad_checkpointing:
         apply_grad_checkpointing(model, selective=cfg.trainer.grad_checkpointing == "selective")
     if execution.compile:
-        apply_compile(model)
+        apply_compile(model, mode=cfg.trainer.compile_mode)
     return model
 
 

@@ -13,9 +13,9 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from skein.rwkv.models import CausalLM
 
 
-def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
+def apply_compile(model: CausalLM, backend: str = "inductor", mode: str = "default") -> None:
     """torch.compile each block's forward in place (the modules, their parameter names and the
-    state-dict layout are unchanged). With gradient checkpointing (applied before or after) the
+    state-dict layout are unchanged), in torch.compile's `mode` (Inductor only). With gradient checkpointing (applied before or after) the
     compiled graph holds the checkpoint: Dynamo traces it as a region to recompute, and the
     backward graph recomputes it (a checkpoint around a compiled forward instead replays the
     compiled function under saved-tensor hooks, which Dynamo may run as a different graph the
@@ -25,7 +25,12 @@ def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
     # mixing vectors summed over batch and time); on CUDA it returns those gradients as [C]
     # ("invalid gradient ... got [768] but expected shape compatible with [1, 1, 768]") or wrong
     # (pytorch/pytorch#178080, #193061). Off for skein's blocks.
-    options = {"triton.mix_order_reduction": False} if backend == "inductor" else None
+    # torch.compile takes a mode or options, not both: the mode's options are merged in.
+    options = (
+        {**torch._inductor.list_mode_options(mode), "triton.mix_order_reduction": False}
+        if backend == "inductor"
+        else None
+    )
     # Graphs per block code: first block or not, with or without gradients (segments, validation),
     # and each stage's shapes; past Dynamo's default limit of 8 the remaining calls run eagerly.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -33,6 +38,19 @@ def apply_compile(model: CausalLM, backend: str = "inductor") -> None:
         if getattr(block, "_skein_compile", None) is None:
             block._skein_compile = {"backend": backend, "dynamic": False, "options": options}
             _wrap(block)
+
+
+def uses_cuda_graphs(model: CausalLM) -> bool:
+    """Whether apply_compile gave the blocks a mode that replays them as CUDA graphs."""
+    args = getattr(model.blocks[0], "_skein_compile", None) if len(model.blocks) else None
+    return bool(args and (args["options"] or {}).get("triton.cudagraphs"))
+
+
+def begin_graph_step(model: CausalLM) -> None:
+    """Tell torch's CUDA-graph trees that a new forward pass (a micro-batch, an evaluation batch)
+    starts, so that outputs of the previous one may be overwritten; nothing without CUDA graphs."""
+    if uses_cuda_graphs(model):
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def apply_grad_checkpointing(model: CausalLM, selective: bool = False) -> None:
