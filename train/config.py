@@ -197,9 +197,9 @@ class TrainerSection:
     )
     """torch.compile's mode for the blocks when compile is on. reduce-overhead replays each block's
     kernels as a CUDA graph (one launch instead of hundreds: for small models whose step waits on
-    kernel launches; the graphs hold their own copies of the activations); max-autotune also
-    searches matmul configurations (minutes more compile time), with CUDA graphs;
-    max-autotune-no-cudagraphs without them."""
+    kernel launches; the graphs keep their memory in a pool of their own, which can raise the peak);
+    max-autotune also searches matmul configurations (minutes more compile time), with CUDA
+    graphs; max-autotune-no-cudagraphs without them."""
     fused_loss: bool = True
     """Compute head, cross entropy and L2Wrap in chunks of rows, never holding the float32 logits
     of the whole batch (same loss and gradients as the plain form within float32 rounding)."""
