@@ -158,3 +158,30 @@ def test_device_kernels_leave_out_annotation_ranges_and_host_events() -> None:
     assert sorted(id(e) for e in kept) == sorted(id(e) for e in kernels)
     total = sum(e.time_range.elapsed_us() for e in kernels)
     assert kernel_report(kept, steps=2).startswith(f"device time per step: {total / 2 / 1e3:.1f} ms")
+    assert "timed step" not in kernel_report(kept, steps=2)
+    step_ms = total / 2 / 1e3 / rng.uniform(0.3, 0.9)  # the kernels fill 30-90% of the step
+    second = kernel_report(kept, steps=2, step_ms=step_ms).splitlines()[1]
+    assert second.startswith(f"timed step (not profiled): {step_ms:.1f} ms, of which the kernels fill ")
+    assert f"fill {100 * total / 2 / 1e3 / step_ms:.0f}%" in second
+
+
+def test_profile_gets_the_timed_step_wall_time(
+    corpus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The profile's callback reads the timed window's wall time per step (for the share the
+    kernels fill on a GPU) when the profiled steps end, and it agrees with the bench's step time."""
+    import skein.train.commands.bench as bench
+
+    seen: list[float | None] = []
+
+    class Recording(bench.ProfileSteps):
+        def on_train_end(self, trainer, module) -> None:
+            seen.append(self.step_ms())
+            super().on_train_end(trainer, module)
+
+    monkeypatch.setattr(bench, "ProfileSteps", Recording)
+    cfg = write_config(tiny_run(corpus, tmp_path / "run", arch="rwkv7"), tmp_path / "run.yaml")
+    r = bench.bench_train(str(cfg), steps=3, warmup=1, profile=str(tmp_path / "p.md"), profile_steps=1)
+    assert len(seen) == 1 and seen[0] is not None
+    assert seen[0] == pytest.approx(1e3 * r["tokens_per_step"] / r["tokens_per_s"], rel=1e-6)
+    assert seen[0] == pytest.approx(1e3 * r["step_s_mean"], rel=0.25)

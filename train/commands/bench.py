@@ -76,6 +76,12 @@ class StepTimer(L.Callback):
         self._last_end: Any = None
         self.window: list[float] = []
 
+    def window_step_ms(self) -> float | None:
+        """Wall time per measured step over the closed window (None before it closes)."""
+        if len(self.window) < 2 or not self.steps:
+            return None
+        return 1e3 * (self.window[-1] - self.window[0]) / len(self.steps)
+
     def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
         if self.warmup == 0:
             if self.clock.cuda:
@@ -218,7 +224,7 @@ def bench_config(
         callbacks: list[L.Callback] = [timer]
         extra = 0
         if profile is not None:
-            callbacks.append(ProfileSteps(warmup + steps, profile, cuda))
+            callbacks.append(ProfileSteps(warmup + steps, profile, cuda, step_ms=timer.window_step_ms))
             extra = profile_steps
         trainer = build_stage_trainer(cfg, plan, execution, tmp, callbacks, max_steps=warmup + steps + extra)
         data = StageDataModule(cfg, plan.ctx_len, cfg.stages[stage].micro_bsz, plan.global_batch, 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,10 @@ def device_kernels(events: list[Any]) -> list[Any]:
     ]
 
 
-def kernel_report(events: list[Any], steps: int, top: int = 30) -> str:
+def kernel_report(events: list[Any], steps: int, top: int = 30, step_ms: float | None = None) -> str:
     """Device time per step of `events` (FunctionEvents of device kernels) by category and by
-    kernel, as text tables."""
+    kernel, as text tables; with `step_ms` (the unprofiled step's wall time), how much of the step
+    the kernels fill."""
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for e in events:
         row = per_kernel[e.name]
@@ -59,10 +61,13 @@ def kernel_report(events: list[Any], steps: int, top: int = 30) -> str:
     per_cat: dict[str, float] = defaultdict(float)
     for name, (t, _) in per_kernel.items():
         per_cat[category(name)] += t
-    lines = [
-        f"device time per step: {total / steps / 1e3:.1f} ms over {steps} steps ({len(events)} kernels)",
-        "",
-    ]
+    lines = [f"device time per step: {total / steps / 1e3:.1f} ms over {steps} steps ({len(events)} kernels)"]
+    if step_ms:
+        lines.append(
+            f"timed step (not profiled): {step_ms:.1f} ms, of which the kernels fill "
+            f"{100 * total / steps / 1e3 / step_ms:.0f}% (well under 100%: the GPU waits on the host)"
+        )
+    lines.append("")
     lines += ["| category | ms/step | share |", "| --- | --- | --- |"]
     for c, t in sorted(per_cat.items(), key=lambda kv: -kv[1]):
         lines.append(f"| {c} | {t / steps / 1e3:.1f} | {100 * t / total:.1f}% |")
@@ -87,10 +92,14 @@ def operator_report(prof: Any, steps: int, top: int = 30) -> str:
 
 class ProfileSteps(L.Callback):
     """Profiles the optimizer steps from `start` (a global step) to the end of training and writes
-    the report to `path` (checkpoint.write_text_atomic)."""
+    the report to `path` (checkpoint.write_text_atomic); `step_ms` gives the wall time of an
+    unprofiled step, for the report's share of it that kernels fill."""
 
-    def __init__(self, start: int, path: str | Path, cuda: bool) -> None:
+    def __init__(
+        self, start: int, path: str | Path, cuda: bool, step_ms: Callable[[], float | None] | None = None
+    ) -> None:
         self.start, self.path, self.cuda = start, Path(path), cuda
+        self.step_ms = step_ms
         self.prof: Any = None
         self.steps = 0
 
@@ -117,7 +126,8 @@ class ProfileSteps(L.Callback):
         self.prof.__exit__(None, None, None)
         steps = max(self.steps, 1)
         if self.cuda:
-            text = kernel_report(device_kernels(self.prof.events()), steps)
+            step_ms = self.step_ms() if self.step_ms else None
+            text = kernel_report(device_kernels(self.prof.events()), steps, step_ms=step_ms)
         else:
             text = operator_report(self.prof, steps)
         write_text_atomic(self.path, text + "\n")
