@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -268,8 +270,6 @@ def test_launcher_clears_a_stopped_build_and_loads_a_cached_one(tmp_path: Path) 
     """A build killed mid-way leaves its folder with torch's lock file and no library: the launcher
     must build afresh there (torch would otherwise wait on that lock forever), and load a cached
     library without building."""
-    import subprocess
-
     rwkv_lm, cache = tmp_path / "train_temp", tmp_path / "cache"
     (rwkv_lm / "src").mkdir(parents=True)
     stale = cache / "wkv_stopped"
@@ -293,7 +293,7 @@ def test_launcher_clears_a_stopped_build_and_loads_a_cached_one(tmp_path: Path) 
     launcher = tmp_path / "launch.py"
     launcher.write_text(sbs.LAUNCHER)
     env = {
-        **__import__("os").environ,
+        **os.environ,
         "SKEIN_SBS_EXT_CACHE": str(cache),
         "SKEIN_SBS_LOSS_FILE": str(tmp_path / "steps.txt"),
     }

@@ -4,6 +4,7 @@ figures, in a temporary run directory."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_kernel_report_sums_device_time_by_category() -> None:
 
     from skein.train.commands.profile import category, kernel_report
 
-    rng = __import__("random").Random(3)
+    rng = random.Random(3)
     names = {
         "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1": "matmul",
         "nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNT": "matmul",
@@ -136,7 +137,7 @@ def test_device_kernels_leave_out_annotation_ranges_and_host_events() -> None:
 
     from skein.train.commands.profile import device_kernels, kernel_report
 
-    rng = __import__("random").Random(11)
+    rng = random.Random(11)
 
     def event(name: str, us: float, device: DeviceType, annotation: bool = False) -> SimpleNamespace:
         span = SimpleNamespace(elapsed_us=lambda: us)
