@@ -5,7 +5,7 @@ checkpointing off and on, and CUDA graphs of the blocks (`--suite demo`), or on 
 the card, the last also with bf16 kernel operands, and a kernel profile of the no-checkpointing
 step; one table at the end.
 
-    python scripts/gpu_throughput.py [--suite demo|1.5b] [--shard PREFIX] [--budget_s 540]
+    python scripts/gpu_throughput.py [--suite demo|1.5b] [--shard PREFIX] [--budget_s 540] [--only PARTS]
 
 Without --shard it writes a vocab-65536 shard first (scripts/bench_shard.py). Each run is its own
 process with a time limit; runs that no longer fit in the budget are skipped and say so. Logs, JSON
@@ -90,6 +90,18 @@ def big_runs(gpu_gib: float) -> list[Run]:
     ]
 
 
+def select(runs: list[Run], only: str) -> list[Run]:
+    """The runs whose names contain one of the comma-separated parts of `only` (all when empty)."""
+    parts = [x.strip() for x in only.split(",") if x.strip()]
+    if not parts:
+        return runs
+    picked = [r for r in runs if any(x in r.name for x in parts)]
+    if not picked:
+        names = "; ".join(r.name for r in runs)
+        raise SystemExit(f"--only {only!r} names none of this suite's runs: {names}")
+    return picked
+
+
 def gpu_memory_gib() -> float:
     """The first GPU's memory, from nvidia-smi (the script itself never starts CUDA)."""
     q = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
@@ -145,6 +157,9 @@ def main() -> None:
     ap.add_argument("--shard", default=None, help="binidx prefix, vocab <= 65536 (default: make one)")
     ap.add_argument("--suite", choices=("demo", "1.5b"), default="demo", help="which rows to run")
     ap.add_argument("--budget_s", type=float, default=540.0, help="stop starting runs after this")
+    ap.add_argument(
+        "--only", default="", help="comma-separated parts of run names to keep, e.g. 'full ckpt,selective'"
+    )
     a = ap.parse_args()
     t_start = time.time()
     out = Path(os.environ.get("OUT") or "bench_out").resolve()
@@ -165,7 +180,7 @@ def main() -> None:
             check=True,
         )
     results: list[tuple[str, dict | str]] = []
-    runs = demo_runs() if a.suite == "demo" else big_runs(gpu_memory_gib())
+    runs = select(demo_runs() if a.suite == "demo" else big_runs(gpu_memory_gib()), a.only)
     for r in runs:
         left = a.budget_s - (time.time() - t_start)
         if left < 45:
