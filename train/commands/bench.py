@@ -239,9 +239,7 @@ def bench_config(
             f"expected {warmup + steps + extra}: the data ran out?"
         )
     rows = timer.breakdown()
-    wall = timer.window[-1] - timer.window[0]
-    tokens = plan.tokens_per_step * steps
-    tok_s_gpu = tokens / wall / world
+    tok_s_gpu = plan.tokens_per_step / (timer.window_step_ms() / 1e3) / world
     fpt = model.flops_per_token(plan.ctx_len)
     peak = matmul_peak_tflops(cuda)
     sheet = cfg.log.peak_tflops
