@@ -233,3 +233,36 @@ def test_paper_setups_write_both_metrics(tmp_path: Path) -> None:
         main(
             ["eval", "mqar", "--setup", "paper", "--mixers+", "rwkv7_conv4", "--output", str(tmp_path / "x")]
         )
+
+
+def test_paper_state_weights_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--weights fp32` trains float32 weights in the paper setup (the default is the published
+    bf16); it is refused with skein's setup and for an unknown dtype."""
+    dtypes: list[set[torch.dtype]] = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *a, **k):
+        dtypes.append({p.dtype for g in self.param_groups for p in g["params"]})
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    base = ["eval", "state", "--setup", "paper", "--quick", "true", "--groups+", "S3", "--epochs", "1",
+            "--num_train", "64", "--device", "cpu", "--progress", "false"]  # fmt: skip
+    for weights, dtype in (("fp32", torch.float32), (None, torch.bfloat16)):
+        dtypes.clear()
+        out = tmp_path / f"state-{weights}"
+        main([*base, "--output", str(out), *(["--weights", weights] if weights else [])])
+        assert dtypes and all(d == {dtype} for d in dtypes)
+        assert json.loads((out / "args.json").read_text())["training"]["bf16_weights"] is (
+            dtype == torch.bfloat16
+        )
+    refusals = [(["--weights", "fp16"], "--weights 'fp16': bf16 or fp32"),
+                (["--setup", "skein", "--weights", "fp32"], "--weights fp32: only with --setup paper")]  # fmt: skip
+    for bad, message in refusals:
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main([*base, *bad, "--output", str(tmp_path / "bad")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

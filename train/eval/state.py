@@ -51,6 +51,7 @@ def state(
     seed: int = 0,
     progress: bool = True,
     setup: str = "skein",
+    weights: str | None = None,
 ) -> dict[str, Any]:
     """Word problems on S3, S5, A5, Z60: train at train_len, accuracy per position up to test_len.
 
@@ -76,10 +77,18 @@ def state(
         progress: show a progress bar.
         setup: skein (the default: skein's model and training, per-position accuracy) or paper
             (DeltaProduct's published setup point by point, sequence accuracy; train/eval/paper.py).
+        weights: the paper setup's weights while training: bf16 (the published code's, the
+            default) or fp32 (float32 weights and optimizer state).
     """
     if setup not in ("skein", "paper"):
         raise ConfigError(f"--setup {setup!r}: skein or paper")
     paper = setup == "paper"
+    if weights is not None and not paper:
+        raise ConfigError(
+            f"--weights {weights}: only with --setup paper (skein's setup trains float32 weights)"
+        )
+    if weights not in (None, "bf16", "fp32"):
+        raise ConfigError(f"--weights {weights!r}: bf16 or fp32")
     num_train = num_train or (99_000 if paper else 100_000)
     num_test = num_test or (1_000 if paper else 2_000)
     model = dict(model or {})
@@ -110,6 +119,7 @@ def state(
         )
         if weight_decay is not None:
             training = replace(training, weight_decay=weight_decay)
+        training = replace(training, bf16_weights=weights != "fp32")
         r = state_paper(
             out, groups, model, train_len, test_len, num_train, num_test, training, dev, seed, progress
         )
