@@ -4,7 +4,7 @@
 #   state tracking: S3, DeltaProduct n_h = 2 and n_h = 1 (negative eigenvalues), train 128 / test 512;
 #   MQAR: attention, rwkv7 and deltanet at d_model 128, the four zoology cells, the lr sweep
 #   logspace(-4, -2, 4), one process per mixer and pair of cells.
-#   bash scripts/repro_paper.sh [STATE_MINUTES] [MQAR_EPOCHS] [HARD_MINUTES] [EXTRA] [SUITES]
+#   bash scripts/repro_paper.sh [STATE_MINUTES] [MQAR_EPOCHS] [HARD_MINUTES] [EXTRA] [SUITES] [SEEDS]
 # STATE_MINUTES (default 5) bounds each state run (it ends after the epoch that crosses it; the
 # paper's 100 epochs of 49 steps usually end first). MQAR_EPOCHS (default 4; zoology's figure 2
 # trains 64) sets each MQAR run's epochs, its cosine stepped over them: the full 48-run sweep at 64
@@ -14,12 +14,15 @@
 # and the summary table is printed last. EXTRA goes to every run: `bash scripts/repro_paper.sh 0.1 1
 # 0.5 '--quick true --device cpu'` runs the whole script at CPU size. SUITES (default 'state mqar')
 # picks the suites: `bash scripts/repro_paper.sh 8.5 4 9 '' state` gives the two state runs the GPU alone.
+# SEEDS (default 0) are the state runs' seeds, one run per n_h and seed (whether a run leaves the
+# sign-only plateau depends on its seed, docs/eval.md): `bash scripts/repro_paper.sh 9 4 9.5 '' state '666 0 1'`.
 set -uo pipefail
 state_minutes=${1:-5}
 mqar_epochs=${2:-4}
 hard_s=$(python -c "print(int(60 * ${3:-8.5}))")
 read -r -a extra <<<"${4:-}"
 suites=" ${5:-state mqar} "
+read -r -a seeds <<<"${6:-0}"
 out=${OUT:-paper-logs}
 work=$(mktemp -d)
 mkdir -p "$out"
@@ -32,8 +35,11 @@ eval_run() {  # NAME SUITE ARGS...: one suite into $work/NAME, its log beside it
         echo "$name failed (rc $?)" >>"$work/$name.log"
 }
 if [[ $suites == *" state "* ]]; then
-    eval_run state-nh2 state --groups S3 --run_minutes "$state_minutes" &
-    eval_run state-nh1 state --groups S3 --model '{n_householder: 1}' --run_minutes "$state_minutes" &
+    for seed in "${seeds[@]}"; do
+        eval_run "state-nh2-s$seed" state --groups S3 --seed "$seed" --run_minutes "$state_minutes" &
+        eval_run "state-nh1-s$seed" state --groups S3 --model '{n_householder: 1}' --seed "$seed" \
+            --run_minutes "$state_minutes" &
+    done
 fi
 if [[ $suites == *" mqar "* ]]; then
     for mixer in attention rwkv7 deltanet; do

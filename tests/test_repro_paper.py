@@ -1,5 +1,5 @@
 """scripts/repro_paper.sh end to end at CPU size (`--quick true --device cpu`), the state suite
-only: both runs end, their results are archived, and the summary table names them."""
+only, at two seeds: every run ends, its results are archived, and the summary table names it."""
 
 from __future__ import annotations
 
@@ -20,18 +20,19 @@ def test_state_suite_runs_archives_and_summarises(tmp_path: Path) -> None:
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "repro_paper.sh"), "0.05", "1", "2", "--quick true --device cpu", "state"],
+        ["bash", str(ROOT / "scripts" / "repro_paper.sh"), "0.05", "1", "2", "--quick true --device cpu", "state",
+         "0 3"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| state-")]
-    assert [r.split("|")[1].strip() for r in rows] == ["state-nh1 S3", "state-nh2 S3"], done.stdout
+    runs = ["state-nh1-s0", "state-nh1-s3", "state-nh2-s0", "state-nh2-s3"]
+    assert [r.split("|")[1].strip() for r in rows] == [f"{run} S3" for run in runs], done.stdout
     assert not [line for line in done.stdout.splitlines() if line.startswith("| mqar-")]  # not asked for
     with tarfile.open(tmp_path / "out" / "paper_eval.tar.gz") as tar:
         names = tar.getnames()
-        results = {
-            run: json.load(tar.extractfile(f"./{run}/results.json")) for run in ("state-nh1", "state-nh2")
-        }
+        results = {run: json.load(tar.extractfile(f"./{run}/results.json")) for run in runs}
+        seeds = {run: json.load(tar.extractfile(f"./{run}/args.json"))["seed"] for run in runs}
     assert not any("mqar" in n for n in names)
     for run, r in results.items():
         s3 = r["groups"]["S3"]
@@ -40,6 +41,7 @@ def test_state_suite_runs_archives_and_summarises(tmp_path: Path) -> None:
         # the table's token accuracy is the archived one
         row = next(line for line in rows if line.startswith(f"| {run} "))
         assert f"{s3['final']['token_accuracy']:.4f}" in row
-    assert results["state-nh1"]["model"]["n_householder"] == 1
-    assert results["state-nh2"]["model"]["n_householder"] == 2
+    for run in runs:
+        assert results[run]["model"]["n_householder"] == int(run[len("state-nh")])
+        assert seeds[run] == int(run.rsplit("-s", 1)[1])
     assert not list(tmp_path.glob("eval"))  # nothing written into the current directory
