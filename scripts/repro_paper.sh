@@ -15,7 +15,8 @@
 # 0.5 '--quick true --device cpu'` runs the whole script at CPU size. SUITES (default 'state mqar')
 # picks the suites: `bash scripts/repro_paper.sh 8.5 4 9 '' state` gives the two state runs the GPU alone.
 # SEEDS (default 0) are the state runs' seeds, one run per n_h and seed (whether a run leaves the
-# sign-only plateau depends on its seed, docs/eval.md): `bash scripts/repro_paper.sh 9 4 9.5 '' state '666 0 1'`.
+# sign-only plateau depends on its seed, docs/eval.md): `bash scripts/repro_paper.sh 8.5 4 9.3 ''
+# state '666 1'` runs four.
 set -uo pipefail
 state_minutes=${1:-5}
 mqar_epochs=${2:-4}

@@ -102,14 +102,19 @@ def test_state_training_settings() -> None:
     assert z.cosine_per == "epoch" and z.stop_strict and not z.stop_on_best and not z.bf16_weights
 
 
-def _record_steps(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[float, float, int]]]:
-    """(lr, weight_decay, parameter count) of every param group at every optimizer step; fails on
-    any gradient clipping."""
-    seen: list[list[tuple[float, float, int]]] = []
+def _record_steps(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[float, float, int, set[torch.dtype]]]]:
+    """(lr, weight_decay, parameter count, parameter dtypes) of every param group at every optimizer
+    step; fails on any gradient clipping."""
+    seen: list[list[tuple[float, float, int, set[torch.dtype]]]] = []
     step = torch.optim.AdamW.step
 
     def recording(self, *a, **k):
-        seen.append([(g["lr"], g["weight_decay"], len(g["params"])) for g in self.param_groups])
+        seen.append(
+            [
+                (g["lr"], g["weight_decay"], len(g["params"]), {p.dtype for p in g["params"]})
+                for g in self.param_groups
+            ]
+        )
         return step(self, *a, **k)
 
     def no_clip(*a, **k):
@@ -240,21 +245,14 @@ def test_paper_state_weights_choice(
 ) -> None:
     """`--weights fp32` trains float32 weights in the paper setup (the default is the published
     bf16); it is refused with skein's setup and for an unknown dtype."""
-    dtypes: list[set[torch.dtype]] = []
-    step = torch.optim.AdamW.step
-
-    def recording(self, *a, **k):
-        dtypes.append({p.dtype for g in self.param_groups for p in g["params"]})
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    seen = _record_steps(monkeypatch)
     base = ["eval", "state", "--setup", "paper", "--quick", "true", "--groups+", "S3", "--epochs", "1",
             "--num_train", "64", "--device", "cpu", "--progress", "false"]  # fmt: skip
     for weights, dtype in (("fp32", torch.float32), (None, torch.bfloat16)):
-        dtypes.clear()
+        seen.clear()
         out = tmp_path / f"state-{weights}"
         main([*base, "--output", str(out), *(["--weights", weights] if weights else [])])
-        assert dtypes and all(d == {dtype} for d in dtypes)
+        assert seen and all(group[3] == {dtype} for groups in seen for group in groups)
         assert json.loads((out / "args.json").read_text())["training"]["bf16_weights"] is (
             dtype == torch.bfloat16
         )
