@@ -15,11 +15,12 @@ from skein.rwkv.models import CausalLM
 
 def apply_compile(model: CausalLM, backend: str = "inductor", mode: str = "default") -> None:
     """torch.compile each block's forward in place (the modules, their parameter names and the
-    state-dict layout are unchanged), in torch.compile's `mode` (Inductor only). With gradient checkpointing (applied before or after) the
-    compiled graph holds the checkpoint: Dynamo traces it as a region to recompute, and the
-    backward graph recomputes it (a checkpoint around a compiled forward instead replays the
-    compiled function under saved-tensor hooks, which Dynamo may run as a different graph the
-    second time). Blocks of one architecture share code, so they share compiled graphs."""
+    state-dict layout are unchanged), in torch.compile's `mode` (Inductor only). With gradient
+    checkpointing (applied before or after) the compiled graph holds the checkpoint: Dynamo traces
+    it as a region to recompute, and the backward graph recomputes it (a checkpoint around a
+    compiled forward instead replays the compiled function under saved-tensor hooks, which Dynamo
+    may run as a different graph the second time). Blocks of one architecture share code, so they
+    share compiled graphs."""
     # Inductor's mix-order reduction (torch >= 2.10, Triton only) fuses a row reduction (a norm's
     # backward) with the column reduction of a broadcast parameter's gradient (the [1, 1, C]
     # mixing vectors summed over batch and time); on CUDA it returns those gradients as [C]
